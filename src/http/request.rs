@@ -1,0 +1,354 @@
+//! The request head: request-line and header fields, parsed by `httparse`,
+//! then checked for the framing rules that keep requests from being smuggled
+//! (RFC 9112 §6). The parsed head owns a copy of its bytes and refers to its
+//! parts by range, so it is one allocation and can cross threads freely.
+
+use std::ops::Range;
+
+use super::error::ParseError;
+
+/// Default limits. An 8 KiB Cookie plus the usual browser headers fits.
+pub const MAX_HEAD_BYTES: usize = 80 * 1024;
+pub const MAX_TARGET_BYTES: usize = 16 * 1024;
+pub const MAX_HEADER_FIELDS: usize = 100;
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Configurable limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_target_bytes: usize,
+    pub max_header_fields: usize,
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: MAX_HEAD_BYTES,
+            max_target_bytes: MAX_TARGET_BYTES,
+            max_header_fields: MAX_HEADER_FIELDS,
+            max_body_bytes: MAX_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Exactly this many bytes follow the head (0: no body).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head. Ranges index into `bytes`.
+#[derive(Debug, Clone)]
+pub struct Head {
+    bytes: Vec<u8>,
+    method: Range<usize>,
+    path: Range<usize>,
+    query: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    pub version: Version,
+    pub body: BodyFraming,
+    /// The connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// The client sent `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+impl Head {
+    pub fn method(&self) -> &[u8] {
+        &self.bytes[self.method.clone()]
+    }
+    pub fn path(&self) -> &[u8] {
+        &self.bytes[self.path.clone()]
+    }
+    pub fn query(&self) -> &[u8] {
+        &self.bytes[self.query.clone()]
+    }
+    /// Header fields in the order received: (name as sent, value trimmed).
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (&self.bytes[n.clone()], &self.bytes[v.clone()]))
+    }
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+    pub fn is_head_method(&self) -> bool {
+        self.method() == b"HEAD"
+    }
+}
+
+/// Parses a request head at the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed, or the head and the number
+/// of bytes it took (any body and pipelined requests follow).
+pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, ParseError> {
+    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_header_fields];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return check_partial(buf, limits).map(|()| None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ParseError::TooManyHeaders(limits.max_header_fields))
+        }
+        Err(_) => return Err(ParseError::Malformed("invalid request line or header field")),
+    };
+    if len > limits.max_head_bytes {
+        return Err(ParseError::HeadTooLarge(limits.max_head_bytes));
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(ParseError::Malformed("incomplete request line"));
+    };
+    if target.len() > limits.max_target_bytes {
+        return Err(ParseError::UriTooLong(limits.max_target_bytes));
+    }
+    let version = match minor {
+        0 => Version::Http10,
+        _ => Version::Http11,
+    };
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| -> Range<usize> {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let target = at(target.as_bytes());
+    let (path, query) = split_target(buf, target);
+    let headers: Vec<_> = req
+        .headers
+        .iter()
+        .map(|h| (at(h.name.as_bytes()), at(h.value)))
+        .collect();
+    let mut head = Head {
+        bytes: buf[..len].to_vec(),
+        method: at(method.as_bytes()),
+        path,
+        query,
+        headers,
+        version,
+        body: BodyFraming::Length(0),
+        keep_alive: version == Version::Http11,
+        expect_continue: false,
+    };
+    check_fields(&mut head, limits)?;
+    Ok(Some((head, len)))
+}
+
+/// An incomplete head may already be too big to ever be accepted.
+fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), ParseError> {
+    let first_line_done = buf.iter().skip_while(|&&b| b == b'\r' || b == b'\n').any(|&b| b == b'\n');
+    if !first_line_done && buf.len() > limits.max_target_bytes + 64 {
+        return Err(ParseError::UriTooLong(limits.max_target_bytes));
+    }
+    if buf.len() > limits.max_head_bytes {
+        return Err(ParseError::HeadTooLarge(limits.max_head_bytes));
+    }
+    Ok(())
+}
+
+/// Splits the request-target at the first `?` into path and query.
+fn split_target(buf: &[u8], target: Range<usize>) -> (Range<usize>, Range<usize>) {
+    match buf[target.clone()].iter().position(|&b| b == b'?') {
+        Some(q) => (target.start..target.start + q, target.start + q + 1..target.end),
+        None => (target.clone(), target.end..target.end),
+    }
+}
+
+/// Applies the header fields that decide framing and connection reuse.
+fn check_fields(head: &mut Head, limits: &Limits) -> Result<(), ParseError> {
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut hosts = 0;
+    let mut connection_close = false;
+    let mut connection_keep_alive = false;
+    let mut expect_continue = false;
+    for (name, value) in head.headers() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_content_length(value)?;
+            if content_length.is_some_and(|seen| seen != n) {
+                return Err(ParseError::Malformed("differing Content-Length values"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+            check_transfer_encoding(value)?;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                connection_close |= token.eq_ignore_ascii_case(b"close");
+                connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    if head.version == Version::Http11 && hosts != 1 {
+        return Err(ParseError::Malformed("HTTP/1.1 needs exactly one Host field"));
+    }
+    if transfer_encoding {
+        if content_length.is_some() {
+            return Err(ParseError::Malformed("both Content-Length and Transfer-Encoding"));
+        }
+        if head.version == Version::Http10 {
+            return Err(ParseError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        head.body = BodyFraming::Chunked;
+    } else if let Some(n) = content_length {
+        if n > limits.max_body_bytes {
+            return Err(ParseError::BodyTooLarge(limits.max_body_bytes));
+        }
+        head.body = BodyFraming::Length(n);
+    }
+    head.keep_alive = match head.version {
+        Version::Http11 => !connection_close,
+        Version::Http10 => connection_keep_alive && !connection_close,
+    };
+    head.expect_continue = expect_continue && head.version == Version::Http11;
+    Ok(())
+}
+
+/// Content-Length is 1*DIGIT, and fits in 64 bits.
+fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(ParseError::Malformed("invalid Content-Length"));
+    }
+    value.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            .ok_or(ParseError::Malformed("Content-Length out of range"))
+    })
+}
+
+/// Only `chunked` is implemented, and it must be the final (here: only) coding.
+fn check_transfer_encoding(value: &[u8]) -> Result<(), ParseError> {
+    let codings: Vec<&[u8]> = value.split(|&b| b == b',').map(|c| c.trim_ascii()).collect();
+    match codings.as_slice() {
+        [one] if one.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        [.., last] if !last.eq_ignore_ascii_case(b"chunked") => {
+            Err(ParseError::Malformed("chunked is not the final transfer coding"))
+        }
+        _ => Err(ParseError::UnsupportedTransferCoding(
+            String::from_utf8_lossy(value).into_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Option<(Head, usize)>, ParseError> {
+        parse_head(s.as_bytes(), &Limits::default())
+    }
+
+    fn head(s: &str) -> Head {
+        match parse(s) {
+            Ok(Some((h, _))) => h,
+            other => panic!("expected a head, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_get() {
+        let (h, len) = parse("GET /a/b?x=1&y HTTP/1.1\r\nHost: h\r\nX-A:  v  \r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(len, 47);
+        assert_eq!(h.method(), b"GET");
+        assert_eq!(h.path(), b"/a/b");
+        assert_eq!(h.query(), b"x=1&y");
+        assert_eq!(h.version, Version::Http11);
+        assert_eq!(h.header("x-a"), Some(&b"v"[..]));
+        assert!(h.keep_alive);
+        assert_eq!(h.body, BodyFraming::Length(0));
+    }
+
+    #[test]
+    fn partial_needs_more() {
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: h\r\n").unwrap().map(|_| ()), None);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn content_length() {
+        let h = head("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 010\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Length(10));
+        for bad in ["+5", "0x5", "5 5", "1.0", "", "99999999999999999999999"] {
+            let req = format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(parse(&req).unwrap_err().status(), 400, "{bad:?}");
+        }
+        let two = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        assert_eq!(parse(two).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn transfer_encoding() {
+        let h = head("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Chunked);
+        let both = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(parse(both).unwrap_err().status(), 400);
+        let gzip = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n";
+        assert_eq!(parse(gzip).unwrap_err().status(), 400);
+        let unknown = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(parse(unknown).unwrap_err().status(), 501);
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(parse("GET / HTTP/1.1\r\n\r\n").unwrap_err().status(), 400);
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err().status(),
+            400
+        );
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn limits_give_their_codes() {
+        let long = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(MAX_TARGET_BYTES));
+        assert_eq!(parse(&long).unwrap_err().status(), 414);
+        let big = format!("GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(parse(&big).unwrap_err().status(), 431);
+        let many: String = (0..=MAX_HEADER_FIELDS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n");
+        assert_eq!(parse(&req).unwrap_err().status(), 431);
+        let huge = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1099511627776\r\n\r\n";
+        assert_eq!(parse(huge).unwrap_err().status(), 413);
+    }
+
+    #[test]
+    fn malformed_is_400() {
+        for bad in ["GET / HTTP/1\r\n\r\n", "GET / http/1.1\r\n\r\n", "\x16\x03\x01\x02\x00\x01\x00\r\n\r\n"] {
+            assert_eq!(parse(bad).unwrap_err().status(), 400, "{bad:?}");
+        }
+    }
+}

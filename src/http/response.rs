@@ -1,0 +1,318 @@
+//! Response framing: status line, the app's header fields (checked so that a
+//! value can never split the response), `Date`, and how the body is delimited.
+//! The Ruby side feeds header fields in as it reads them from the app's hash.
+
+use thiserror::Error;
+
+use super::date;
+use super::request::Version;
+
+/// The app handed us a response that cannot be sent as is.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ResponseError {
+    #[error("status {0} is not a valid HTTP status")]
+    Status(i64),
+    #[error("invalid response header name {0:?}")]
+    HeaderName(String),
+    #[error("invalid value for response header {0:?}")]
+    HeaderValue(String),
+}
+
+/// How the body follows the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length: n`, then n bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, chunks framed by us.
+    Chunked,
+    /// The app framed the body itself (its own Transfer-Encoding header).
+    AppFramed,
+    /// No length: the body ends when the connection closes (HTTP/1.0).
+    UntilClose,
+    /// No body at all (1xx, 204, 304, HEAD).
+    None,
+}
+
+/// A response head being assembled from the app's status and headers.
+#[derive(Debug)]
+pub struct ResponseHead {
+    status: u16,
+    fields: Vec<u8>,
+    /// A Content-Length the app set itself.
+    pub content_length: Option<u64>,
+    /// The app set Transfer-Encoding itself (e.g. Rack::Chunked).
+    pub transfer_encoding: bool,
+    /// The app asked for the connection to be closed.
+    pub connection_close: bool,
+}
+
+impl ResponseHead {
+    pub fn new(status: i64) -> Result<Self, ResponseError> {
+        let status = u16::try_from(status)
+            .ok()
+            .filter(|s| (100..=999).contains(s))
+            .ok_or(ResponseError::Status(status))?;
+        Ok(ResponseHead {
+            status,
+            fields: Vec::with_capacity(256),
+            content_length: None,
+            transfer_encoding: false,
+            connection_close: false,
+        })
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Whether this status forbids a body (RFC 9110 §6.4.1).
+    pub fn bodyless_status(&self) -> bool {
+        self.status < 200 || self.status == 204 || self.status == 304
+    }
+
+    /// Adds one field line. Hop-by-hop fields that the server owns are taken
+    /// as hints instead of being copied.
+    pub fn field(&mut self, name: &[u8], value: &[u8]) -> Result<(), ResponseError> {
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(ResponseError::HeaderName(lossy(name)));
+        }
+        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(ResponseError::HeaderValue(lossy(name)));
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            self.connection_close |= value.eq_ignore_ascii_case(b"close");
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case(b"date") {
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ResponseError::HeaderValue(lossy(name)))?;
+            self.content_length = Some(n);
+        }
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = true;
+        }
+        self.fields.extend_from_slice(name);
+        self.fields.extend_from_slice(b": ");
+        self.fields.extend_from_slice(value);
+        self.fields.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// Chooses the body framing. `body_len` is known when the whole body is
+    /// already in hand (an Array body).
+    pub fn framing(&self, version: Version, head_request: bool, body_len: Option<u64>) -> Framing {
+        if self.bodyless_status() {
+            return Framing::None;
+        }
+        if let Some(n) = self.content_length.or(if self.transfer_encoding { None } else { body_len }) {
+            return if head_request { Framing::None } else { Framing::Length(n) };
+        }
+        match (self.transfer_encoding, version, head_request) {
+            (_, _, true) => Framing::None,
+            (true, _, _) => Framing::AppFramed,
+            (false, Version::Http11, _) => Framing::Chunked,
+            (false, Version::Http10, _) => Framing::UntilClose,
+        }
+    }
+
+    /// Writes the head. `keep_alive` is the request's wish; the result says
+    /// whether the connection really stays open after this response.
+    pub fn write(&self, out: &mut Vec<u8>, version: Version, framing: Framing, keep_alive: bool) -> bool {
+        let keep_alive = keep_alive && !self.connection_close && framing != Framing::UntilClose;
+        out.extend_from_slice(version.as_str().as_bytes());
+        out.push(b' ');
+        push_status(out, self.status);
+        out.extend_from_slice(b"\r\nDate: ");
+        out.extend_from_slice(&date::now());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.fields);
+        match framing {
+            Framing::Length(n) if self.content_length.is_none() => {
+                out.extend_from_slice(b"Content-Length: ");
+                out.extend_from_slice(n.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            _ => {}
+        }
+        match (keep_alive, version) {
+            (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
+            (true, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            (true, Version::Http11) => {}
+        }
+        out.extend_from_slice(b"\r\n");
+        keep_alive
+    }
+}
+
+/// Appends one chunk of a chunked body (nothing for an empty chunk, which
+/// would end the body).
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// A complete response the server sends on its own (errors, 100-continue).
+pub fn simple(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_status(&mut out, status);
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(&date::now());
+    out.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    if !keep_alive {
+        out.extend_from_slice(b"\r\nConnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+fn push_status(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+}
+
+/// The reason phrase for a status code (RFC 9110 §15).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        103 => "Early Hints",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(out: &[u8]) -> String {
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn array_body_gets_content_length() {
+        let mut head = ResponseHead::new(200).unwrap();
+        head.field(b"Content-Type", b"text/plain").unwrap();
+        let framing = head.framing(Version::Http11, false, Some(12));
+        assert_eq!(framing, Framing::Length(12));
+        let mut out = Vec::new();
+        assert!(head.write(&mut out, Version::Http11, framing, true));
+        let s = text(&out);
+        assert!(s.starts_with("HTTP/1.1 200 OK\r\nDate: "), "{s}");
+        assert!(s.contains("\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\n"), "{s}");
+    }
+
+    #[test]
+    fn streamed_body_is_chunked_on_1_1_and_close_delimited_on_1_0() {
+        let head = ResponseHead::new(200).unwrap();
+        assert_eq!(head.framing(Version::Http11, false, None), Framing::Chunked);
+        assert_eq!(head.framing(Version::Http10, false, None), Framing::UntilClose);
+        let mut out = Vec::new();
+        assert!(!head.write(&mut out, Version::Http10, Framing::UntilClose, true));
+        assert!(text(&out).contains("Connection: close\r\n"));
+    }
+
+    #[test]
+    fn app_framing_is_respected() {
+        let mut head = ResponseHead::new(200).unwrap();
+        head.field(b"Content-Length", b"5").unwrap();
+        assert_eq!(head.framing(Version::Http11, false, None), Framing::Length(5));
+        let mut out = Vec::new();
+        head.write(&mut out, Version::Http11, Framing::Length(5), true);
+        assert_eq!(text(&out).matches("Content-Length").count(), 1);
+        let mut te = ResponseHead::new(200).unwrap();
+        te.field(b"Transfer-Encoding", b"chunked").unwrap();
+        assert_eq!(te.framing(Version::Http11, false, Some(9)), Framing::AppFramed);
+    }
+
+    #[test]
+    fn bodyless_statuses_and_head() {
+        for s in [204, 304, 101] {
+            let head = ResponseHead::new(s).unwrap();
+            assert_eq!(head.framing(Version::Http11, false, Some(3)), Framing::None);
+        }
+        let head = ResponseHead::new(200).unwrap();
+        assert_eq!(head.framing(Version::Http11, true, Some(3)), Framing::None);
+    }
+
+    #[test]
+    fn rejects_response_splitting() {
+        let mut head = ResponseHead::new(200).unwrap();
+        assert!(head.field(b"X", b"a\r\nSet-Cookie: evil").is_err());
+        assert!(head.field(b"Bad Name", b"v").is_err());
+        assert!(ResponseHead::new(99).is_err());
+        assert!(ResponseHead::new(1000).is_err());
+    }
+
+    #[test]
+    fn chunks() {
+        let mut out = Vec::new();
+        push_chunk(&mut out, b"hello world, it is me");
+        push_chunk(&mut out, b"");
+        out.extend_from_slice(LAST_CHUNK);
+        assert_eq!(text(&out), "15\r\nhello world, it is me\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn simple_error_response() {
+        let s = text(&simple(400, "Bad Request\n", false));
+        assert!(s.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(s.ends_with("Content-Length: 12\r\nConnection: close\r\n\r\nBad Request\n"));
+    }
+}

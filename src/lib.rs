@@ -1,0 +1,17 @@
+//! Butterflies: a Rack web server whose engine is Rust.
+//!
+//! The crate is laid out by concern, and only one folder knows about Ruby:
+//!
+//! - [`http`]: HTTP/1.1 request parsing and response framing. Pure Rust.
+//! - [`net`]: listeners, the per-thread epoll loops, connections and the
+//!   request queue to the app threads. Pure Rust.
+//! - `ruby` (feature `ruby`): the extension itself: the GVL boundary, the
+//!   Rack env, reading the app's response, the `Butterflies::Engine` class.
+//!
+//! Without the `ruby` feature the crate builds and tests with no Ruby VM.
+
+pub mod http;
+pub mod net;
+
+#[cfg(feature = "ruby")]
+mod ruby;
