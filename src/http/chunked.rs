@@ -27,7 +27,11 @@ pub struct ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new(max_body_bytes: u64) -> Self {
-        ChunkedDecoder { state: State::Size, decoded: 0, max_body_bytes }
+        ChunkedDecoder {
+            state: State::Size,
+            decoded: 0,
+            max_body_bytes,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -47,7 +51,11 @@ impl ChunkedDecoder {
                     let n = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     out.extend_from_slice(&rest[..n]);
                     let left = left - n as u64;
-                    self.state = if left == 0 { State::DataEnd } else { State::Data(left) };
+                    self.state = if left == 0 {
+                        State::DataEnd
+                    } else {
+                        State::Data(left)
+                    };
                     n
                 }
                 State::DataEnd => match rest {
@@ -68,7 +76,9 @@ impl ChunkedDecoder {
     }
 
     fn size_line(&mut self, rest: &[u8]) -> Result<usize, ParseError> {
-        let Some(line) = crlf_line(rest)? else { return Ok(0) };
+        let Some(line) = crlf_line(rest)? else {
+            return Ok(0);
+        };
         let size_end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
         let size = line[..size_end].trim_ascii_end();
         if size.is_empty() || !size.iter().all(u8::is_ascii_hexdigit) {
@@ -83,12 +93,18 @@ impl ChunkedDecoder {
         if self.decoded > self.max_body_bytes {
             return Err(ParseError::BodyTooLarge(self.max_body_bytes));
         }
-        self.state = if size == 0 { State::Trailer } else { State::Data(size) };
+        self.state = if size == 0 {
+            State::Trailer
+        } else {
+            State::Data(size)
+        };
         Ok(line.len() + 2)
     }
 
     fn trailer_line(&mut self, rest: &[u8]) -> Result<usize, ParseError> {
-        let Some(line) = crlf_line(rest)? else { return Ok(0) };
+        let Some(line) = crlf_line(rest)? else {
+            return Ok(0);
+        };
         if line.is_empty() {
             self.state = State::Done;
         } else if !line.contains(&b':') || line[0] == b' ' || line[0] == b'\t' {
@@ -102,7 +118,9 @@ impl ChunkedDecoder {
 fn crlf_line(rest: &[u8]) -> Result<Option<&[u8]>, ParseError> {
     match rest.iter().position(|&b| b == b'\n') {
         Some(0) => Err(ParseError::Malformed("bare LF in chunked framing")),
-        Some(lf) if rest[lf - 1] != b'\r' => Err(ParseError::Malformed("bare LF in chunked framing")),
+        Some(lf) if rest[lf - 1] != b'\r' => {
+            Err(ParseError::Malformed("bare LF in chunked framing"))
+        }
         Some(lf) => {
             let line = &rest[..lf - 1];
             if line.contains(&b'\r') || line.contains(&0) {
@@ -110,7 +128,9 @@ fn crlf_line(rest: &[u8]) -> Result<Option<&[u8]>, ParseError> {
             }
             Ok(Some(line))
         }
-        None if rest.len() > MAX_CHUNK_LINE_BYTES => Err(ParseError::Malformed("chunk line too long")),
+        None if rest.len() > MAX_CHUNK_LINE_BYTES => {
+            Err(ParseError::Malformed("chunk line too long"))
+        }
         None => Ok(None),
     }
 }
@@ -163,7 +183,11 @@ mod tests {
             b"fffffffffffffffffff\r\n",
             b"5\r\nhello\r\n0\r\nno colon\r\n\r\n",
         ] {
-            assert!(decode_all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -113,7 +113,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
         Err(httparse::Error::TooManyHeaders) => {
             return Err(ParseError::TooManyHeaders(limits.max_header_fields))
         }
-        Err(_) => return Err(ParseError::Malformed("invalid request line or header field")),
+        Err(_) => {
+            return Err(ParseError::Malformed(
+                "invalid request line or header field",
+            ))
+        }
     };
     if len > limits.max_head_bytes {
         return Err(ParseError::HeadTooLarge(limits.max_head_bytes));
@@ -157,7 +161,10 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
 
 /// An incomplete head may already be too big to ever be accepted.
 fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), ParseError> {
-    let first_line_done = buf.iter().skip_while(|&&b| b == b'\r' || b == b'\n').any(|&b| b == b'\n');
+    let first_line_done = buf
+        .iter()
+        .skip_while(|&&b| b == b'\r' || b == b'\n')
+        .any(|&b| b == b'\n');
     if !first_line_done && buf.len() > limits.max_target_bytes + 64 {
         return Err(ParseError::UriTooLong(limits.max_target_bytes));
     }
@@ -170,7 +177,10 @@ fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), ParseError> {
 /// Splits the request-target at the first `?` into path and query.
 fn split_target(buf: &[u8], target: Range<usize>) -> (Range<usize>, Range<usize>) {
     match buf[target.clone()].iter().position(|&b| b == b'?') {
-        Some(q) => (target.start..target.start + q, target.start + q + 1..target.end),
+        Some(q) => (
+            target.start..target.start + q,
+            target.start + q + 1..target.end,
+        ),
         None => (target.clone(), target.end..target.end),
     }
 }
@@ -206,14 +216,20 @@ fn check_fields(head: &mut Head, limits: &Limits) -> Result<(), ParseError> {
         }
     }
     if head.version == Version::Http11 && hosts != 1 {
-        return Err(ParseError::Malformed("HTTP/1.1 needs exactly one Host field"));
+        return Err(ParseError::Malformed(
+            "HTTP/1.1 needs exactly one Host field",
+        ));
     }
     if transfer_encoding {
         if content_length.is_some() {
-            return Err(ParseError::Malformed("both Content-Length and Transfer-Encoding"));
+            return Err(ParseError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
         }
         if head.version == Version::Http10 {
-            return Err(ParseError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+            return Err(ParseError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
         }
         head.body = BodyFraming::Chunked;
     } else if let Some(n) = content_length {
@@ -244,12 +260,15 @@ fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
 
 /// Only `chunked` is implemented, and it must be the final (here: only) coding.
 fn check_transfer_encoding(value: &[u8]) -> Result<(), ParseError> {
-    let codings: Vec<&[u8]> = value.split(|&b| b == b',').map(|c| c.trim_ascii()).collect();
+    let codings: Vec<&[u8]> = value
+        .split(|&b| b == b',')
+        .map(|c| c.trim_ascii())
+        .collect();
     match codings.as_slice() {
         [one] if one.eq_ignore_ascii_case(b"chunked") => Ok(()),
-        [.., last] if !last.eq_ignore_ascii_case(b"chunked") => {
-            Err(ParseError::Malformed("chunked is not the final transfer coding"))
-        }
+        [.., last] if !last.eq_ignore_ascii_case(b"chunked") => Err(ParseError::Malformed(
+            "chunked is not the final transfer coding",
+        )),
         _ => Err(ParseError::UnsupportedTransferCoding(
             String::from_utf8_lossy(value).into_owned(),
         )),
@@ -288,7 +307,10 @@ mod tests {
 
     #[test]
     fn partial_needs_more() {
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: h\r\n").unwrap().map(|_| ()), None);
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: h\r\n").unwrap().map(|_| ()),
+            None
+        );
     }
 
     #[test]
@@ -314,7 +336,8 @@ mod tests {
     fn transfer_encoding() {
         let h = head("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(h.body, BodyFraming::Chunked);
-        let both = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        let both =
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(parse(both).unwrap_err().status(), 400);
         let gzip = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(parse(gzip).unwrap_err().status(), 400);
@@ -326,7 +349,9 @@ mod tests {
     fn host_rules() {
         assert_eq!(parse("GET / HTTP/1.1\r\n\r\n").unwrap_err().status(), 400);
         assert_eq!(
-            parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err().status(),
+            parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+                .unwrap_err()
+                .status(),
             400
         );
         assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
@@ -334,11 +359,19 @@ mod tests {
 
     #[test]
     fn limits_give_their_codes() {
-        let long = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(MAX_TARGET_BYTES));
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nHost: h\r\n\r\n",
+            "a".repeat(MAX_TARGET_BYTES)
+        );
         assert_eq!(parse(&long).unwrap_err().status(), 414);
-        let big = format!("GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
         assert_eq!(parse(&big).unwrap_err().status(), 431);
-        let many: String = (0..=MAX_HEADER_FIELDS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many: String = (0..=MAX_HEADER_FIELDS)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
         let req = format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n");
         assert_eq!(parse(&req).unwrap_err().status(), 431);
         let huge = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1099511627776\r\n\r\n";
@@ -347,7 +380,11 @@ mod tests {
 
     #[test]
     fn malformed_is_400() {
-        for bad in ["GET / HTTP/1\r\n\r\n", "GET / http/1.1\r\n\r\n", "\x16\x03\x01\x02\x00\x01\x00\r\n\r\n"] {
+        for bad in [
+            "GET / HTTP/1\r\n\r\n",
+            "GET / http/1.1\r\n\r\n",
+            "\x16\x03\x01\x02\x00\x01\x00\r\n\r\n",
+        ] {
             assert_eq!(parse(bad).unwrap_err().status(), 400, "{bad:?}");
         }
     }

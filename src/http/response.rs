@@ -109,8 +109,16 @@ impl ResponseHead {
         if self.bodyless_status() {
             return Framing::None;
         }
-        if let Some(n) = self.content_length.or(if self.transfer_encoding { None } else { body_len }) {
-            return if head_request { Framing::None } else { Framing::Length(n) };
+        if let Some(n) = self.content_length.or(if self.transfer_encoding {
+            None
+        } else {
+            body_len
+        }) {
+            return if head_request {
+                Framing::None
+            } else {
+                Framing::Length(n)
+            };
         }
         match (self.transfer_encoding, version, head_request) {
             (_, _, true) => Framing::None,
@@ -122,7 +130,13 @@ impl ResponseHead {
 
     /// Writes the head. `keep_alive` is the request's wish; the result says
     /// whether the connection really stays open after this response.
-    pub fn write(&self, out: &mut Vec<u8>, version: Version, framing: Framing, keep_alive: bool) -> bool {
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        version: Version,
+        framing: Framing,
+        keep_alive: bool,
+    ) -> bool {
         let keep_alive = keep_alive && !self.connection_close && framing != Framing::UntilClose;
         out.extend_from_slice(version.as_str().as_bytes());
         out.push(b' ');
@@ -255,14 +269,20 @@ mod tests {
         assert!(head.write(&mut out, Version::Http11, framing, true));
         let s = text(&out);
         assert!(s.starts_with("HTTP/1.1 200 OK\r\nDate: "), "{s}");
-        assert!(s.contains("\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\n"), "{s}");
+        assert!(
+            s.contains("\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\n"),
+            "{s}"
+        );
     }
 
     #[test]
     fn streamed_body_is_chunked_on_1_1_and_close_delimited_on_1_0() {
         let head = ResponseHead::new(200).unwrap();
         assert_eq!(head.framing(Version::Http11, false, None), Framing::Chunked);
-        assert_eq!(head.framing(Version::Http10, false, None), Framing::UntilClose);
+        assert_eq!(
+            head.framing(Version::Http10, false, None),
+            Framing::UntilClose
+        );
         let mut out = Vec::new();
         assert!(!head.write(&mut out, Version::Http10, Framing::UntilClose, true));
         assert!(text(&out).contains("Connection: close\r\n"));
@@ -272,13 +292,19 @@ mod tests {
     fn app_framing_is_respected() {
         let mut head = ResponseHead::new(200).unwrap();
         head.field(b"Content-Length", b"5").unwrap();
-        assert_eq!(head.framing(Version::Http11, false, None), Framing::Length(5));
+        assert_eq!(
+            head.framing(Version::Http11, false, None),
+            Framing::Length(5)
+        );
         let mut out = Vec::new();
         head.write(&mut out, Version::Http11, Framing::Length(5), true);
         assert_eq!(text(&out).matches("Content-Length").count(), 1);
         let mut te = ResponseHead::new(200).unwrap();
         te.field(b"Transfer-Encoding", b"chunked").unwrap();
-        assert_eq!(te.framing(Version::Http11, false, Some(9)), Framing::AppFramed);
+        assert_eq!(
+            te.framing(Version::Http11, false, Some(9)),
+            Framing::AppFramed
+        );
     }
 
     #[test]

@@ -1,0 +1,238 @@
+//! One client connection: its socket, the bytes read but not yet parsed, the
+//! request being assembled, and response bytes not yet written. A `Conn` is
+//! owned by its IO thread, or lent to an app thread while its request runs.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::BodyFraming;
+use crate::http::{parse_head, response, Head, Limits, ParseError};
+
+/// Bytes read from the socket per `read(2)` at most.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A complete request, as plain Rust data.
+#[derive(Debug)]
+pub struct Request {
+    pub head: Head,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// What reading and parsing produced.
+#[derive(Debug)]
+pub enum Progress {
+    /// A complete request is ready for the app.
+    Request(Request),
+    /// More bytes are needed.
+    Pending,
+}
+
+/// What the connection is in the middle of reading.
+#[derive(Debug)]
+enum Input {
+    Head,
+    Body {
+        head: Head,
+        body: Vec<u8>,
+        left: BodyLeft,
+    },
+}
+
+#[derive(Debug)]
+enum BodyLeft {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) token: usize,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    buf: Vec<u8>,
+    input: Input,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Close once `out` is written (an error, `Connection: close`, HTTP/1.0).
+    pub(crate) close_after_write: bool,
+    /// The peer is gone or the socket failed: close without writing more.
+    pub(crate) dead: bool,
+    /// When the request now being read started (its first byte).
+    pub(crate) request_started: Option<Instant>,
+    /// When the connection last became idle between requests.
+    pub(crate) idle_since: Instant,
+}
+
+/// How a read pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// The socket has no more bytes for now.
+    Drained,
+    /// Stopped early to let the parser consume the buffer.
+    Full,
+    /// The peer closed its side.
+    Eof,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, token: usize, peer: SocketAddr, local: SocketAddr) -> Self {
+        Conn {
+            stream,
+            token,
+            peer,
+            local,
+            buf: Vec::new(),
+            input: Input::Head,
+            out: Vec::new(),
+            out_pos: 0,
+            close_after_write: false,
+            dead: false,
+            request_started: None,
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// No request is being read and nothing is waiting to be written.
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && matches!(self.input, Input::Head) && !self.has_output()
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// Reads what the socket has, up to one buffer's worth.
+    pub fn fill(&mut self) -> io::Result<Fill> {
+        let mut total = 0;
+        while total < READ_CHUNK_BYTES {
+            let len = self.buf.len();
+            self.buf.resize(len + READ_CHUNK_BYTES - total, 0);
+            let read = self.stream.read(&mut self.buf[len..]);
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return match e.kind() {
+                        io::ErrorKind::WouldBlock => Ok(Fill::Drained),
+                        io::ErrorKind::Interrupted => continue,
+                        _ => Err(e),
+                    };
+                }
+            };
+            self.buf.truncate(len + n);
+            if n == 0 {
+                return Ok(Fill::Eof);
+            }
+            if self.request_started.is_none() {
+                self.request_started = Some(Instant::now());
+            }
+            total += n;
+        }
+        Ok(Fill::Full)
+    }
+
+    /// Advances the request being read with the buffered bytes.
+    pub fn advance(&mut self, limits: &Limits) -> Result<Progress, ParseError> {
+        if let Input::Head = self.input {
+            let Some((head, used)) = parse_head(&self.buf, limits)? else {
+                return Ok(Progress::Pending);
+            };
+            self.buf.drain(..used);
+            let left = match head.body {
+                BodyFraming::Length(n) => BodyLeft::Length(n),
+                BodyFraming::Chunked => {
+                    BodyLeft::Chunked(ChunkedDecoder::new(limits.max_body_bytes))
+                }
+            };
+            if head.expect_continue && self.buf.is_empty() && !matches!(left, BodyLeft::Length(0)) {
+                self.queue(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
+            }
+            let capacity = match left {
+                BodyLeft::Length(n) => usize::try_from(n).unwrap_or(0).min(READ_CHUNK_BYTES * 16),
+                BodyLeft::Chunked(_) => 0,
+            };
+            self.input = Input::Body {
+                head,
+                body: Vec::with_capacity(capacity),
+                left,
+            };
+        }
+        let Input::Body { body, left, .. } = &mut self.input else {
+            return Ok(Progress::Pending);
+        };
+        let done = match left {
+            BodyLeft::Length(n) => {
+                let take = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(*n).unwrap_or(usize::MAX));
+                body.extend_from_slice(&self.buf[..take]);
+                self.buf.drain(..take);
+                *n -= take as u64;
+                *n == 0
+            }
+            BodyLeft::Chunked(decoder) => {
+                let used = decoder.decode(&self.buf, body)?;
+                self.buf.drain(..used);
+                decoder.is_done()
+            }
+        };
+        if !done {
+            return Ok(Progress::Pending);
+        }
+        let Input::Body { head, body, .. } = std::mem::replace(&mut self.input, Input::Head) else {
+            return Ok(Progress::Pending);
+        };
+        self.request_started = if self.buf.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        Ok(Progress::Request(Request {
+            head,
+            body,
+            peer: self.peer,
+            local: self.local,
+        }))
+    }
+
+    /// Queues bytes to write after anything already queued.
+    pub fn queue(&mut self, bytes: Vec<u8>) {
+        if self.has_output() {
+            self.out.extend_from_slice(&bytes);
+        } else {
+            self.out = bytes;
+            self.out_pos = 0;
+        }
+    }
+
+    /// Queues an error response; the connection closes after it and reads
+    /// nothing more.
+    pub fn queue_error(&mut self, status: u16, message: &str) {
+        self.queue(response::simple(status, message, false));
+        self.close_after_write = true;
+        self.buf.clear();
+        self.input = Input::Head;
+    }
+
+    /// Writes queued bytes. `Ok(true)` once everything is written.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.has_output() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(true)
+    }
+}

@@ -1,0 +1,258 @@
+//! The engine: the bound listener group, the IO threads, and the queue of
+//! complete requests that app threads take [`Job`]s from.
+//!
+//! Binding and starting are separate steps so that a future cluster master
+//! can bind, fork, and only then let each worker start its threads: no
+//! thread runs in a process that forks.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::conn::{Conn, Request};
+use super::io_thread::IoThread;
+use super::listener::{bind_group, DEFAULT_BACKLOG};
+use crate::http::Limits;
+
+/// Keep-alive connections idle longer than this are closed (Puma: 20 s).
+pub const IDLE_TIMEOUT_SECS: u64 = 20;
+/// A request head and body must arrive within this time of its first byte.
+pub const REQUEST_READ_TIMEOUT_SECS: u64 = 30;
+/// After `stop`, connections still busy after this long are dropped.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// Requests waiting for an app thread before new ones get a 503.
+pub const QUEUE_DEPTH: usize = 1024;
+
+/// What the engine needs to know before it binds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub binds: Vec<SocketAddr>,
+    pub io_threads: usize,
+    pub backlog: i32,
+    pub queue_depth: usize,
+    pub limits: Limits,
+    pub idle_timeout: Duration,
+    pub request_read_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(binds: Vec<SocketAddr>) -> Self {
+        Config {
+            binds,
+            io_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            backlog: DEFAULT_BACKLOG,
+            queue_depth: QUEUE_DEPTH,
+            limits: Limits::default(),
+            idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),
+            request_read_timeout: Duration::from_secs(REQUEST_READ_TIMEOUT_SECS),
+            shutdown_timeout: Duration::from_secs(SHUTDOWN_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// State every thread of the engine shares.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Set once by `stop`: stop accepting, finish what is in flight.
+    pub stopping: AtomicBool,
+    pub requests: AtomicU64,
+    pub rejected_full: AtomicU64,
+}
+
+/// Where app threads send a connection back to its IO thread.
+#[derive(Debug)]
+pub struct Mailbox {
+    tx: Sender<Box<Conn>>,
+    pub(crate) rx: Receiver<Box<Conn>>,
+    pub(crate) wake: EventFd,
+    /// A wake-up is already pending, so senders need not write the eventfd.
+    pub(crate) notified: AtomicBool,
+}
+
+impl Mailbox {
+    fn new() -> io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let wake =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        Ok(Mailbox {
+            tx,
+            rx,
+            wake,
+            notified: AtomicBool::new(false),
+        })
+    }
+
+    fn send(&self, conn: Box<Conn>) {
+        // The receiver lives as long as the IO thread that owns `self`.
+        let _ = self.tx.send(conn);
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            self.poke();
+        }
+    }
+
+    /// Wakes the IO thread. A full eventfd counter is still a wake-up.
+    pub(crate) fn poke(&self) {
+        let _ = self.wake.write(1);
+    }
+}
+
+/// One request for an app thread, with the connection it came on.
+#[derive(Debug)]
+pub struct Job {
+    pub request: Request,
+    conn: Box<Conn>,
+    home: Arc<Mailbox>,
+    shared: Arc<Shared>,
+}
+
+impl Job {
+    pub(crate) fn new(
+        request: Request,
+        conn: Box<Conn>,
+        home: Arc<Mailbox>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Job {
+            request,
+            conn,
+            home,
+            shared,
+        }
+    }
+
+    /// The server is shutting down: answer with `Connection: close`.
+    pub fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Writes the response and hands the connection back to its IO thread,
+    /// which finishes a write that would block and reads the next request.
+    pub fn respond(self, bytes: Vec<u8>, keep_alive: bool) {
+        let mut conn = self.conn;
+        conn.queue(bytes);
+        conn.close_after_write |= !keep_alive;
+        if conn.flush().is_err() {
+            conn.dead = true;
+        }
+        self.home.send(conn);
+    }
+
+    /// Gives the connection back to the IO thread to fail the reply
+    /// (e.g. the job could not be served).
+    pub(crate) fn into_parts(self) -> (Box<Conn>, Arc<Mailbox>) {
+        (self.conn, self.home)
+    }
+}
+
+/// The engine before and after its threads start.
+pub struct Engine {
+    config: Config,
+    listeners: Vec<Vec<TcpListener>>,
+    shared: Arc<Shared>,
+    jobs_tx: Option<Sender<Job>>,
+    jobs_rx: Receiver<Job>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Binds every address, `io_threads` sockets each. Starts no thread.
+    pub fn bind(config: Config) -> io::Result<Engine> {
+        let mut listeners: Vec<Vec<TcpListener>> =
+            (0..config.io_threads.max(1)).map(|_| Vec::new()).collect();
+        for &addr in &config.binds {
+            let group = bind_group(addr, listeners.len(), config.backlog)
+                .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+            for (slot, listener) in listeners.iter_mut().zip(group) {
+                slot.push(listener);
+            }
+        }
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
+        Ok(Engine {
+            config,
+            listeners,
+            shared: Arc::default(),
+            jobs_tx: Some(jobs_tx),
+            jobs_rx,
+            mailboxes: Vec::new(),
+            threads: Vec::new(),
+        })
+    }
+
+    /// The addresses actually bound (ports resolved when 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .first()
+            .map(|ls| ls.iter().filter_map(|l| l.local_addr().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Starts the IO threads. Call once, after any fork.
+    pub fn start(&mut self) -> io::Result<()> {
+        let Some(jobs_tx) = self.jobs_tx.take() else {
+            return Err(io::Error::other("engine already started"));
+        };
+        for (index, listeners) in std::mem::take(&mut self.listeners).into_iter().enumerate() {
+            let mailbox = Arc::new(Mailbox::new()?);
+            let thread = IoThread::new(
+                listeners,
+                &self.config,
+                jobs_tx.clone(),
+                mailbox.clone(),
+                self.shared.clone(),
+            )?;
+            let handle = std::thread::Builder::new()
+                .name(format!("butterflies-io-{index}"))
+                .spawn(move || thread.run())?;
+            self.mailboxes.push(mailbox);
+            self.threads.push(handle);
+        }
+        Ok(())
+    }
+
+    /// The queue app threads take jobs from. It disconnects when every IO
+    /// thread has finished after `stop`.
+    pub fn jobs(&self) -> Receiver<Job> {
+        self.jobs_rx.clone()
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Stops accepting; IO threads exit once their connections are done.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for mailbox in &self.mailboxes {
+            mailbox.poke();
+        }
+    }
+
+    /// Waits for the IO threads to finish.
+    pub fn join(&mut self) {
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Drop for Engine {
+    /// Only asks the threads to stop: a drop may run inside Ruby's GC, which
+    /// must not block on joins.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

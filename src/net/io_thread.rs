@@ -1,0 +1,309 @@
+//! One IO thread: an epoll loop over its own listeners, the connections it
+//! accepted, and a wake-up eventfd. It reads and parses requests, queues
+//! complete ones for the app threads, takes connections back when their
+//! response is written, finishes writes that would block, and enforces
+//! timeouts. It never calls Ruby.
+
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{accept4, getpeername, SockFlag, SockaddrStorage};
+
+use super::conn::{Conn, Fill, Progress};
+use super::engine::{Config, Job, Mailbox, Shared};
+use crate::http::Limits;
+
+const WAKER: u64 = u64::MAX;
+const LISTENER_BIT: u64 = 1 << 62;
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(500);
+/// Epoll events taken per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 256;
+
+enum Slot {
+    Free,
+    Present(Box<Conn>),
+    /// Lent to an app thread with a request; comes back by the mailbox.
+    Lent,
+}
+
+pub(crate) struct IoThread {
+    epoll: Epoll,
+    listeners: Vec<TcpListener>,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    live: usize,
+    jobs: Sender<Job>,
+    mailbox: Arc<Mailbox>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    idle_timeout: Duration,
+    request_read_timeout: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl IoThread {
+    pub(crate) fn new(
+        listeners: Vec<TcpListener>,
+        config: &Config,
+        jobs: Sender<Job>,
+        mailbox: Arc<Mailbox>,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            mailbox.wake.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, WAKER),
+        )?;
+        for (i, listener) in listeners.iter().enumerate() {
+            let data = LISTENER_BIT | i as u64;
+            epoll.add(
+                listener,
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, data),
+            )?;
+        }
+        Ok(IoThread {
+            epoll,
+            listeners,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            jobs,
+            mailbox,
+            shared,
+            limits: config.limits,
+            idle_timeout: config.idle_timeout,
+            request_read_timeout: config.request_read_timeout,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The loop. Returns once stopped and every connection is done (or the
+    /// shutdown timeout passed); dropping `self` drops the job sender.
+    pub(crate) fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
+        let mut next_tick = Instant::now() + TICK;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::NONE);
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    eprintln!("butterflies: epoll_wait failed: {e}");
+                    return;
+                }
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    WAKER => self.take_mail(),
+                    data if data & LISTENER_BIT != 0 => {
+                        self.accept((data & !LISTENER_BIT) as usize)
+                    }
+                    token => self.drive(token as usize),
+                }
+            }
+            if self.shared.stopping.load(Ordering::Acquire) {
+                let deadline = *stop_deadline.get_or_insert_with(|| {
+                    self.close_listeners();
+                    Instant::now() + self.shutdown_timeout
+                });
+                self.close_idle();
+                if self.live == 0 || Instant::now() >= deadline {
+                    return;
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.enforce_timeouts();
+                next_tick = Instant::now() + TICK;
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let fd = match accept4(
+                listener.as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            ) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the backlog.
+                    eprintln!("butterflies: accept failed: {e}");
+                    return;
+                }
+            };
+            // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let stream = std::net::TcpStream::from(fd);
+            let local = listener.local_addr();
+            let peer = getpeername::<SockaddrStorage>(stream.as_raw_fd())
+                .ok()
+                .and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| std::net::SocketAddr::V4((*v4).into()))
+                        .or_else(|| {
+                            a.as_sockaddr_in6()
+                                .map(|v6| std::net::SocketAddr::V6((*v6).into()))
+                        })
+                });
+            let (Ok(local), Some(peer)) = (local, peer) else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let token = self.free.pop().unwrap_or_else(|| {
+                self.slots.push(Slot::Free);
+                self.slots.len() - 1
+            });
+            let flags = EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLOUT
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLET;
+            if self
+                .epoll
+                .add(&stream, EpollEvent::new(flags, token as u64))
+                .is_err()
+            {
+                self.free.push(token);
+                continue;
+            }
+            self.slots[token] = Slot::Present(Box::new(Conn::new(stream, token, peer, local)));
+            self.live += 1;
+        }
+    }
+
+    /// Takes back connections whose response an app thread wrote.
+    fn take_mail(&mut self) {
+        let _ = self.mailbox.wake.read();
+        self.mailbox.notified.store(false, Ordering::Release);
+        while let Ok(mut conn) = self.mailbox.rx.try_recv() {
+            let token = conn.token;
+            conn.idle_since = Instant::now();
+            self.slots[token] = Slot::Present(conn);
+            self.drive(token);
+        }
+    }
+
+    /// Moves one present connection as far as it can go without blocking.
+    fn drive(&mut self, token: usize) {
+        let Some(Slot::Present(conn)) = self.slots.get_mut(token) else {
+            return;
+        };
+        loop {
+            if conn.dead {
+                return self.close(token);
+            }
+            match conn.flush() {
+                Ok(true) if conn.close_after_write => return self.close(token),
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => return self.close(token),
+            }
+            let fill = match conn.fill() {
+                Ok(fill) => fill,
+                Err(_) => return self.close(token),
+            };
+            match conn.advance(&self.limits) {
+                Ok(Progress::Request(request)) => return self.dispatch(token, request),
+                Ok(Progress::Pending) if conn.has_output() => continue,
+                Ok(Progress::Pending) => match fill {
+                    Fill::Full => continue,
+                    Fill::Drained => return,
+                    Fill::Eof => return self.close(token),
+                },
+                Err(e) => conn.queue_error(e.status(), &format!("{e}\n")),
+            }
+        }
+    }
+
+    /// Lends the connection and its request to the app threads.
+    fn dispatch(&mut self, token: usize, request: super::conn::Request) {
+        let Slot::Present(conn) = std::mem::replace(&mut self.slots[token], Slot::Lent) else {
+            return;
+        };
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        let job = Job::new(request, conn, self.mailbox.clone(), self.shared.clone());
+        let job = match self.jobs.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+        };
+        self.shared.rejected_full.fetch_add(1, Ordering::Relaxed);
+        let (mut conn, _) = job.into_parts();
+        let mut busy = crate::http::response::simple(503, "Service Unavailable\n", false);
+        let at = busy.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+        busy.splice(at..at, b"\r\nRetry-After: 1".iter().copied());
+        conn.queue(busy);
+        conn.close_after_write = true;
+        self.slots[token] = Slot::Present(conn);
+        self.drive(token);
+    }
+
+    fn close(&mut self, token: usize) {
+        if let Slot::Present(conn) = std::mem::replace(&mut self.slots[token], Slot::Free) {
+            let _ = self.epoll.delete(&conn.stream);
+            self.free.push(token);
+            self.live -= 1;
+        }
+    }
+
+    fn close_listeners(&mut self) {
+        for listener in self.listeners.drain(..) {
+            let _ = self.epoll.delete(&listener);
+            // This thread's sockets are its own: shut them down so the kernel
+            // stops routing new connections to a group member nobody serves.
+            let _ =
+                nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+    }
+
+    /// During shutdown: connections between requests are closed now.
+    fn close_idle(&mut self) {
+        let idle: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(t, s)| matches!(s, Slot::Present(c) if c.is_idle()).then_some(t))
+            .collect();
+        for token in idle {
+            self.close(token);
+        }
+    }
+
+    fn enforce_timeouts(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (token, slot) in self.slots.iter_mut().enumerate() {
+            let Slot::Present(conn) = slot else { continue };
+            match conn.request_started {
+                Some(started)
+                    if now - started > self.request_read_timeout && !conn.has_output() =>
+                {
+                    conn.queue_error(408, "Request Timeout\n");
+                    expired.push((token, true));
+                }
+                None if conn.is_idle() && now - conn.idle_since > self.idle_timeout => {
+                    expired.push((token, false));
+                }
+                _ => {}
+            }
+        }
+        for (token, answer) in expired {
+            if answer {
+                self.drive(token);
+            } else {
+                self.close(token);
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+#[magnus::init]
+fn init(_ruby: &magnus::Ruby) -> Result<(), magnus::Error> {
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The engine without Ruby: real sockets, a Rust "app" thread taking jobs
+//! from the queue, and raw TCP clients.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use butterflies::http::response::ResponseHead;
+use butterflies::net::{Config, Engine};
+
+/// Starts an engine on a free port with `apps` app threads answering
+/// "<method> <path> <body length>".
+fn start(apps: usize) -> (Engine, SocketAddr, Vec<thread::JoinHandle<()>>) {
+    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()]);
+    config.io_threads = 2;
+    let mut engine = Engine::bind(config).expect("bind");
+    let addr = engine.local_addrs()[0];
+    engine.start().expect("start");
+    let handles = (0..apps)
+        .map(|_| {
+            let jobs = engine.jobs();
+            thread::spawn(move || {
+                for job in jobs.iter() {
+                    let req = &job.request;
+                    let body = format!(
+                        "{} {} {}",
+                        String::from_utf8_lossy(req.head.method()),
+                        String::from_utf8_lossy(req.head.path()),
+                        req.body.len()
+                    );
+                    if req.head.path() == b"/slow" {
+                        thread::sleep(Duration::from_millis(300));
+                    }
+                    let head = ResponseHead::new(200).unwrap();
+                    let framing = head.framing(req.head.version, false, Some(body.len() as u64));
+                    let mut out = Vec::new();
+                    let keep = head.write(
+                        &mut out,
+                        req.head.version,
+                        framing,
+                        req.head.keep_alive && !job.stopping(),
+                    );
+                    out.extend_from_slice(body.as_bytes());
+                    job.respond(out, keep);
+                }
+            })
+        })
+        .collect();
+    (engine, addr, handles)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Reads responses until `count` bodies ending in `expect_end` arrived.
+fn read_until(stream: &mut TcpStream, needle: &str, count: usize) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&got).matches(needle).count() < count {
+        let n = stream.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn keep_alive_pipelining_and_errors() {
+    let (mut engine, addr, apps) = start(2);
+
+    let mut s = connect(addr);
+    for i in 0..20 {
+        write!(
+            s,
+            "POST /k{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        .unwrap();
+        let r = read_until(&mut s, &format!("POST /k{i} 5"), 1);
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    }
+
+    let mut p = connect(addr);
+    p.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = read_until(&mut p, "GET /", 3);
+    let (a, b, c) = (
+        r.find("GET /1 0").unwrap(),
+        r.find("GET /2 0").unwrap(),
+        r.find("GET /3 0").unwrap(),
+    );
+    assert!(a < b && b < c, "{r}");
+
+    let mut chunked = connect(addr);
+    chunked
+        .write_all(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        .unwrap();
+    assert!(read_until(&mut chunked, "POST /c 5", 1).contains("POST /c 5"));
+
+    let mut bad = connect(addr);
+    bad.write_all(b"GET / HTTP/1.1\r\nContent-Length: x\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = String::new();
+    bad.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r}");
+    assert!(r.contains("Connection: close"), "{r}");
+
+    let mut ten = connect(addr);
+    ten.write_all(b"GET /ten HTTP/1.0\r\n\r\n").unwrap();
+    let mut r = String::new();
+    ten.read_to_string(&mut r).unwrap();
+    assert!(
+        r.starts_with("HTTP/1.0 200 OK\r\n") && r.ends_with("GET /ten 0"),
+        "{r}"
+    );
+
+    engine.stop();
+    engine.join();
+    drop(engine);
+    for app in apps {
+        app.join().unwrap();
+    }
+}
+
+#[test]
+fn a_slow_request_does_not_hold_up_another_connection() {
+    let (mut engine, addr, _apps) = start(2);
+    let mut slow = connect(addr);
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(20));
+    let started = std::time::Instant::now();
+    let mut fast = connect(addr);
+    fast.write_all(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    read_until(&mut fast, "GET /fast 0", 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(read_until(&mut slow, "GET /slow 0", 1).contains("GET /slow 0"));
+    engine.stop();
+    engine.join();
+}
+
+#[test]
+fn stop_finishes_in_flight_requests() {
+    let (mut engine, addr, apps) = start(1);
+    let mut slow = connect(addr);
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    engine.stop();
+    let r = read_until(&mut slow, "GET /slow 0", 1);
+    assert!(
+        r.contains("Connection: close") && r.ends_with("GET /slow 0"),
+        "{r}"
+    );
+    engine.join();
+    drop(engine);
+    for app in apps {
+        app.join().unwrap();
+    }
+    assert!(TcpStream::connect(addr).is_err());
+}
