@@ -62,6 +62,7 @@ pub enum BodyFraming {
 pub struct Head {
     bytes: Vec<u8>,
     method: Range<usize>,
+    target: Range<usize>,
     path: Range<usize>,
     query: Range<usize>,
     headers: Vec<(Range<usize>, Range<usize>)>,
@@ -76,6 +77,10 @@ pub struct Head {
 impl Head {
     pub fn method(&self) -> &[u8] {
         &self.bytes[self.method.clone()]
+    }
+    /// The request-target as sent (path and query).
+    pub fn target(&self) -> &[u8] {
+        &self.bytes[self.target.clone()]
     }
     pub fn path(&self) -> &[u8] {
         &self.bytes[self.path.clone()]
@@ -138,7 +143,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
         start..start + s.len()
     };
     let target = at(target.as_bytes());
-    let (path, query) = split_target(buf, target);
+    let (path, query) = split_target(buf, target.clone());
     let headers: Vec<_> = req
         .headers
         .iter()
@@ -147,6 +152,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
     let mut head = Head {
         bytes: buf[..len].to_vec(),
         method: at(method.as_bytes()),
+        target,
         path,
         query,
         headers,

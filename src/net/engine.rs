@@ -109,7 +109,8 @@ impl Mailbox {
 #[derive(Debug)]
 pub struct Job {
     pub request: Request,
-    conn: Box<Conn>,
+    /// Always `Some` until the job is answered or dropped.
+    conn: Option<Box<Conn>>,
     home: Arc<Mailbox>,
     shared: Arc<Shared>,
 }
@@ -123,7 +124,7 @@ impl Job {
     ) -> Self {
         Job {
             request,
-            conn,
+            conn: Some(conn),
             home,
             shared,
         }
@@ -136,8 +137,10 @@ impl Job {
 
     /// Writes the response and hands the connection back to its IO thread,
     /// which finishes a write that would block and reads the next request.
-    pub fn respond(self, bytes: Vec<u8>, keep_alive: bool) {
-        let mut conn = self.conn;
+    pub fn respond(mut self, bytes: Vec<u8>, keep_alive: bool) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         conn.queue(bytes);
         conn.close_after_write |= !keep_alive;
         if conn.flush().is_err() {
@@ -146,10 +149,20 @@ impl Job {
         self.home.send(conn);
     }
 
-    /// Gives the connection back to the IO thread to fail the reply
-    /// (e.g. the job could not be served).
-    pub(crate) fn into_parts(self) -> (Box<Conn>, Arc<Mailbox>) {
-        (self.conn, self.home)
+    /// Takes the connection back out (the IO thread answers it itself).
+    pub(crate) fn take_conn(mut self) -> Option<Box<Conn>> {
+        self.conn.take()
+    }
+}
+
+impl Drop for Job {
+    /// A job dropped unanswered (the app thread was killed, a panic) closes
+    /// its connection, and its IO thread forgets it.
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.dead = true;
+            self.home.send(conn);
+        }
     }
 }
 

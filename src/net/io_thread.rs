@@ -239,7 +239,9 @@ impl IoThread {
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
         };
         self.shared.rejected_full.fetch_add(1, Ordering::Relaxed);
-        let (mut conn, _) = job.into_parts();
+        let Some(mut conn) = job.take_conn() else {
+            return;
+        };
         let mut busy = crate::http::response::simple(503, "Service Unavailable\n", false);
         let at = busy.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
         busy.splice(at..at, b"\r\nRetry-After: 1".iter().copied());

@@ -1,0 +1,17 @@
+# frozen_string_literal: true
+
+require "etc"
+require "stringio"
+require "butterflies/version"
+require "butterflies/errors"
+require "butterflies/butterflies" # the Rust extension: Butterflies::Engine
+require "butterflies/binds"
+require "butterflies/server"
+
+# Butterflies is a Rack web server whose engine is written in Rust.
+#
+#   Butterflies::Server.new(app, binds: ["tcp://127.0.0.1:9292"]).run
+#
+# See README.md, and docs/ARCHITECTURE.md for how a request flows.
+module Butterflies
+end

@@ -1,0 +1,256 @@
+//! `Butterflies::Engine`: the Ruby face of [`crate::net::Engine`], and the
+//! app-thread loop (`Engine#serve`) that takes requests from the queue,
+//! calls the Rack app with the GVL held, and writes the response without it.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use magnus::value::ReprValue;
+use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
+
+use super::gvl::{check_interrupts, without_gvl, Unblock};
+use super::{env, response};
+use crate::http::response::simple;
+use crate::net::{Config, Engine, Job, Shared};
+
+#[magnus::wrap(class = "Butterflies::Engine", free_immediately, size)]
+pub struct RbEngine {
+    engine: Mutex<Engine>,
+    jobs: Receiver<Job>,
+    shared: Arc<Shared>,
+}
+
+impl RbEngine {
+    /// `Engine.new(["127.0.0.1:9292"], io_threads: 2, ...)`: binds now,
+    /// starts no thread.
+    pub fn new(ruby: &Ruby, binds: Vec<String>, options: RHash) -> Result<Self, Error> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for bind in &binds {
+            let resolved = bind
+                .to_socket_addrs()
+                .map_err(|e| bind_error(ruby, format!("cannot resolve {bind}: {e}")))?;
+            for addr in resolved {
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
+        let mut config = Config::new(addrs);
+        if let Some(n) = option::<usize>(ruby, options, "io_threads")? {
+            config.io_threads = n.max(1);
+        }
+        if let Some(n) = option::<usize>(ruby, options, "queue_depth")? {
+            config.queue_depth = n.max(1);
+        }
+        if let Some(n) = option::<i32>(ruby, options, "backlog")? {
+            config.backlog = n;
+        }
+        if let Some(s) = option::<f64>(ruby, options, "shutdown_timeout")? {
+            config.shutdown_timeout = Duration::from_secs_f64(s.max(0.0));
+        }
+        if let Some(s) = option::<f64>(ruby, options, "idle_timeout")? {
+            config.idle_timeout = Duration::from_secs_f64(s.max(0.0));
+        }
+        if let Some(n) = option::<u64>(ruby, options, "max_body_bytes")? {
+            config.limits.max_body_bytes = n;
+        }
+        let engine = Engine::bind(config).map_err(|e| bind_error(ruby, e.to_string()))?;
+        Ok(RbEngine {
+            jobs: engine.jobs(),
+            shared: engine.shared(),
+            engine: Mutex::new(engine),
+        })
+    }
+
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        let mut engine = self
+            .engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut engine)
+    }
+
+    /// The bound addresses as "host:port" strings.
+    pub fn addresses(&self) -> Vec<String> {
+        self.with_engine(|e| e.local_addrs().iter().map(|a| a.to_string()).collect())
+    }
+
+    /// Starts the IO threads. Call after any fork.
+    pub fn start(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
+        rb_self
+            .with_engine(|e| e.start())
+            .map_err(|e| Error::new(ruby.exception_runtime_error(), format!("cannot start: {e}")))
+    }
+
+    /// Stops accepting. In-flight requests finish; `serve` returns in every
+    /// app thread once the IO threads are done.
+    pub fn stop(&self) {
+        self.with_engine(|e| e.stop());
+    }
+
+    /// Joins the IO threads (they have finished once `serve` returned).
+    pub fn join(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
+        let engine = &rb_self.engine;
+        without_gvl(
+            ruby,
+            move || {
+                let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+                engine.join();
+            },
+            None::<Unblock<'_, ()>>,
+        )
+    }
+
+    /// Counters: requests taken, requests refused because the queue was full.
+    pub fn stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = ruby.hash_new();
+        stats.aset(
+            ruby.to_symbol("requests"),
+            rb_self.shared.requests.load(Relaxed),
+        )?;
+        stats.aset(
+            ruby.to_symbol("rejected"),
+            rb_self.shared.rejected_full.load(Relaxed),
+        )?;
+        Ok(stats)
+    }
+
+    /// The app-thread loop. Returns when the engine has stopped and drained;
+    /// raises whatever Ruby delivers to this thread (kill, raise, signals).
+    pub fn serve(
+        ruby: &Ruby,
+        rb_self: &Self,
+        app: Value,
+        base_env: RHash,
+        on_error: Value,
+    ) -> Result<(), Error> {
+        let jobs = rb_self.jobs.clone();
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        loop {
+            let job = match jobs.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+                Err(TryRecvError::Empty) => match wait_for_job(ruby, &jobs, &wake_tx, &wake_rx)? {
+                    Waited::Job(job) => job,
+                    Waited::Closed => return Ok(()),
+                    Waited::Woken => {
+                        check_interrupts()?;
+                        continue;
+                    }
+                },
+            };
+            let (bytes, keep_alive) = call_app(ruby, app, base_env, on_error, &job)?;
+            without_gvl(
+                ruby,
+                move || job.respond(bytes, keep_alive),
+                None::<Unblock<'_, ()>>,
+            )?;
+        }
+    }
+}
+
+enum Waited {
+    Job(Job),
+    Closed,
+    Woken,
+}
+
+/// Blocks without the GVL until a job arrives, the queue closes, or Ruby
+/// wants this thread back (the unblock function sends on `wake`).
+fn wait_for_job(
+    ruby: &Ruby,
+    jobs: &Receiver<Job>,
+    wake_tx: &Sender<()>,
+    wake_rx: &Receiver<()>,
+) -> Result<Waited, Error> {
+    without_gvl(
+        ruby,
+        || {
+            crossbeam_channel::select! {
+                recv(jobs) -> job => job.map_or(Waited::Closed, Waited::Job),
+                recv(wake_rx) -> _ => Waited::Woken,
+            }
+        },
+        Some(Unblock {
+            func: |wake: &Sender<()>| {
+                let _ = wake.try_send(());
+            },
+            arg: wake_tx,
+        }),
+    )
+}
+
+/// Runs the app for one job with the GVL held. An app exception becomes a
+/// 500 and a log line; exceptions that are not the app's to own (kill,
+/// SystemExit, signals) go up to Ruby, and the job's connection is closed.
+fn call_app(
+    ruby: &Ruby,
+    app: Value,
+    base_env: RHash,
+    on_error: Value,
+    job: &Job,
+) -> Result<(Vec<u8>, bool), Error> {
+    let request = &job.request;
+    let wanted = response::Wanted {
+        version: request.head.version,
+        head_request: request.head.is_head_method(),
+        keep_alive: request.head.keep_alive && !job.stopping(),
+    };
+    let mut env_value: Option<RHash> = None;
+    let result = env::build(ruby, base_env, request)
+        .and_then(|env| {
+            env_value = Some(env);
+            app.funcall::<_, _, Value>("call", (env,))
+        })
+        .and_then(|triple| response::serialize(ruby, triple, &wanted));
+    match result {
+        Ok(ok) => Ok(ok),
+        Err(error) if is_app_error(ruby, &error) => {
+            report(ruby, on_error, &error, env_value);
+            Ok((
+                simple(500, "Internal Server Error\n", wanted.keep_alive),
+                wanted.keep_alive,
+            ))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn is_app_error(ruby: &Ruby, error: &Error) -> bool {
+    error.is_kind_of(ruby.exception_standard_error())
+        || error.is_kind_of(ruby.exception_script_error())
+        || error.is_kind_of(ruby.exception_sys_stack_error())
+}
+
+/// Hands the exception to the Ruby side's error reporter; if that fails
+/// too, says so on stderr.
+fn report(ruby: &Ruby, on_error: Value, error: &Error, env: Option<RHash>) {
+    let exception = error.value().unwrap_or_else(|| ruby.qnil().as_value());
+    let env = env.map_or_else(|| ruby.qnil().as_value(), |e| e.as_value());
+    if let Err(e) = on_error.funcall::<_, _, Value>("call", (exception, env)) {
+        eprintln!("butterflies: app error ({error}), and the error reporter failed: {e}");
+    }
+}
+
+fn option<T: magnus::TryConvert>(
+    ruby: &Ruby,
+    options: RHash,
+    name: &str,
+) -> Result<Option<T>, Error> {
+    match options.get(ruby.to_symbol(name)) {
+        Some(v) if !v.is_nil() => Ok(Some(T::try_convert(v)?)),
+        _ => Ok(None),
+    }
+}
+
+fn bind_error(ruby: &Ruby, message: String) -> Error {
+    let class = ruby
+        .class_object()
+        .const_get::<_, RModule>("Butterflies")
+        .and_then(|m| m.const_get::<_, magnus::ExceptionClass>("BindError"))
+        .unwrap_or_else(|_| ruby.exception_runtime_error());
+    Error::new(class, message)
+}
