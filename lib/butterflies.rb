@@ -2,6 +2,9 @@
 
 require "etc"
 require "stringio"
+# Rack 2.2's Lint calls URI.parse without requiring uri, and hides the
+# NameError as "not a valid authority"; Puma and rackup load it too.
+require "uri"
 require "butterflies/version"
 require "butterflies/errors"
 require "butterflies/butterflies" # the Rust extension: Butterflies::Engine

@@ -38,8 +38,8 @@ module Butterflies
     # Binds, serves until INT or TERM (or #stop), then drains and returns.
     def run
       bind
-      start
       install_traps
+      start
       wait_for_stop
       shutdown
     end

@@ -1,0 +1,71 @@
+require "io/wait"
+# frozen_string_literal: true
+
+require "net/http"
+require "socket"
+require "timeout"
+require_relative "support/server_process"
+
+RSpec.configure do |config|
+  config.disable_monkey_patching!
+  config.order = :random
+  config.filter_run_when_matching :focus unless ENV["CI"]
+  # A focused spec must never hide the rest of the suite in CI.
+  config.before(:suite) do
+    focused = RSpec.world.filtered_examples.values.flatten.any? { |e| e.metadata[:focus] }
+    raise "focused specs in CI" if ENV["CI"] && focused
+  end
+  # No example may hang the suite.
+  config.around do |example|
+    Timeout.timeout(example.metadata.fetch(:timeout, 90)) { example.run }
+  end
+end
+
+module ServerHelpers
+  ROOT = ServerProcess::ROOT
+  RUBY = [RbConfig.ruby, "-I#{File.join(ROOT, 'lib')}"].freeze
+  APP = File.join(ROOT, "spec/fixtures/app.ru")
+
+  def butterflies_command(*args)
+    [*RUBY, File.join(ROOT, "exe/butterflies"), *args]
+  end
+
+  # Starts `butterflies` on a free port; stops it after the example.
+  def start_butterflies(*args, rackup: APP, **kwargs)
+    server = ServerProcess.start(butterflies_command("-b", "tcp://127.0.0.1:0", *args, rackup), **kwargs)
+    (@servers ||= []) << server
+    server
+  end
+
+  def raw_request(server, bytes, read_until: nil, timeout: 10)
+    socket = TCPSocket.new(server.host, server.port)
+    socket.write(bytes)
+    read_response(socket, read_until: read_until, timeout: timeout)
+  ensure
+    socket&.close
+  end
+
+  # Reads from `socket` until `read_until` matches, or EOF, within timeout.
+  def read_response(socket, read_until: nil, timeout: 10)
+    data = +""
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    loop do
+      break if read_until && data.match?(read_until)
+
+      left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      raise "no complete response within #{timeout}s; got #{data.inspect}" if left <= 0
+      next unless socket.wait_readable(left)
+
+      chunk = socket.read_nonblock(65_536, exception: false)
+      break if chunk.nil?
+
+      data << chunk if chunk.is_a?(String)
+    end
+    data
+  end
+end
+
+RSpec.configure do |config|
+  config.include ServerHelpers
+  config.after { (@servers || []).each(&:kill) }
+end

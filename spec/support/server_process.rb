@@ -1,0 +1,126 @@
+# frozen_string_literal: true
+
+require "socket"
+require "timeout"
+
+# A server under test: a real process in its own process group, started
+# from a command line. Ready once it printed "Listening on http://HOST:PORT";
+# that line gives the port (servers are started on port 0, so no port is
+# guessed). `stop` and `kill` reach exactly the process that was started.
+class ServerProcess
+  ROOT = File.expand_path("../..", __dir__)
+  BOOT_TIMEOUT = 30
+  LISTENING = %r{Listening on http://(\S+):(\d+)}
+
+  attr_reader :pid, :port, :host, :output
+
+  def self.start(*args, **kwargs)
+    new(*args, **kwargs).tap(&:wait_until_listening)
+  end
+
+  # `command` is an argv array; env vars are added to ours.
+  def initialize(command, env: {}, chdir: ROOT)
+    @output = +""
+    @reader, writer = IO.pipe
+    @pid = Process.spawn(env, *command, chdir: chdir, out: writer, err: writer, pgroup: true, in: File::NULL)
+    writer.close
+    @status = nil
+  end
+
+  def wait_until_listening(timeout: BOOT_TIMEOUT)
+    deadline = now + timeout
+    until (match = @output.match(LISTENING))
+      raise "server exited before listening:\n#{@output}" if read_some(deadline).nil? && exited?
+      raise "server not listening after #{timeout}s:\n#{@output}" if now > deadline
+    end
+    host = match[1]
+    @host = host == "0.0.0.0" ? "127.0.0.1" : host
+    @port = Integer(match[2])
+    self
+  end
+
+  # Reads more output until `pattern` appears (or the deadline passes).
+  def wait_for_output(pattern, timeout: 10)
+    deadline = now + timeout
+    read_some(deadline) until @output.match?(pattern) || now > deadline || (exited? && !readable?)
+    @output.match?(pattern)
+  end
+
+  def signal(name)
+    Process.kill(name, @pid)
+  end
+
+  # Waits for the process to exit; returns its Process::Status or nil.
+  def wait(timeout: 10)
+    deadline = now + timeout
+    until exited?
+      return nil if now > deadline
+
+      read_some(now + 0.05)
+    end
+    drain
+    @status
+  end
+
+  # Graceful stop, then KILL if it does not go; always reaps the process.
+  def stop(signal = "TERM", timeout: 10)
+    return @status if exited?
+
+    signal(signal)
+    wait(timeout: timeout) || kill
+  end
+
+  def kill
+    return @status if exited?
+
+    Process.kill("KILL", @pid)
+    _, @status = Process.wait2(@pid)
+    drain
+    @status
+  rescue Errno::ESRCH, Errno::ECHILD
+    @status
+  end
+
+  def exited?
+    return true if @status
+
+    waited, status = Process.wait2(@pid, Process::WNOHANG)
+    @status = status if waited
+    !@status.nil?
+  end
+
+  def url(path = "/")
+    "http://#{@host}:#{@port}#{path}"
+  end
+
+  private
+
+  def readable?
+    IO.select([@reader], nil, nil, 0)
+  end
+
+  # Reads what is there before the deadline; nil at EOF.
+  def read_some(deadline)
+    wait = [deadline - now, 0.01].max
+    return "" unless IO.select([@reader], nil, nil, [wait, 0.2].min)
+
+    chunk = @reader.read_nonblock(65_536, exception: false)
+    return nil if chunk.nil?
+
+    @output << chunk if chunk.is_a?(String)
+    chunk
+  end
+
+  def drain
+    loop do
+      chunk = @reader.read_nonblock(65_536, exception: false)
+      break unless chunk.is_a?(String)
+
+      @output << chunk
+    end
+  end
+
+  def now
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+end
