@@ -98,9 +98,8 @@ RSpec.describe "butterflies serving a config.ru" do
 
   it "does not let a slow request delay another connection" do
     slow = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=1"))) }
-    # Proceed only once the slow request is in the app (a real condition):
-    # its thread is blocked in the read of the response.
-    Timeout.timeout(5) { Thread.pass until slow.status == "sleep" }
+    # Proceed only once the slow request is in the app (a real condition).
+    expect(server.wait_for_output(/app: sleeping 1.0/)).to be(true)
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     fast = Net::HTTP.get_response(URI(server.url("/")))
     fast_done = Process.clock_gettime(Process::CLOCK_MONOTONIC)

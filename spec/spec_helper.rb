@@ -4,6 +4,7 @@ require "io/wait"
 require "net/http"
 require "socket"
 require "timeout"
+require "tmpdir"
 require_relative "support/server_process"
 
 RSpec.configure do |config|

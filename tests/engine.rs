@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The engine without Ruby: real sockets, a Rust "app" thread taking jobs
 //! from the queue, and raw TCP clients.
 

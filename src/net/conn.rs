@@ -22,8 +22,10 @@ pub struct Request {
     pub local: SocketAddr,
 }
 
-/// What reading and parsing produced.
+/// What reading and parsing produced. (Returned by value once per request:
+/// boxing the large variant would cost an allocation for nothing.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Progress {
     /// A complete request is ready for the app.
     Request(Request),

@@ -152,6 +152,8 @@ impl RbEngine {
     }
 }
 
+/// What a wait ended with. Returned once per idle wait, by value.
+#[allow(clippy::large_enum_variant)]
 enum Waited {
     Job(Job),
     Closed,
@@ -205,7 +207,14 @@ fn call_app(
             env_value = Some(env);
             app.funcall::<_, _, Value>("call", (env,))
         })
-        .and_then(|triple| response::serialize(ruby, triple, &wanted));
+        .and_then(|triple| {
+            // A stop that came while the app ran still closes this connection.
+            let wanted = response::Wanted {
+                keep_alive: wanted.keep_alive && !job.stopping(),
+                ..wanted
+            };
+            response::serialize(ruby, triple, &wanted)
+        });
     match result {
         Ok(ok) => Ok(ok),
         Err(error) if is_app_error(ruby, &error) => {

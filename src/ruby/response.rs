@@ -16,6 +16,7 @@ static COLLECT_EACH: Lazy<Value> = Lazy::new(|ruby| {
 });
 
 /// What the request asked for, as far as the response framing cares.
+#[derive(Clone, Copy)]
 pub struct Wanted {
     pub version: Version,
     pub head_request: bool,

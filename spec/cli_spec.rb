@@ -1,0 +1,84 @@
+# frozen_string_literal: true
+
+require "open3"
+
+RSpec.describe "the butterflies command" do
+  def run_cli(*args, chdir: ServerHelpers::ROOT)
+    out, err, status = Open3.capture3(*butterflies_command(*args), chdir: chdir, stdin_data: "")
+    [out, err, status]
+  end
+
+  it "refuses an unknown flag with one readable line and status 2" do
+    _out, err, status = run_cli("--no-such-flag")
+    expect(status.exitstatus).to eq(2)
+    expect(err).to eq("butterflies: invalid option: --no-such-flag (see butterflies --help)\n")
+  end
+
+  it "refuses a bad thread count" do
+    _out, err, status = run_cli("-t", "zero", ServerHelpers::APP)
+    expect(status.exitstatus).to eq(2)
+    expect(err).to eq("butterflies: --threads needs a whole number, got \"zero\" (see butterflies --help)\n")
+  end
+
+  it "says when the rackup file is missing" do
+    _out, err, status = run_cli("missing.ru")
+    expect(status.exitstatus).to eq(1)
+    expect(err).to eq("butterflies: no rackup file missing.ru (name one, or run from the app's directory)\n")
+  end
+
+  it "reports a syntax error in config.ru in one line" do
+    Dir.mktmpdir do |dir|
+      File.write(File.join(dir, "config.ru"), "run ->(env) { [200, {}, [\n")
+      _out, err, status = run_cli(chdir: dir)
+      expect(status.exitstatus).to eq(1)
+      expect(err.lines.size).to eq(1)
+      expect(err).to start_with("butterflies: cannot load config.ru: SyntaxError:")
+    end
+  end
+
+  it "reports a port already in use" do
+    holder = TCPServer.new("127.0.0.1", 0)
+    port = holder.addr[1]
+    _out, err, status = run_cli("-b", "tcp://127.0.0.1:#{port}", ServerHelpers::APP)
+    expect(status.exitstatus).to eq(1)
+    expect(err).to match(/\Abutterflies: 127\.0\.0\.1:#{port}: Address already in use.*\n\z/)
+  ensure
+    holder&.close
+  end
+
+  it "prints its version and help" do
+    out, _err, status = run_cli("-v")
+    expect([out, status.exitstatus]).to eq(["butterflies #{Butterflies::VERSION}\n", 0]) if defined?(Butterflies::VERSION)
+    expect(out).to match(/\Abutterflies \d+\.\d+\.\d+\n\z/)
+    help, _err, status = run_cli("--help")
+    expect(status.exitstatus).to eq(0)
+    expect(help).to include("--bind", "--port", "--threads", "--io-threads", "--environment", "--quiet")
+  end
+
+  it "boots with a banner naming version, ruby, address, threads and pid" do
+    server = start_butterflies("-t", "3", "--io-threads", "1")
+    expect(server.output).to include("Butterflies", "ruby #{RUBY_VERSION}", "pid #{server.pid}",
+                                      "threads: 3 app, 1 io", "Ctrl-C")
+  end
+
+  it "finishes a request in flight on SIGTERM and exits 0" do
+    server = start_butterflies
+    slow = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=1"))) }
+    expect(server.wait_for_output(/app: sleeping 1.0/)).to be(true)
+    server.signal("TERM")
+    response = slow.value
+    expect(response.code).to eq("200")
+    expect(response.body).to eq("slept 1.0")
+    expect(response["Connection"]).to eq("close")
+    status = server.wait(timeout: 10)
+    expect(status&.exitstatus).to eq(0)
+    expect { TCPSocket.new(server.host, server.port) }.to raise_error(Errno::ECONNREFUSED)
+  end
+
+  it "stops on SIGINT (Ctrl-C) with status 0" do
+    server = start_butterflies
+    server.signal("INT")
+    expect(server.wait(timeout: 10)&.exitstatus).to eq(0)
+    expect(server.output).to include("Goodbye")
+  end
+end

@@ -1,0 +1,46 @@
+# frozen_string_literal: true
+
+require "fileutils"
+require "rbconfig"
+
+# The packaged gem, not the checkout: build it, install it into a private
+# GEM_HOME with no network, and run an app whose Gemfile says
+# `gem 'butterflies'` with `bundle exec butterflies`.
+RSpec.describe "the butterflies gem", timeout: 600 do
+  root = ServerHelpers::ROOT
+
+  it "builds, installs locally and serves an app through bundle exec" do
+    Dir.mktmpdir("butterflies-gem") do |dir|
+      gem_home = File.join(dir, "gems")
+      env = {
+        "GEM_HOME" => gem_home,
+        "GEM_PATH" => ([gem_home] + Gem.path).join(File::PATH_SEPARATOR),
+        # Reuse compiled crates between runs; the gem still builds from its
+        # own sources.
+        "CARGO_TARGET_DIR" => File.join(root, "target", "gem"),
+        "BUNDLE_GEMFILE" => nil, "RUBYOPT" => nil, "RUBYLIB" => nil
+      }
+      built = system(env, "gem", "build", "butterflies.gemspec", "--output", File.join(dir, "butterflies.gem"),
+                     chdir: root, out: File::NULL, err: File::NULL)
+      expect(built).to be(true)
+      log = File.join(dir, "install.log")
+      installed = system(env, "gem", "install", "--local", "--no-document", File.join(dir, "butterflies.gem"),
+                         out: log, err: %i[child out])
+      expect(installed).to be(true), File.read(log)
+
+      app = File.join(dir, "app")
+      FileUtils.mkdir_p(app)
+      FileUtils.cp(File.join(root, "examples/hello/config.ru"), app)
+      File.write(File.join(app, "Gemfile"), "source \"https://rubygems.org\"\ngem \"butterflies\"\n")
+      server = ServerProcess.start(%w[bundle exec butterflies -b tcp://127.0.0.1:0],
+                                   env: env.merge("BUNDLE_GEMFILE" => File.join(app, "Gemfile")), chdir: app)
+      (@servers ||= []) << server
+      expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
+      loaded = IO.popen(env.merge("BUNDLE_GEMFILE" => File.join(app, "Gemfile")),
+                        ["bundle", "exec", "ruby", "-e", 'require "butterflies"; puts $LOADED_FEATURES.grep(/butterflies\.so/)'],
+                        chdir: app, &:read)
+      expect(loaded).to start_with(gem_home)
+      server.stop
+    end
+  end
+end
