@@ -10,8 +10,10 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::BodyFraming;
 use crate::http::{parse_head, response, Head, Limits, ParseError};
 
-/// Bytes read from the socket per `read(2)` at most.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Size of each IO thread's read scratch buffer: bytes read per pass.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// A connection's own buffer is freed between requests when larger.
+const KEEP_BUFFER_BYTES: usize = 4096;
 
 /// A complete request, as plain Rust data.
 #[derive(Debug)]
@@ -108,26 +110,20 @@ impl Conn {
         self.out_pos < self.out.len()
     }
 
-    /// Reads what the socket has, up to one buffer's worth.
-    pub fn fill(&mut self) -> io::Result<Fill> {
+    /// Reads what the socket has, up to one scratch buffer's worth. The IO
+    /// thread lends its scratch buffer, so an idle connection holds no read
+    /// buffer of its own.
+    pub fn fill(&mut self, scratch: &mut [u8]) -> io::Result<Fill> {
         let mut total = 0;
-        while total < READ_CHUNK_BYTES {
-            let len = self.buf.len();
-            self.buf.resize(len + READ_CHUNK_BYTES - total, 0);
-            let read = self.stream.read(&mut self.buf[len..]);
-            let n = match read {
+        while total < scratch.len() {
+            let n = match self.stream.read(&mut scratch[total..]) {
                 Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return match e.kind() {
-                        io::ErrorKind::WouldBlock => Ok(Fill::Drained),
-                        io::ErrorKind::Interrupted => continue,
-                        _ => Err(e),
-                    };
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             };
-            self.buf.truncate(len + n);
             if n == 0 {
+                self.buf.extend_from_slice(&scratch[..total]);
                 return Ok(Fill::Eof);
             }
             if self.request_started.is_none() {
@@ -135,7 +131,12 @@ impl Conn {
             }
             total += n;
         }
-        Ok(Fill::Full)
+        self.buf.extend_from_slice(&scratch[..total]);
+        Ok(if total == scratch.len() {
+            Fill::Full
+        } else {
+            Fill::Drained
+        })
     }
 
     /// Advances the request being read with the buffered bytes.

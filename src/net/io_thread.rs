@@ -45,6 +45,8 @@ pub(crate) struct IoThread {
     idle_timeout: Duration,
     request_read_timeout: Duration,
     shutdown_timeout: Duration,
+    /// Read buffer lent to whichever connection is being read.
+    scratch: Vec<u8>,
 }
 
 impl IoThread {
@@ -80,6 +82,7 @@ impl IoThread {
             idle_timeout: config.idle_timeout,
             request_read_timeout: config.request_read_timeout,
             shutdown_timeout: config.shutdown_timeout,
+            scratch: vec![0; super::conn::READ_CHUNK_BYTES],
         })
     }
 
@@ -210,7 +213,7 @@ impl IoThread {
                 Ok(false) => return,
                 Err(_) => return self.close(token),
             }
-            let fill = match conn.fill() {
+            let fill = match conn.fill(&mut self.scratch) {
                 Ok(fill) => fill,
                 Err(_) => return self.close(token),
             };
