@@ -196,6 +196,9 @@ impl Conn {
         } else {
             Some(Instant::now())
         };
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
         Ok(Progress::Request(Request {
             head,
             body,
