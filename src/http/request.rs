@@ -11,6 +11,7 @@ use super::error::ParseError;
 pub const MAX_HEAD_BYTES: usize = 80 * 1024;
 pub const MAX_TARGET_BYTES: usize = 16 * 1024;
 pub const MAX_HEADER_FIELDS: usize = 100;
+pub const MAX_FIELD_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Configurable limits on what a client may send.
@@ -19,6 +20,8 @@ pub struct Limits {
     pub max_head_bytes: usize,
     pub max_target_bytes: usize,
     pub max_header_fields: usize,
+    /// One field line (name and value).
+    pub max_field_bytes: usize,
     pub max_body_bytes: u64,
 }
 
@@ -28,6 +31,7 @@ impl Default for Limits {
             max_head_bytes: MAX_HEAD_BYTES,
             max_target_bytes: MAX_TARGET_BYTES,
             max_header_fields: MAX_HEADER_FIELDS,
+            max_field_bytes: MAX_FIELD_BYTES,
             max_body_bytes: MAX_BODY_BYTES,
         }
     }
@@ -63,6 +67,8 @@ pub struct Head {
     bytes: Vec<u8>,
     method: Range<usize>,
     target: Range<usize>,
+    /// The authority of an absolute-form target (`GET http://host/p`).
+    authority: Option<Range<usize>>,
     path: Range<usize>,
     query: Range<usize>,
     headers: Vec<(Range<usize>, Range<usize>)>,
@@ -82,6 +88,12 @@ impl Head {
     pub fn target(&self) -> &[u8] {
         &self.bytes[self.target.clone()]
     }
+    /// The authority of an absolute-form request-target, which wins over
+    /// the Host field (RFC 9112 §3.2.2).
+    pub fn authority(&self) -> Option<&[u8]> {
+        self.authority.clone().map(|r| &self.bytes[r])
+    }
+    /// The path: the target without scheme, authority and query.
     pub fn path(&self) -> &[u8] {
         &self.bytes[self.path.clone()]
     }
@@ -143,16 +155,25 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, 
         start..start + s.len()
     };
     let target = at(target.as_bytes());
-    let (path, query) = split_target(buf, target.clone());
+    let method_range = at(method.as_bytes());
+    let (authority, path, query) = split_target(buf, target.clone(), &buf[method_range.clone()])?;
     let headers: Vec<_> = req
         .headers
         .iter()
         .map(|h| (at(h.name.as_bytes()), at(h.value)))
         .collect();
+    if req
+        .headers
+        .iter()
+        .any(|h| h.name.len() + h.value.len() + 2 > limits.max_field_bytes)
+    {
+        return Err(ParseError::HeadTooLarge(limits.max_field_bytes));
+    }
     let mut head = Head {
         bytes: buf[..len].to_vec(),
-        method: at(method.as_bytes()),
+        method: method_range,
         target,
+        authority,
         path,
         query,
         headers,
@@ -180,15 +201,75 @@ fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// Splits the request-target at the first `?` into path and query.
-fn split_target(buf: &[u8], target: Range<usize>) -> (Range<usize>, Range<usize>) {
-    match buf[target.clone()].iter().position(|&b| b == b'?') {
+/// Splits the request-target (RFC 9112 §3.2) into the authority of an
+/// absolute-form target, the path, and the query (after the first `?`).
+/// origin-form (`/p?q`), absolute-form (`http://h/p`) and asterisk-form
+/// (`OPTIONS *`) are accepted; anything else is malformed.
+type TargetParts = (Option<Range<usize>>, Range<usize>, Range<usize>);
+
+fn split_target(
+    buf: &[u8],
+    target: Range<usize>,
+    method: &[u8],
+) -> Result<TargetParts, ParseError> {
+    let bytes = &buf[target.clone()];
+    let (authority, path_start) = if bytes.starts_with(b"/") {
+        (None, target.start)
+    } else if bytes == b"*" && method == b"OPTIONS" {
+        (None, target.start)
+    } else if let Some(rest) = strip_scheme(bytes) {
+        let scheme_len = bytes.len() - rest.len();
+        let auth_len = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(rest.len());
+        let start = target.start + scheme_len;
+        if auth_len == 0 || !valid_host(&rest[..auth_len]) {
+            return Err(ParseError::Malformed("invalid authority in request-target"));
+        }
+        (Some(start..start + auth_len), start + auth_len)
+    } else {
+        return Err(ParseError::Malformed("unsupported request-target form"));
+    };
+    let rest = &buf[path_start..target.end];
+    Ok(match rest.iter().position(|&b| b == b'?') {
         Some(q) => (
-            target.start..target.start + q,
-            target.start + q + 1..target.end,
+            authority,
+            path_start..path_start + q,
+            path_start + q + 1..target.end,
         ),
-        None => (target.clone(), target.end..target.end),
-    }
+        None => (authority, path_start..target.end, target.end..target.end),
+    })
+}
+
+/// `http://` or `https://`, any case; returns what follows.
+fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
+    ["http://", "https://"].iter().find_map(|scheme| {
+        let n = scheme.len();
+        (target.len() >= n && target[..n].eq_ignore_ascii_case(scheme.as_bytes()))
+            .then(|| &target[n..])
+    })
+}
+
+/// uri-host [ ":" port ] (RFC 9110 §7.2): reg-name or IP-literal characters,
+/// and digits after the port colon. Empty is allowed (RFC 9112 §3.2).
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().rposition(|&b| b == b':') {
+        Some(colon) if !host[colon..].contains(&b']') => (&host[..colon], Some(&host[colon + 1..])),
+        _ => (host, None),
+    };
+    let name_ok = if let Some(inner) = name.strip_prefix(b"[") {
+        inner.strip_suffix(b"]").is_some_and(|ip| {
+            !ip.is_empty()
+                && ip
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b":.vV".contains(&b))
+        })
+    } else {
+        name.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
+    };
+    name_ok && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
 }
 
 /// Applies the header fields that decide framing and connection reuse.
@@ -211,6 +292,9 @@ fn check_fields(head: &mut Head, limits: &Limits) -> Result<(), ParseError> {
             check_transfer_encoding(value)?;
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
+            if !valid_host(value) {
+                return Err(ParseError::Malformed("invalid Host"));
+            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -382,6 +466,87 @@ mod tests {
         assert_eq!(parse(&req).unwrap_err().status(), 431);
         let huge = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1099511627776\r\n\r\n";
         assert_eq!(parse(huge).unwrap_err().status(), 413);
+    }
+
+    #[test]
+    fn request_target_forms() {
+        let abs = head("GET http://Example.com:8080/p/q?x=1 HTTP/1.1\r\nHost: other\r\n\r\n");
+        assert_eq!(abs.authority(), Some(&b"Example.com:8080"[..]));
+        assert_eq!(abs.path(), b"/p/q");
+        assert_eq!(abs.query(), b"x=1");
+        let bare = head("GET HTTPS://h HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!((bare.authority(), bare.path()), (Some(&b"h"[..]), &b""[..]));
+        let star = head("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(star.path(), b"*");
+        let long = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(8000));
+        assert_eq!(head(&long).path().len(), 8001);
+        assert!(head("\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n").path() == b"/");
+        for bad in [
+            "GET * HTTP/1.1",
+            "GET a/b HTTP/1.1",
+            "GET http:///p HTTP/1.1",
+            "GET ftp://h/ HTTP/1.1",
+        ] {
+            let req = format!("{bad}\r\nHost: h\r\n\r\n");
+            assert_eq!(parse(&req).unwrap_err().status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "example.com",
+            "example.com:80",
+            "[::1]:8080",
+            "[::1]",
+            "10.0.0.1",
+            "a-b.c_d~e",
+            "",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "a b", "a/b", "user@h", "h:8x", "h?", "[::1", "[zz]", "h\\x", "h#",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+            let req = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(parse(&req).unwrap_err().status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_field_rules() {
+        for bad in [
+            "Host : h",                    // whitespace before the colon
+            "Host: h\r\nnocolon",          // no colon
+            "Host: h\r\n: v",              // empty name
+            "Host: h\r\nX: a\r\n  folded", // obs-fold
+            " Host: h",                    // whitespace-led first field line
+            "Host: h\r\nX: a\x00b",        // NUL
+            "Host: h\r\nX: a\rb",          // bare CR
+            "Host: h\r\nX(y): v",          // not a token
+        ] {
+            let req = format!("GET / HTTP/1.1\r\n{bad}\r\n\r\n");
+            assert_eq!(parse(&req).unwrap_err().status(), 400, "{bad:?}");
+        }
+        let h = head("GET / HTTP/1.1\r\nHost: h\r\nX:  a \t b  \r\nY: caf\u{e9}\r\nZ:\r\n\r\n");
+        assert_eq!(h.header("x"), Some(&b"a \t b"[..]));
+        assert_eq!(h.header("y"), Some("caf\u{e9}".as_bytes()));
+        assert_eq!(h.header("z"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn an_8k_cookie_passes_and_a_huge_field_is_431() {
+        let cookie = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nCookie: {}\r\n\r\n",
+            "c".repeat(8192)
+        );
+        assert!(parse(&cookie).unwrap().is_some());
+        let huge = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n",
+            "c".repeat(MAX_FIELD_BYTES)
+        );
+        assert_eq!(parse(&huge).unwrap_err().status(), 431);
     }
 
     #[test]
