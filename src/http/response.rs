@@ -29,8 +29,10 @@ pub enum Framing {
     AppFramed,
     /// No length: the body ends when the connection closes (HTTP/1.0).
     UntilClose,
-    /// No body at all (1xx, 204, 304, HEAD).
+    /// No body at all (1xx, 204, 304, HEAD of an unknown length).
     None,
+    /// A HEAD response: the Content-Length of the GET, no body.
+    HeadLength(u64),
 }
 
 /// A response head being assembled from the app's status and headers.
@@ -86,6 +88,12 @@ impl ResponseHead {
         if name.eq_ignore_ascii_case(b"date") {
             return Ok(());
         }
+        let framing_field = name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding");
+        if framing_field && (self.status < 200 || self.status == 204) {
+            // RFC 9110 §8.6, RFC 9112 §6.1: never on 1xx and 204.
+            return Ok(());
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             let n = std::str::from_utf8(value)
                 .ok()
@@ -104,28 +112,29 @@ impl ResponseHead {
     }
 
     /// Chooses the body framing. `body_len` is known when the whole body is
-    /// already in hand (an Array body).
+    /// already in hand (an Array body). A HEAD response keeps the
+    /// Content-Length a GET would have had, and carries no body.
     pub fn framing(&self, version: Version, head_request: bool, body_len: Option<u64>) -> Framing {
         if self.bodyless_status() {
             return Framing::None;
         }
-        if let Some(n) = self.content_length.or(if self.transfer_encoding {
-            None
-        } else {
-            body_len
-        }) {
-            return if head_request {
-                Framing::None
-            } else {
-                Framing::Length(n)
-            };
+        let app_framed = self.transfer_encoding;
+        let length = self
+            .content_length
+            .or(if app_framed { None } else { body_len });
+        match (length, head_request) {
+            (Some(n), true) => Framing::HeadLength(n),
+            (None, true) => Framing::None,
+            (Some(n), false) => Framing::Length(n),
+            (None, false) if app_framed => Framing::AppFramed,
+            (None, false) if version == Version::Http11 => Framing::Chunked,
+            (None, false) => Framing::UntilClose,
         }
-        match (self.transfer_encoding, version, head_request) {
-            (_, _, true) => Framing::None,
-            (true, _, _) => Framing::AppFramed,
-            (false, Version::Http11, _) => Framing::Chunked,
-            (false, Version::Http10, _) => Framing::UntilClose,
-        }
+    }
+
+    /// Whether bytes of the body follow the head.
+    pub fn sends_body(framing: Framing) -> bool {
+        !matches!(framing, Framing::None | Framing::HeadLength(_))
     }
 
     /// Writes the head. `keep_alive` is the request's wish; the result says
@@ -146,7 +155,7 @@ impl ResponseHead {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.fields);
         match framing {
-            Framing::Length(n) if self.content_length.is_none() => {
+            Framing::Length(n) | Framing::HeadLength(n) if self.content_length.is_none() => {
                 out.extend_from_slice(b"Content-Length: ");
                 out.extend_from_slice(n.to_string().as_bytes());
                 out.extend_from_slice(b"\r\n");
@@ -314,7 +323,23 @@ mod tests {
             assert_eq!(head.framing(Version::Http11, false, Some(3)), Framing::None);
         }
         let head = ResponseHead::new(200).unwrap();
-        assert_eq!(head.framing(Version::Http11, true, Some(3)), Framing::None);
+        assert_eq!(
+            head.framing(Version::Http11, true, Some(3)),
+            Framing::HeadLength(3)
+        );
+        assert_eq!(head.framing(Version::Http11, true, None), Framing::None);
+        let mut out = Vec::new();
+        head.write(&mut out, Version::Http11, Framing::HeadLength(3), true);
+        assert!(text(&out).ends_with("Content-Length: 3\r\n\r\n"));
+        let mut no_content = ResponseHead::new(204).unwrap();
+        no_content.field(b"Content-Length", b"0").unwrap();
+        assert_eq!(
+            no_content.framing(Version::Http11, false, Some(5)),
+            Framing::None
+        );
+        let mut out = Vec::new();
+        no_content.write(&mut out, Version::Http11, Framing::None, true);
+        assert!(!text(&out).contains("Content-Length"));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub fn build(ruby: &Ruby, base: RHash, request: &Request) -> Result<RHash, Error
         ruby.str_new(&request.peer.ip().to_string()),
     )?;
 
-    let (name, port) = server_name_and_port(head.header("host"), request);
+    let (name, port) = server_name_and_port(head.authority().or(head.header("host")), request);
     env.aset(ruby.get_inner(&SERVER_NAME), bin(&name))?;
     env.aset(ruby.get_inner(&SERVER_PORT), ruby.str_new(&port))?;
 

@@ -44,7 +44,7 @@ pub fn serialize(ruby: &Ruby, triple: Value, wanted: &Wanted) -> Result<(Vec<u8>
     let keep_alive = head.write(&mut out, wanted.version, framing, wanted.keep_alive);
     let chunks = body.chunks;
     match framing {
-        Framing::None => {}
+        Framing::None | Framing::HeadLength(_) => {}
         Framing::Chunked => {
             for chunk in &chunks {
                 push_chunk(&mut out, chunk);
