@@ -10,6 +10,12 @@ module Butterflies
     DEFAULT_THREADS = 5
     DEFAULT_SHUTDOWN_TIMEOUT = 30
     STOP_SIGNALS = %w[INT TERM].freeze
+    # Options passed to the Rust engine as they are (seconds and bytes).
+    ENGINE_OPTIONS = %i[
+      idle_timeout header_timeout body_timeout write_timeout
+      max_head_bytes max_target_bytes max_header_fields max_field_bytes max_body_bytes
+      queue_depth backlog
+    ].freeze
 
     attr_reader :app, :options, :addresses
 
@@ -18,6 +24,9 @@ module Butterflies
     #   threads:          Ruby app threads (default 5)
     #   io_threads:       Rust IO threads (default: number of CPUs)
     #   shutdown_timeout: seconds in-flight requests get after a stop signal
+    #   idle_timeout, header_timeout, body_timeout, write_timeout: seconds
+    #   max_head_bytes, max_target_bytes, max_header_fields, max_field_bytes,
+    #   max_body_bytes:   request limits (431, 414, 431, 431, 413 past them)
     #   quiet:            no boot banner
     #   log:              IO for the banner and shutdown lines (default $stdout)
     def initialize(app, options = {})
@@ -47,7 +56,8 @@ module Butterflies
     # Binds the listening sockets. Raises BindError (port in use, ...).
     def bind
       addresses = @binds.map { |uri| Binds.to_address(uri) }
-      @engine = Engine.new(addresses, io_threads: @io_threads, shutdown_timeout: @shutdown_timeout)
+      engine_options = @options.slice(*ENGINE_OPTIONS).compact
+      @engine = Engine.new(addresses, io_threads: @io_threads, shutdown_timeout: @shutdown_timeout, **engine_options)
       @addresses = @engine.addresses
     end
 

@@ -13,6 +13,8 @@ pub const MAX_TARGET_BYTES: usize = 16 * 1024;
 pub const MAX_HEADER_FIELDS: usize = 100;
 pub const MAX_FIELD_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Bodies larger than this are spooled to a temporary file.
+pub const BODY_IN_MEMORY_BYTES: usize = 1024 * 1024;
 
 /// Configurable limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +25,8 @@ pub struct Limits {
     /// One field line (name and value).
     pub max_field_bytes: usize,
     pub max_body_bytes: u64,
+    /// Not a limit: past this a body is kept in a temp file, not RAM.
+    pub body_in_memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +37,7 @@ impl Default for Limits {
             max_header_fields: MAX_HEADER_FIELDS,
             max_field_bytes: MAX_FIELD_BYTES,
             max_body_bytes: MAX_BODY_BYTES,
+            body_in_memory_bytes: BODY_IN_MEMORY_BYTES,
         }
     }
 }

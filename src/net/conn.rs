@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
+use super::body::{Body, BodyBuf};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::BodyFraming;
 use crate::http::{parse_head, response, Head, Limits, ParseError};
@@ -19,7 +20,7 @@ const KEEP_BUFFER_BYTES: usize = 4096;
 #[derive(Debug)]
 pub struct Request {
     pub head: Head,
-    pub body: Vec<u8>,
+    pub body: Body,
     pub peer: SocketAddr,
     pub local: SocketAddr,
 }
@@ -41,7 +42,7 @@ enum Input {
     Head,
     Body {
         head: Head,
-        body: Vec<u8>,
+        body: BodyBuf,
         left: BodyLeft,
     },
 }
@@ -68,6 +69,10 @@ pub struct Conn {
     pub(crate) dead: bool,
     /// When the request now being read started (its first byte).
     pub(crate) request_started: Option<Instant>,
+    /// When the last byte was read.
+    pub(crate) last_read: Instant,
+    /// When queued output last made progress.
+    pub(crate) last_write: Instant,
     /// When the connection last became idle between requests.
     pub(crate) idle_since: Instant,
 }
@@ -97,6 +102,8 @@ impl Conn {
             close_after_write: false,
             dead: false,
             request_started: None,
+            last_read: Instant::now(),
+            last_write: Instant::now(),
             idle_since: Instant::now(),
         }
     }
@@ -104,6 +111,11 @@ impl Conn {
     /// No request is being read and nothing is waiting to be written.
     pub fn is_idle(&self) -> bool {
         self.buf.is_empty() && matches!(self.input, Input::Head) && !self.has_output()
+    }
+
+    /// A head was parsed and its body is being read.
+    pub fn reading_body(&self) -> bool {
+        matches!(self.input, Input::Body { .. })
     }
 
     pub fn has_output(&self) -> bool {
@@ -126,8 +138,9 @@ impl Conn {
                 self.buf.extend_from_slice(&scratch[..total]);
                 return Ok(Fill::Eof);
             }
+            self.last_read = Instant::now();
             if self.request_started.is_none() {
-                self.request_started = Some(Instant::now());
+                self.request_started = Some(self.last_read);
             }
             total += n;
         }
@@ -155,15 +168,12 @@ impl Conn {
             if head.expect_continue && self.buf.is_empty() && !matches!(left, BodyLeft::Length(0)) {
                 self.queue(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
             }
-            let capacity = match left {
-                BodyLeft::Length(n) => usize::try_from(n).unwrap_or(0).min(READ_CHUNK_BYTES * 16),
-                BodyLeft::Chunked(_) => 0,
+            let expected = match left {
+                BodyLeft::Length(n) => Some(n),
+                BodyLeft::Chunked(_) => None,
             };
-            self.input = Input::Body {
-                head,
-                body: Vec::with_capacity(capacity),
-                left,
-            };
+            let body = BodyBuf::new(limits.body_in_memory_bytes, expected).map_err(spool_error)?;
+            self.input = Input::Body { head, body, left };
         }
         let Input::Body { body, left, .. } = &mut self.input else {
             return Ok(Progress::Pending);
@@ -174,13 +184,15 @@ impl Conn {
                     .buf
                     .len()
                     .min(usize::try_from(*n).unwrap_or(usize::MAX));
-                body.extend_from_slice(&self.buf[..take]);
+                body.push(&self.buf[..take]).map_err(spool_error)?;
                 self.buf.drain(..take);
                 *n -= take as u64;
                 *n == 0
             }
             BodyLeft::Chunked(decoder) => {
-                let used = decoder.decode(&self.buf, body)?;
+                let mut decoded = Vec::new();
+                let used = decoder.decode(&self.buf, &mut decoded)?;
+                body.push(&decoded).map_err(spool_error)?;
                 self.buf.drain(..used);
                 decoder.is_done()
             }
@@ -201,7 +213,7 @@ impl Conn {
         }
         Ok(Progress::Request(Request {
             head,
-            body,
+            body: body.finish().map_err(spool_error)?,
             peer: self.peer,
             local: self.local,
         }))
@@ -231,7 +243,10 @@ impl Conn {
         while self.has_output() {
             match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out_pos += n,
+                Ok(n) => {
+                    self.out_pos += n;
+                    self.last_write = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -241,4 +256,9 @@ impl Conn {
         self.out_pos = 0;
         Ok(true)
     }
+}
+
+fn spool_error(e: std::io::Error) -> ParseError {
+    eprintln!("butterflies: cannot spool a request body: {e}");
+    ParseError::Internal("cannot store the request body")
 }

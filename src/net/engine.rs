@@ -22,8 +22,12 @@ use crate::http::Limits;
 
 /// Keep-alive connections idle longer than this are closed (Puma: 20 s).
 pub const IDLE_TIMEOUT_SECS: u64 = 20;
-/// A request head and body must arrive within this time of its first byte.
-pub const REQUEST_READ_TIMEOUT_SECS: u64 = 30;
+/// A request head must be complete this long after its first byte.
+pub const HEADER_TIMEOUT_SECS: u64 = 20;
+/// A request body may pause this long between bytes.
+pub const BODY_TIMEOUT_SECS: u64 = 30;
+/// A client that reads none of a pending response for this long is dropped.
+pub const WRITE_TIMEOUT_SECS: u64 = 30;
 /// After `stop`, connections still busy after this long are dropped.
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 /// Requests waiting for an app thread before new ones get a 503.
@@ -38,7 +42,9 @@ pub struct Config {
     pub queue_depth: usize,
     pub limits: Limits,
     pub idle_timeout: Duration,
-    pub request_read_timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub write_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -53,7 +59,9 @@ impl Config {
             queue_depth: QUEUE_DEPTH,
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),
-            request_read_timeout: Duration::from_secs(REQUEST_READ_TIMEOUT_SECS),
+            header_timeout: Duration::from_secs(HEADER_TIMEOUT_SECS),
+            body_timeout: Duration::from_secs(BODY_TIMEOUT_SECS),
+            write_timeout: Duration::from_secs(WRITE_TIMEOUT_SECS),
             shutdown_timeout: Duration::from_secs(SHUTDOWN_TIMEOUT_SECS),
         }
     }

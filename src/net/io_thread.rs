@@ -42,8 +42,7 @@ pub(crate) struct IoThread {
     mailbox: Arc<Mailbox>,
     shared: Arc<Shared>,
     limits: Limits,
-    idle_timeout: Duration,
-    request_read_timeout: Duration,
+    timeouts: Timeouts,
     shutdown_timeout: Duration,
     /// Read buffer lent to whichever connection is being read.
     scratch: Vec<u8>,
@@ -79,8 +78,12 @@ impl IoThread {
             mailbox,
             shared,
             limits: config.limits,
-            idle_timeout: config.idle_timeout,
-            request_read_timeout: config.request_read_timeout,
+            timeouts: Timeouts {
+                idle: config.idle_timeout,
+                header: config.header_timeout,
+                body: config.body_timeout,
+                write: config.write_timeout,
+            },
             shutdown_timeout: config.shutdown_timeout,
             scratch: vec![0; super::conn::READ_CHUNK_BYTES],
         })
@@ -290,17 +293,13 @@ impl IoThread {
         let mut expired = Vec::new();
         for (token, slot) in self.slots.iter_mut().enumerate() {
             let Slot::Present(conn) = slot else { continue };
-            match conn.request_started {
-                Some(started)
-                    if now - started > self.request_read_timeout && !conn.has_output() =>
-                {
+            match self.timeouts.check(conn, now) {
+                Expired::No => {}
+                Expired::Close => expired.push((token, false)),
+                Expired::Answer408 => {
                     conn.queue_error(408, "Request Timeout\n");
                     expired.push((token, true));
                 }
-                None if conn.is_idle() && now - conn.idle_since > self.idle_timeout => {
-                    expired.push((token, false));
-                }
-                _ => {}
             }
         }
         for (token, answer) in expired {
@@ -309,6 +308,50 @@ impl IoThread {
             } else {
                 self.close(token);
             }
+        }
+    }
+}
+
+/// The timeouts an IO thread enforces. None of them involves an app thread:
+/// a connection is only checked while its IO thread owns it.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// Keep-alive: between requests.
+    idle: Duration,
+    /// From a request's first byte to the end of its head.
+    header: Duration,
+    /// Between two reads of a request body.
+    body: Duration,
+    /// Without progress writing a pending response.
+    write: Duration,
+}
+
+enum Expired {
+    No,
+    Close,
+    Answer408,
+}
+
+impl Timeouts {
+    fn check(&self, conn: &Conn, now: Instant) -> Expired {
+        if conn.has_output() {
+            return if now - conn.last_write > self.write {
+                Expired::Close
+            } else {
+                Expired::No
+            };
+        }
+        if conn.reading_body() {
+            return if now - conn.last_read > self.body {
+                Expired::Answer408
+            } else {
+                Expired::No
+            };
+        }
+        match conn.request_started {
+            Some(started) if now - started > self.header => Expired::Answer408,
+            None if conn.is_idle() && now - conn.idle_since > self.idle => Expired::Close,
+            _ => Expired::No,
         }
     }
 }

@@ -53,8 +53,28 @@ impl RbEngine {
         if let Some(s) = option::<f64>(ruby, options, "idle_timeout")? {
             config.idle_timeout = Duration::from_secs_f64(s.max(0.0));
         }
+        for (name, slot) in [
+            ("header_timeout", &mut config.header_timeout),
+            ("body_timeout", &mut config.body_timeout),
+            ("write_timeout", &mut config.write_timeout),
+        ] {
+            if let Some(s) = option::<f64>(ruby, options, name)? {
+                *slot = Duration::from_secs_f64(s.max(0.0));
+            }
+        }
+        let limits = &mut config.limits;
         if let Some(n) = option::<u64>(ruby, options, "max_body_bytes")? {
-            config.limits.max_body_bytes = n;
+            limits.max_body_bytes = n;
+        }
+        for (name, slot) in [
+            ("max_head_bytes", &mut limits.max_head_bytes),
+            ("max_target_bytes", &mut limits.max_target_bytes),
+            ("max_header_fields", &mut limits.max_header_fields),
+            ("max_field_bytes", &mut limits.max_field_bytes),
+        ] {
+            if let Some(n) = option::<usize>(ruby, options, name)? {
+                *slot = n.max(1);
+            }
         }
         let engine = Engine::bind(config).map_err(|e| bind_error(ruby, e.to_string()))?;
         Ok(RbEngine {
@@ -142,7 +162,8 @@ impl RbEngine {
                     }
                 },
             };
-            let (bytes, keep_alive) = call_app(ruby, app, base_env, on_error, &job)?;
+            let mut job = job;
+            let (bytes, keep_alive) = call_app(ruby, app, base_env, on_error, &mut job)?;
             without_gvl(
                 ruby,
                 move || job.respond(bytes, keep_alive),
@@ -193,35 +214,38 @@ fn call_app(
     app: Value,
     base_env: RHash,
     on_error: Value,
-    job: &Job,
+    job: &mut Job,
 ) -> Result<(Vec<u8>, bool), Error> {
-    let request = &job.request;
+    let head = &job.request.head;
     let wanted = response::Wanted {
-        version: request.head.version,
-        head_request: request.head.is_head_method(),
-        keep_alive: request.head.keep_alive && !job.stopping(),
+        version: head.version,
+        head_request: head.is_head_method(),
+        keep_alive: head.keep_alive,
     };
     let mut env_value: Option<RHash> = None;
-    let result = env::build(ruby, base_env, request)
-        .and_then(|env| {
-            env_value = Some(env);
-            app.funcall::<_, _, Value>("call", (env,))
-        })
-        .and_then(|triple| {
-            // A stop that came while the app ran still closes this connection.
-            let wanted = response::Wanted {
-                keep_alive: wanted.keep_alive && !job.stopping(),
-                ..wanted
-            };
-            response::serialize(ruby, triple, &wanted)
-        });
+    let mut spooled: Option<Value> = None;
+    let result = env::build(ruby, base_env, &mut job.request).and_then(|built| {
+        env_value = Some(built.env);
+        spooled = built.spooled_input;
+        let triple: Value = app.funcall("call", (built.env,))?;
+        // A stop that came while the app ran still closes this connection.
+        let wanted = response::Wanted {
+            keep_alive: wanted.keep_alive && !job.stopping(),
+            ..wanted
+        };
+        response::serialize(ruby, triple, &wanted)
+    });
+    if let Some(file) = spooled {
+        let _: Result<Value, Error> = file.funcall("close", ());
+    }
     match result {
         Ok(ok) => Ok(ok),
         Err(error) if is_app_error(ruby, &error) => {
             report(ruby, on_error, &error, env_value);
+            let keep_alive = wanted.keep_alive && !job.stopping();
             Ok((
-                simple(500, "Internal Server Error\n", wanted.keep_alive),
-                wanted.keep_alive,
+                simple(500, "Internal Server Error\n", keep_alive),
+                keep_alive,
             ))
         }
         Err(error) => Err(error),

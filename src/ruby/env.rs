@@ -5,8 +5,10 @@
 use magnus::value::{Lazy, ReprValue};
 use magnus::{prelude::*, Error, RClass, RHash, RString, Ruby, Value};
 
+use std::os::fd::IntoRawFd;
+
 use crate::http::request::BodyFraming;
-use crate::net::Request;
+use crate::net::{Body, Request};
 
 macro_rules! keys {
     ($($name:ident = $text:literal;)*) => {
@@ -36,8 +38,16 @@ static STRING_IO: Lazy<RClass> = Lazy::new(|ruby| {
         .unwrap_or_else(|_| ruby.class_object())
 });
 
-/// The env for `request`, built on a copy of `base`.
-pub fn build(ruby: &Ruby, base: RHash, request: &Request) -> Result<RHash, Error> {
+/// The env and its `rack.input` (a File for a spooled body, which the
+/// caller closes after the response).
+pub struct Built {
+    pub env: RHash,
+    pub spooled_input: Option<Value>,
+}
+
+/// The env for `request`, built on a copy of `base`. A spooled body's file
+/// moves into the env's `rack.input`.
+pub fn build(ruby: &Ruby, base: RHash, request: &mut Request) -> Result<Built, Error> {
     let env: RHash = base.funcall("dup", ())?;
     let head = &request.head;
     let bin = |bytes: &[u8]| ruby.str_from_slice(bytes);
@@ -72,11 +82,24 @@ pub fn build(ruby: &Ruby, base: RHash, request: &Request) -> Result<RHash, Error
             ruby.str_new(&request.body.len().to_string()),
         )?;
     }
-    let input: Value = ruby
-        .get_inner(&STRING_IO)
-        .funcall("new", (bin(&request.body),))?;
+    let (input, spooled_input) =
+        match std::mem::replace(&mut request.body, Body::Memory(Vec::new())) {
+            Body::Memory(bytes) => {
+                let input: Value = ruby.get_inner(&STRING_IO).funcall("new", (bin(&bytes),))?;
+                (input, None)
+            }
+            Body::File { file, .. } => {
+                let fd = file.into_raw_fd();
+                let file: Result<Value, Error> = ruby.class_file().funcall("for_fd", (fd, "rb"));
+                if file.is_err() {
+                    let _ = nix::unistd::close(fd);
+                }
+                let file = file?;
+                (file, Some(file))
+            }
+        };
     env.aset(ruby.get_inner(&RACK_INPUT), input)?;
-    Ok(env)
+    Ok(Built { env, spooled_input })
 }
 
 /// One header field as its CGI-style env key. Names with `_` are dropped
