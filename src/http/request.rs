@@ -218,9 +218,8 @@ fn split_target(
     method: &[u8],
 ) -> Result<TargetParts, ParseError> {
     let bytes = &buf[target.clone()];
-    let (authority, path_start) = if bytes.starts_with(b"/") {
-        (None, target.start)
-    } else if bytes == b"*" && method == b"OPTIONS" {
+    let origin_or_asterisk = bytes.starts_with(b"/") || (bytes == b"*" && method == b"OPTIONS");
+    let (authority, path_start) = if origin_or_asterisk {
         (None, target.start)
     } else if let Some(rest) = strip_scheme(bytes) {
         let scheme_len = bytes.len() - rest.len();

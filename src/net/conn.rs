@@ -41,7 +41,7 @@ pub enum Progress {
 enum Input {
     Head,
     Body {
-        head: Head,
+        head: Box<Head>,
         body: BodyBuf,
         left: BodyLeft,
     },
@@ -173,7 +173,11 @@ impl Conn {
                 BodyLeft::Chunked(_) => None,
             };
             let body = BodyBuf::new(limits.body_in_memory_bytes, expected).map_err(spool_error)?;
-            self.input = Input::Body { head, body, left };
+            self.input = Input::Body {
+                head: Box::new(head),
+                body,
+                left,
+            };
         }
         let Input::Body { body, left, .. } = &mut self.input else {
             return Ok(Progress::Pending);
@@ -212,7 +216,7 @@ impl Conn {
             self.buf = Vec::new();
         }
         Ok(Progress::Request(Request {
-            head,
+            head: *head,
             body: body.finish().map_err(spool_error)?,
             peer: self.peer,
             local: self.local,
