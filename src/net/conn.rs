@@ -159,6 +159,9 @@ impl Conn {
                 return Ok(Progress::Pending);
             };
             self.buf.drain(..used);
+            if head.body == BodyFraming::Length(0) {
+                return Ok(self.complete(head, Body::Memory(Vec::new())));
+            }
             let left = match head.body {
                 BodyFraming::Length(n) => BodyLeft::Length(n),
                 BodyFraming::Chunked => {
@@ -207,6 +210,12 @@ impl Conn {
         let Input::Body { head, body, .. } = std::mem::replace(&mut self.input, Input::Head) else {
             return Ok(Progress::Pending);
         };
+        let body = body.finish().map_err(spool_error)?;
+        Ok(self.complete(*head, body))
+    }
+
+    /// A request is complete: the connection starts over on the next one.
+    fn complete(&mut self, head: Head, body: Body) -> Progress {
         self.request_started = if self.buf.is_empty() {
             None
         } else {
@@ -215,12 +224,12 @@ impl Conn {
         if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
             self.buf = Vec::new();
         }
-        Ok(Progress::Request(Request {
-            head: *head,
-            body: body.finish().map_err(spool_error)?,
+        Progress::Request(Request {
+            head,
+            body,
             peer: self.peer,
             local: self.local,
-        }))
+        })
     }
 
     /// Queues bytes to write after anything already queued.
