@@ -6,15 +6,14 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
-use super::body::{Body, BodyBuf};
-use crate::http::chunked::ChunkedDecoder;
-use crate::http::request::BodyFraming;
-use crate::http::{parse_head, response, Head, Limits, ParseError};
+use super::body::Body;
+use super::reader::{RequestReader, Step};
+use crate::http::{response, Head, Limits, ParseError};
 
 /// Size of each IO thread's read scratch buffer: bytes read per pass.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// A connection's own buffer is freed between requests when larger.
-const KEEP_BUFFER_BYTES: usize = 4096;
+/// Sent before the body to a client that sent `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A complete request, as plain Rust data.
 #[derive(Debug)]
@@ -25,32 +24,14 @@ pub struct Request {
     pub local: SocketAddr,
 }
 
-/// What reading and parsing produced. (Returned by value once per request:
-/// boxing the large variant would cost an allocation for nothing.)
+/// What reading and parsing produced.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant)] // returned by value, once per request
 pub enum Progress {
     /// A complete request is ready for the app.
     Request(Request),
     /// More bytes are needed.
     Pending,
-}
-
-/// What the connection is in the middle of reading.
-#[derive(Debug)]
-enum Input {
-    Head,
-    Body {
-        head: Box<Head>,
-        body: BodyBuf,
-        left: BodyLeft,
-    },
-}
-
-#[derive(Debug)]
-enum BodyLeft {
-    Length(u64),
-    Chunked(ChunkedDecoder),
 }
 
 #[derive(Debug)]
@@ -59,8 +40,7 @@ pub struct Conn {
     pub(crate) token: usize,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
-    buf: Vec<u8>,
-    input: Input,
+    reader: RequestReader,
     out: Vec<u8>,
     out_pos: usize,
     /// Close once `out` is written (an error, `Connection: close`, HTTP/1.0).
@@ -95,8 +75,7 @@ impl Conn {
             token,
             peer,
             local,
-            buf: Vec::new(),
-            input: Input::Head,
+            reader: RequestReader::default(),
             out: Vec::new(),
             out_pos: 0,
             close_after_write: false,
@@ -110,12 +89,12 @@ impl Conn {
 
     /// No request is being read and nothing is waiting to be written.
     pub fn is_idle(&self) -> bool {
-        self.buf.is_empty() && matches!(self.input, Input::Head) && !self.has_output()
+        self.reader.is_idle() && !self.has_output()
     }
 
     /// A head was parsed and its body is being read.
     pub fn reading_body(&self) -> bool {
-        matches!(self.input, Input::Body { .. })
+        self.reader.reading_body()
     }
 
     pub fn has_output(&self) -> bool {
@@ -135,7 +114,7 @@ impl Conn {
                 Err(e) => return Err(e),
             };
             if n == 0 {
-                self.buf.extend_from_slice(&scratch[..total]);
+                self.reader.extend(&scratch[..total]);
                 return Ok(Fill::Eof);
             }
             self.last_read = Instant::now();
@@ -144,7 +123,7 @@ impl Conn {
             }
             total += n;
         }
-        self.buf.extend_from_slice(&scratch[..total]);
+        self.reader.extend(&scratch[..total]);
         Ok(if total == scratch.len() {
             Fill::Full
         } else {
@@ -152,84 +131,26 @@ impl Conn {
         })
     }
 
-    /// Advances the request being read with the buffered bytes.
+    /// Advances the request being read with the buffered bytes; queues
+    /// `100 Continue` when the client waits for it.
     pub fn advance(&mut self, limits: &Limits) -> Result<Progress, ParseError> {
-        if let Input::Head = self.input {
-            let Some((head, used)) = parse_head(&self.buf, limits)? else {
-                return Ok(Progress::Pending);
-            };
-            self.buf.drain(..used);
-            if head.body == BodyFraming::Length(0) {
-                return Ok(self.complete(head, Body::Memory(Vec::new())));
-            }
-            let left = match head.body {
-                BodyFraming::Length(n) => BodyLeft::Length(n),
-                BodyFraming::Chunked => {
-                    BodyLeft::Chunked(ChunkedDecoder::new(limits.max_body_bytes))
+        loop {
+            match self.reader.advance(limits)? {
+                Step::Continue => self.queue(CONTINUE.to_vec()),
+                Step::Pending => return Ok(Progress::Pending),
+                Step::Request(head, body) => {
+                    let next_started = self.reader.has_buffered().then(Instant::now);
+                    self.request_started = next_started;
+                    let (peer, local) = (self.peer, self.local);
+                    return Ok(Progress::Request(Request {
+                        head,
+                        body,
+                        peer,
+                        local,
+                    }));
                 }
-            };
-            if head.expect_continue && self.buf.is_empty() && !matches!(left, BodyLeft::Length(0)) {
-                self.queue(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
             }
-            let expected = match left {
-                BodyLeft::Length(n) => Some(n),
-                BodyLeft::Chunked(_) => None,
-            };
-            let body = BodyBuf::new(limits.body_in_memory_bytes, expected).map_err(spool_error)?;
-            self.input = Input::Body {
-                head: Box::new(head),
-                body,
-                left,
-            };
         }
-        let Input::Body { body, left, .. } = &mut self.input else {
-            return Ok(Progress::Pending);
-        };
-        let done = match left {
-            BodyLeft::Length(n) => {
-                let take = self
-                    .buf
-                    .len()
-                    .min(usize::try_from(*n).unwrap_or(usize::MAX));
-                body.push(&self.buf[..take]).map_err(spool_error)?;
-                self.buf.drain(..take);
-                *n -= take as u64;
-                *n == 0
-            }
-            BodyLeft::Chunked(decoder) => {
-                let mut decoded = Vec::new();
-                let used = decoder.decode(&self.buf, &mut decoded)?;
-                body.push(&decoded).map_err(spool_error)?;
-                self.buf.drain(..used);
-                decoder.is_done()
-            }
-        };
-        if !done {
-            return Ok(Progress::Pending);
-        }
-        let Input::Body { head, body, .. } = std::mem::replace(&mut self.input, Input::Head) else {
-            return Ok(Progress::Pending);
-        };
-        let body = body.finish().map_err(spool_error)?;
-        Ok(self.complete(*head, body))
-    }
-
-    /// A request is complete: the connection starts over on the next one.
-    fn complete(&mut self, head: Head, body: Body) -> Progress {
-        self.request_started = if self.buf.is_empty() {
-            None
-        } else {
-            Some(Instant::now())
-        };
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
-            self.buf = Vec::new();
-        }
-        Progress::Request(Request {
-            head,
-            body,
-            peer: self.peer,
-            local: self.local,
-        })
     }
 
     /// Queues bytes to write after anything already queued.
@@ -247,8 +168,7 @@ impl Conn {
     pub fn queue_error(&mut self, status: u16, message: &str) {
         self.queue(response::simple(status, message, false));
         self.close_after_write = true;
-        self.buf.clear();
-        self.input = Input::Head;
+        self.reader.clear();
     }
 
     /// Writes queued bytes. `Ok(true)` once everything is written.
@@ -269,9 +189,4 @@ impl Conn {
         self.out_pos = 0;
         Ok(true)
     }
-}
-
-fn spool_error(e: std::io::Error) -> ParseError {
-    eprintln!("butterflies: cannot spool a request body: {e}");
-    ParseError::Internal("cannot store the request body")
 }

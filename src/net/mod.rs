@@ -7,6 +7,7 @@ pub mod conn;
 pub mod engine;
 mod io_thread;
 pub mod listener;
+pub mod reader;
 
 pub use body::Body;
 pub use conn::Request;

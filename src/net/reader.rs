@@ -1,0 +1,153 @@
+//! The request reader: bytes in, complete requests out. It holds the bytes
+//! read but not yet parsed and the request being assembled (head, then body
+//! by Content-Length or chunked). No sockets here, so the state machine is
+//! tested by feeding it any split of a byte stream.
+
+use super::body::{Body, BodyBuf};
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::BodyFraming;
+use crate::http::{parse_head, Head, Limits, ParseError};
+
+/// A reader's own buffer is freed between requests when larger than this.
+const KEEP_BUFFER_BYTES: usize = 4096;
+
+/// What one `advance` produced.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // returned by value, once per request
+pub enum Step {
+    /// A complete request.
+    Request(Head, Body),
+    /// The client waits for `100 Continue` before it sends the body: send
+    /// it, then call `advance` again.
+    Continue,
+    /// More bytes are needed.
+    Pending,
+}
+
+#[derive(Debug)]
+enum Input {
+    Head,
+    Body {
+        head: Box<Head>,
+        body: BodyBuf,
+        left: BodyLeft,
+    },
+}
+
+#[derive(Debug)]
+enum BodyLeft {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+#[derive(Debug)]
+pub struct RequestReader {
+    buf: Vec<u8>,
+    input: Input,
+}
+
+impl Default for RequestReader {
+    fn default() -> Self {
+        RequestReader {
+            buf: Vec::new(),
+            input: Input::Head,
+        }
+    }
+}
+
+impl RequestReader {
+    /// Adds bytes read from the client.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Between requests with nothing buffered.
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && matches!(self.input, Input::Head)
+    }
+
+    /// Bytes of a next request are already buffered.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    pub fn reading_body(&self) -> bool {
+        matches!(self.input, Input::Body { .. })
+    }
+
+    /// Forgets everything (after an error, nothing more is read).
+    pub fn clear(&mut self) {
+        self.buf = Vec::new();
+        self.input = Input::Head;
+    }
+
+    /// Advances the request being read with the buffered bytes.
+    pub fn advance(&mut self, limits: &Limits) -> Result<Step, ParseError> {
+        if let Input::Head = self.input {
+            let Some((head, used)) = parse_head(&self.buf, limits)? else {
+                return Ok(Step::Pending);
+            };
+            self.buf.drain(..used);
+            let (left, expected) = match head.body {
+                BodyFraming::Length(0) => return Ok(self.complete(head, Body::Memory(Vec::new()))),
+                BodyFraming::Length(n) => (BodyLeft::Length(n), Some(n)),
+                BodyFraming::Chunked => (
+                    BodyLeft::Chunked(ChunkedDecoder::new(limits.max_body_bytes)),
+                    None,
+                ),
+            };
+            let send_continue = head.expect_continue && self.buf.is_empty();
+            let body = BodyBuf::new(limits.body_in_memory_bytes, expected).map_err(spool_error)?;
+            self.input = Input::Body {
+                head: Box::new(head),
+                body,
+                left,
+            };
+            if send_continue {
+                return Ok(Step::Continue);
+            }
+        }
+        let Input::Body { body, left, .. } = &mut self.input else {
+            return Ok(Step::Pending);
+        };
+        let done = match left {
+            BodyLeft::Length(n) => {
+                let take = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(*n).unwrap_or(usize::MAX));
+                body.push(&self.buf[..take]).map_err(spool_error)?;
+                self.buf.drain(..take);
+                *n -= take as u64;
+                *n == 0
+            }
+            BodyLeft::Chunked(decoder) => {
+                let mut decoded = Vec::new();
+                let used = decoder.decode(&self.buf, &mut decoded)?;
+                body.push(&decoded).map_err(spool_error)?;
+                self.buf.drain(..used);
+                decoder.is_done()
+            }
+        };
+        if !done {
+            return Ok(Step::Pending);
+        }
+        let Input::Body { head, body, .. } = std::mem::replace(&mut self.input, Input::Head) else {
+            return Ok(Step::Pending);
+        };
+        let body = body.finish().map_err(spool_error)?;
+        Ok(self.complete(*head, body))
+    }
+
+    fn complete(&mut self, head: Head, body: Body) -> Step {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
+        Step::Request(head, body)
+    }
+}
+
+fn spool_error(e: std::io::Error) -> ParseError {
+    eprintln!("butterflies: cannot spool a request body: {e}");
+    ParseError::Internal("cannot store the request body")
+}
