@@ -1,6 +1,7 @@
 require "io/wait"
 # frozen_string_literal: true
 
+require "json"
 require "net/http"
 require "socket"
 require "timeout"
@@ -54,7 +55,7 @@ module ServerHelpers
       break if read_until && data.match?(read_until)
 
       left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      raise "no complete response within #{timeout}s; got #{data.inspect}" if left <= 0
+      raise "no complete response within #{timeout}s; got #{data[0, 300].inspect}" if left <= 0
       next unless socket.wait_readable(left)
 
       chunk = socket.read_nonblock(65_536, exception: false)

@@ -48,7 +48,7 @@ module Butterflies
       if binds.empty? || @options[:host] || @options[:port]
         binds += ["tcp://#{@options[:host] || '0.0.0.0'}:#{@options[:port] || 9292}"]
       end
-      @options.slice(:threads, :io_threads, :quiet, :shutdown_timeout).merge(binds: binds, log: @stdout)
+      @options.except(:binds, :host, :port, :environment).merge(binds: binds, log: @stdout)
     end
 
     def parse!
@@ -72,6 +72,17 @@ module Butterflies
         o.on("--shutdown-timeout SECONDS", Float, "Time in-flight requests get on stop (default 30)") do |s|
           @options[:shutdown_timeout] = s
         end
+        {
+          "--idle-timeout" => [:idle_timeout, "Close keep-alive connections idle this long (default 20)"],
+          "--header-timeout" => [:header_timeout, "408 when a request head takes longer (default 20)"],
+          "--body-timeout" => [:body_timeout, "408 when a body pauses longer (default 30)"],
+          "--write-timeout" => [:write_timeout, "Drop clients that read nothing this long (default 30)"]
+        }.each do |flag, (key, text)|
+          o.on("#{flag} SECONDS", Float, text) { |s| @options[key] = non_negative(flag, s) }
+        end
+        o.on("--max-body-bytes N", Integer, "413 for larger request bodies (default 1 GiB)") do |n|
+          @options[:max_body_bytes] = positive("--max-body-bytes", n.to_s)
+        end
         o.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @options[:environment] = e }
         o.on("-q", "--quiet", "No boot banner") { @options[:quiet] = true }
         o.on("-v", "--version", "Print the version and exit") do
@@ -83,6 +94,12 @@ module Butterflies
           throw :exit_status, 0
         end
       end
+    end
+
+    def non_negative(flag, seconds)
+      raise ConfigError, "#{flag} must not be negative, got #{seconds}" if seconds.negative?
+
+      seconds
     end
 
     def positive(flag, text)

@@ -260,6 +260,12 @@ impl IoThread {
     fn close(&mut self, token: usize) {
         if let Slot::Present(conn) = std::mem::replace(&mut self.slots[token], Slot::Free) {
             let _ = self.epoll.delete(&conn.stream);
+            if conn.has_output() {
+                // Unsent bytes to a peer that stopped reading: reset rather
+                // than leave the kernel an orphan socket that retries for
+                // minutes holding the rest of the response.
+                let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+            }
             self.free.push(token);
             self.live -= 1;
         }

@@ -1,0 +1,162 @@
+# frozen_string_literal: true
+
+require "digest"
+
+# HTTP/1.1 rules over raw TCP against a real server: a representative set of
+# what src/http's unit tests cover rule by rule.
+RSpec.describe "HTTP/1.1 handling" do
+  before(:all) do
+    @server = ServerProcess.start(
+      [*ServerHelpers::RUBY, File.join(ServerHelpers::ROOT, "exe/butterflies"), "-b", "tcp://127.0.0.1:0",
+       "-t", "3", "--header-timeout", "1", "--write-timeout", "2", "--max-body-bytes", "10000000",
+       ServerHelpers::APP]
+    )
+  end
+
+  after(:all) { @server&.kill }
+
+  let(:server) { @server }
+
+  def status_of(response)
+    response[%r{\AHTTP/1\.1 (\d{3})}, 1]
+  end
+
+  it "accepts an 8,000-byte target and answers 414 past the limit" do
+    ok = raw_request(server, "GET /#{'a' * 8000} HTTP/1.1\r\nHost: x\r\n\r\n", read_until: /not found/)
+    expect(status_of(ok)).to eq("404")
+    long = raw_request(server, "GET /#{'a' * 20_000} HTTP/1.1\r\nHost: x\r\n\r\n")
+    expect(status_of(long)).to eq("414")
+  end
+
+  it "passes an 8 KiB cookie and answers 431 for a head past the limits" do
+    cookie = raw_request(server, "GET / HTTP/1.1\r\nHost: x\r\nCookie: #{'c' * 8192}\r\n\r\n", read_until: /Hello/)
+    expect(status_of(cookie)).to eq("200")
+    huge = raw_request(server, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: #{'c' * 20_000}\r\n\r\n")
+    expect(status_of(huge)).to eq("431")
+    many = (1..150).map { |i| "X-#{i}: v\r\n" }.join
+    expect(status_of(raw_request(server, "GET / HTTP/1.1\r\nHost: x\r\n#{many}\r\n"))).to eq("431")
+  end
+
+  {
+    "Content-Length with Transfer-Encoding" => "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "two differing Content-Lengths" => "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+    "a Content-Length list" => "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n",
+    "HTTP/1.1 without Host" => "GET / HTTP/1.1\r\n\r\n",
+    "an obs-folded field" => "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
+    "a bare CR in a value" => "GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
+    "a TLS ClientHello" => "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+    "chunked not last" => "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+    "a bad chunk size" => "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n"
+  }.each do |what, request|
+    it "answers 400 and closes for #{what}" do
+      response = raw_request(server, request)
+      expect(status_of(response)).to eq("400")
+      expect(response).to include("Connection: close")
+    end
+  end
+
+  it "answers 501 to an unknown transfer coding" do
+    response = raw_request(server, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    expect(status_of(response)).to eq("501")
+  end
+
+  it "refuses a 1 TB body at once with 413" do
+    response = raw_request(server, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1099511627776\r\n\r\n", timeout: 5)
+    expect(status_of(response)).to eq("413")
+  end
+
+  it "decodes a chunked body and keeps a request pipelined behind it out of rack.input" do
+    request = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" \
+              "5;name=\"a;b\"\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n" \
+              "GET /pipelined HTTP/1.1\r\nHost: x\r\n\r\n"
+    response = raw_request(server, request, read_until: %r{not found: /pipelined})
+    expect(response).to include("\r\n\r\nhello world").or include("\r\nb\r\nhello world\r\n")
+    expect(response).not_to include("GET /pipelined")
+  end
+
+  it "answers Expect: 100-continue before the body is sent" do
+    socket = TCPSocket.new(server.host, server.port)
+    socket.write("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    expect(read_response(socket, read_until: /\r\n\r\n/)).to eq("HTTP/1.1 100 Continue\r\n\r\n")
+    socket.write("hello")
+    expect(read_response(socket, read_until: /0\r\n\r\n\z/)).to start_with("HTTP/1.1 200 OK")
+  ensure
+    socket&.close
+  end
+
+  it "gives HEAD the GET's Content-Length and no body; 204 gets no body" do
+    head = raw_request(server, "HEAD /array HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    expect(head).to include("Content-Length: 12\r\n")
+    expect(head).to end_with("\r\n\r\n")
+    none = raw_request(server, "GET /nocontent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    expect(none).to start_with("HTTP/1.1 204 No Content\r\n")
+    expect(none).not_to match(/Content-Length|Transfer-Encoding/)
+  end
+
+  it "closes after Connection: close, ignoring what was pipelined behind it" do
+    request = "GET /array HTTP/1.1\r\nHost: x\r\nConnection: X-Foo, CLOSE\r\n\r\nGET /array HTTP/1.1\r\nHost: x\r\n\r\n"
+    response = raw_request(server, request)
+    expect(response.scan("HTTP/1.1 200").size).to eq(1)
+  end
+
+  it "drops X_Forwarded_For instead of letting it pass for X-Forwarded-For" do
+    response = raw_request(server, "GET /env HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\n" \
+                                   "X_Forwarded_For: 6.6.6.6\r\nX-Multi: a\r\nX-Multi: b\r\nConnection: close\r\n\r\n")
+    env = JSON.parse(response.split("\r\n\r\n", 2).last[/\{.*\}/m])
+    expect(env["HTTP_X_FORWARDED_FOR"]).to eq("1.1.1.1")
+    expect(env["HTTP_X_MULTI"]).to eq("a, b")
+  end
+
+  it "takes the server name from an absolute-form target over Host" do
+    response = raw_request(server, "GET http://example.com:8080/env HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n")
+    env = JSON.parse(response[/\{.*\}/m])
+    expect(env).to include("SERVER_NAME" => "example.com", "SERVER_PORT" => "8080", "PATH_INFO" => "/env")
+  end
+
+  it "spools a large body to a file that the app reads as rack.input" do
+    body = Random.new(5).bytes(3 * 1024 * 1024)
+    res = Net::HTTP.start(server.host, server.port) { |h| h.post("/input", body) }
+    expect(res.body).to eq("File #{body.bytesize} #{Digest::SHA256.hexdigest(body)}")
+    small = Net::HTTP.start(server.host, server.port) { |h| h.post("/input", "abc") }
+    expect(small.body).to eq("StringIO 3 #{Digest::SHA256.hexdigest('abc')}")
+  end
+
+  it "answers 408 to a head that trickles past the header timeout and closes" do
+    socket = TCPSocket.new(server.host, server.port)
+    socket.write("GET / HTTP/1.1\r\nHo")
+    response = read_response(socket, timeout: 5)
+    expect(status_of(response)).to eq("408")
+  ensure
+    socket&.close
+  end
+
+  it "keeps serving when clients reset, disconnect mid-response, or never read" do
+    reset = TCPSocket.new(server.host, server.port)
+    reset.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
+    reset.write("GET /big?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+    reset.close # RST at once
+
+    partial = TCPSocket.new(server.host, server.port)
+    partial.write("GET /big?mb=64 HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = 0
+    received += partial.readpartial(1 << 20).bytesize while received < (1 << 20)
+    partial.close
+
+    stalled = TCPSocket.new(server.host, server.port)
+    stalled.write("GET /big?mb=64 HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    10.times { expect(Net::HTTP.get(URI(server.url("/array")))).to eq("Hello world!") }
+    # The write timeout (2 s here) drops the client that never reads: it is
+    # reset, which the client sees in its TCP state without reading a byte.
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 15
+    closed = false
+    until closed || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      state = stalled.getsockopt(Socket::IPPROTO_TCP, Socket::TCP_INFO).data.unpack1("C")
+      closed = state != 1 # TCP_ESTABLISHED
+      IO.select(nil, nil, nil, 0.1) unless closed # poll the state every 100 ms
+    end
+    expect(closed).to be(true)
+  ensure
+    stalled&.close
+  end
+end
