@@ -8,7 +8,7 @@ RSpec.describe "HTTP/1.1 handling" do
   before(:all) do
     @server = ServerProcess.start(
       [*ServerHelpers::RUBY, File.join(ServerHelpers::ROOT, "exe/butterflies"), "-b", "tcp://127.0.0.1:0",
-       "-t", "3", "--header-timeout", "1", "--write-timeout", "2", "--max-body-bytes", "10000000",
+       "-t", "3", "--header-timeout", "1", "--body-timeout", "1", "--write-timeout", "2", "--max-body-bytes", "10000000",
        ServerHelpers::APP]
     )
   end
@@ -128,6 +128,21 @@ RSpec.describe "HTTP/1.1 handling" do
     expect(status_of(response)).to eq("408")
   ensure
     socket&.close
+  end
+
+  it "answers 408 to a body that stalls past the body timeout" do
+    socket = TCPSocket.new(server.host, server.port)
+    socket.write("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    expect(status_of(read_response(socket, timeout: 5))).to eq("408")
+  ensure
+    socket&.close
+  end
+
+  it "turns a header value with CR LF from the app into a 500 and logs it" do
+    response = raw_request(server, "GET /badheader HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    expect(status_of(response)).to eq("500")
+    expect(response).not_to include("injected")
+    expect(server.wait_for_output(/invalid value for response header "x-evil"/)).to be(true)
   end
 
   it "keeps serving when clients reset, disconnect mid-response, or never read" do

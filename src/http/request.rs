@@ -440,6 +440,24 @@ mod tests {
     }
 
     #[test]
+    fn expect_continue_only_on_http_1_1() {
+        let h =
+            head("POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(h.expect_continue);
+        let old = head("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(!old.expect_continue);
+        let te10 = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse(te10).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn connection_is_a_case_insensitive_token_list() {
+        assert!(!head("GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Foo, CLOSE\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: te, KEEP-ALIVE\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
     fn host_rules() {
         assert_eq!(parse("GET / HTTP/1.1\r\n\r\n").unwrap_err().status(), 400);
         assert_eq!(

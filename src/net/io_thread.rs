@@ -361,3 +361,102 @@ impl Timeouts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    fn conn() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let local = server.local_addr().unwrap();
+        (Conn::new(server, 0, peer, local), client)
+    }
+
+    const T: Timeouts = Timeouts {
+        idle: Duration::from_secs(20),
+        header: Duration::from_secs(10),
+        body: Duration::from_secs(30),
+        write: Duration::from_secs(40),
+    };
+
+    #[test]
+    fn idle_connections_close_after_the_idle_timeout() {
+        let (c, _client) = conn();
+        let now = c.idle_since;
+        assert!(matches!(
+            T.check(&c, now + Duration::from_secs(19)),
+            Expired::No
+        ));
+        assert!(matches!(
+            T.check(&c, now + Duration::from_secs(21)),
+            Expired::Close
+        ));
+    }
+
+    #[test]
+    fn a_slow_head_gets_408_after_the_header_timeout() {
+        use std::io::Write;
+        let (mut c, mut client) = conn();
+        client.write_all(b"GET / HT").unwrap();
+        let mut scratch = vec![0; 1024];
+        while c.request_started.is_none() {
+            c.fill(&mut scratch).unwrap();
+        }
+        let started = c.request_started.unwrap();
+        assert!(matches!(
+            T.check(&c, started + Duration::from_secs(9)),
+            Expired::No
+        ));
+        assert!(matches!(
+            T.check(&c, started + Duration::from_secs(11)),
+            Expired::Answer408
+        ));
+    }
+
+    #[test]
+    fn a_stalled_body_gets_408_after_the_body_timeout() {
+        use std::io::Write;
+        let (mut c, mut client) = conn();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+            .unwrap();
+        let mut scratch = vec![0; 1024];
+        while !c.reading_body() {
+            c.fill(&mut scratch).unwrap();
+            assert!(matches!(
+                c.advance(&Limits::default()),
+                Ok(Progress::Pending)
+            ));
+        }
+        let last = c.last_read;
+        // The header timeout no longer applies once the head is complete.
+        assert!(matches!(
+            T.check(&c, last + Duration::from_secs(29)),
+            Expired::No
+        ));
+        assert!(matches!(
+            T.check(&c, last + Duration::from_secs(31)),
+            Expired::Answer408
+        ));
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+        let (mut c, _client) = conn();
+        c.queue(vec![b'x'; 64 << 20]);
+        assert!(!c.flush().unwrap(), "64 MiB cannot fit in socket buffers");
+        let last = c.last_write;
+        assert!(matches!(
+            T.check(&c, last + Duration::from_secs(39)),
+            Expired::No
+        ));
+        assert!(matches!(
+            T.check(&c, last + Duration::from_secs(41)),
+            Expired::Close
+        ));
+    }
+}
