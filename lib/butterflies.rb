@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "etc"
+require "socket"
 require "stringio"
 # Rack 2.2's Lint calls URI.parse without requiring uri, and hides the
 # NameError as "not a valid authority"; Puma and rackup load it too.

@@ -11,6 +11,10 @@ module Butterflies
   # A command-line flag or option value is wrong.
   class ConfigError < Error; end
 
+  # Raised into the app when it writes to a client that went away (a
+  # streamed body, a Rack 3 stream). Not logged as an app error.
+  class ClientDisconnected < IOError; end
+
   # The rackup file is missing or does not load.
   class AppLoadError < Error; end
 end

@@ -105,7 +105,7 @@ module Butterflies
         "rack.multiprocess" => false,
         "rack.run_once" => false,
         "rack.url_scheme" => "http",
-        "rack.hijack?" => false,
+        "rack.hijack?" => true,
         "SCRIPT_NAME" => "",
         "SERVER_SOFTWARE" => "butterflies #{VERSION}"
       }

@@ -46,6 +46,8 @@ pub struct ResponseHead {
     pub transfer_encoding: bool,
     /// The app asked for the connection to be closed.
     pub connection_close: bool,
+    /// The app's own Connection value (sent only with 101 and hijacks).
+    connection: Option<Vec<u8>>,
 }
 
 impl ResponseHead {
@@ -60,6 +62,7 @@ impl ResponseHead {
             content_length: None,
             transfer_encoding: false,
             connection_close: false,
+            connection: None,
         })
     }
 
@@ -83,6 +86,7 @@ impl ResponseHead {
         }
         if name.eq_ignore_ascii_case(b"connection") {
             self.connection_close |= value.eq_ignore_ascii_case(b"close");
+            self.connection = Some(value.to_vec());
             return Ok(());
         }
         if name.eq_ignore_ascii_case(b"date") {
@@ -135,6 +139,34 @@ impl ResponseHead {
     /// Whether bytes of the body follow the head.
     pub fn sends_body(framing: Framing) -> bool {
         !matches!(framing, Framing::None | Framing::HeadLength(_))
+    }
+
+    /// Writes the head exactly as the app gave it, with `Date` and the app's
+    /// own `Connection` value: for `101 Switching Protocols` and hijacks,
+    /// where the server adds no framing.
+    pub fn write_raw(&self, out: &mut Vec<u8>, version: Version) {
+        out.extend_from_slice(version.as_str().as_bytes());
+        out.push(b' ');
+        push_status(out, self.status);
+        out.extend_from_slice(b"\r\nDate: ");
+        out.extend_from_slice(&date::now());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.fields);
+        if let Some(connection) = &self.connection {
+            out.extend_from_slice(b"Connection: ");
+            out.extend_from_slice(connection);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes an informational (1xx) head: status line and fields only.
+    pub fn write_informational(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_status(out, self.status);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.fields);
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Writes the head. `keep_alive` is the request's wish; the result says

@@ -43,6 +43,11 @@ pub struct Conn {
     reader: RequestReader,
     out: Vec<u8>,
     out_pos: usize,
+    /// A file body sent after `out` with sendfile(2): the file and the
+    /// bytes of it still to send.
+    out_file: Option<(std::fs::File, u64)>,
+    /// The app took the socket over (rack.hijack): forget it, write nothing.
+    pub(crate) hijacked: bool,
     /// Close once `out` is written (an error, `Connection: close`, HTTP/1.0).
     pub(crate) close_after_write: bool,
     /// The peer is gone or the socket failed: close without writing more.
@@ -78,6 +83,8 @@ impl Conn {
             reader: RequestReader::default(),
             out: Vec::new(),
             out_pos: 0,
+            out_file: None,
+            hijacked: false,
             close_after_write: false,
             dead: false,
             request_started: None,
@@ -98,7 +105,89 @@ impl Conn {
     }
 
     pub fn has_output(&self) -> bool {
-        self.out_pos < self.out.len()
+        self.out_pos < self.out.len() || self.out_file.is_some()
+    }
+
+    /// Bytes queued in memory and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Reads what the client sent after the request, for an app that reads
+    /// from the connection (a Rack 3 stream): first bytes already buffered,
+    /// then the socket. `Ok(None)` at end of stream, `Ok(Some(empty))` if
+    /// nothing is there yet.
+    pub fn read_some(&mut self, max: usize) -> io::Result<Option<Vec<u8>>> {
+        let buffered = self.reader.take_buffered(max);
+        if !buffered.is_empty() {
+            return Ok(Some(buffered));
+        }
+        let mut buf = vec![0; max.clamp(1, READ_CHUNK_BYTES)];
+        match self.stream.read(&mut buf) {
+            Ok(0) => Ok(None),
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Some(buf))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(Some(Vec::new()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until the socket is readable, like `wait_writable`.
+    pub fn wait_readable(
+        &self,
+        timeout: std::time::Duration,
+        wake: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<bool> {
+        self.wait_for(nix::poll::PollFlags::POLLIN, timeout, wake)
+    }
+
+    /// Queues `len` bytes of `file` (from its current offset) after
+    /// everything queued so far.
+    pub fn queue_file(&mut self, file: std::fs::File, len: u64) {
+        if len > 0 {
+            self.out_file = Some((file, len));
+        }
+    }
+
+    /// Waits until the socket can take more bytes, the deadline passes
+    /// (`Ok(false)`), or `wake` becomes readable (`Ok(false)` too: the
+    /// caller checks why). Never called on an IO thread.
+    pub fn wait_writable(
+        &self,
+        timeout: std::time::Duration,
+        wake: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<bool> {
+        self.wait_for(nix::poll::PollFlags::POLLOUT, timeout, wake)
+    }
+
+    fn wait_for(
+        &self,
+        events: nix::poll::PollFlags,
+        timeout: std::time::Duration,
+        wake: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [
+            PollFd::new(self.stream.as_fd(), events),
+            PollFd::new(wake, PollFlags::POLLIN),
+        ];
+        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(fds[0].revents().is_some_and(|r| !r.is_empty())),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads what the socket has, up to one scratch buffer's worth. The IO
@@ -171,9 +260,10 @@ impl Conn {
         self.reader.clear();
     }
 
-    /// Writes queued bytes. `Ok(true)` once everything is written.
+    /// Writes queued bytes, then any queued file. `Ok(true)` once
+    /// everything is written.
     pub fn flush(&mut self) -> io::Result<bool> {
-        while self.has_output() {
+        while self.out_pos < self.out.len() {
             match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
@@ -187,6 +277,28 @@ impl Conn {
         }
         self.out.clear();
         self.out_pos = 0;
+        self.send_file()
+    }
+
+    /// Sends the queued file with sendfile(2): no copy through user space.
+    fn send_file(&mut self) -> io::Result<bool> {
+        use std::os::fd::AsFd;
+        while let Some((file, left)) = &mut self.out_file {
+            let count = usize::try_from(*left).unwrap_or(usize::MAX).min(1 << 30);
+            match nix::sys::sendfile::sendfile64(self.stream.as_fd(), file.as_fd(), None, count) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    *left -= n as u64;
+                    self.last_write = Instant::now();
+                    if *left == 0 {
+                        self.out_file = None;
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(true)
     }
 }

@@ -157,6 +157,36 @@ impl Job {
         self.home.send(conn);
     }
 
+    /// The connection, for writing a response in parts (streaming bodies,
+    /// early hints). `None` once answered.
+    pub fn conn_mut(&mut self) -> Option<&mut Conn> {
+        self.conn.as_deref_mut()
+    }
+
+    /// Hands the connection back after its response was queued piece by
+    /// piece; whatever is still unwritten the IO thread finishes.
+    pub fn finish(mut self, keep_alive: bool, broken: bool) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        conn.close_after_write |= !keep_alive;
+        conn.dead |= broken;
+        self.home.send(conn);
+    }
+
+    /// rack.hijack: returns a duplicate of the socket for the app, and the
+    /// IO thread forgets the connection without closing the TCP stream.
+    pub fn hijack(mut self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        let Some(mut conn) = self.conn.take() else {
+            return Err(io::Error::other("connection already answered"));
+        };
+        let dup = conn.stream.as_fd().try_clone_to_owned();
+        conn.hijacked = true;
+        self.home.send(conn);
+        dup
+    }
+
     /// Takes the connection back out (the IO thread answers it itself).
     pub(crate) fn take_conn(mut self) -> Option<Box<Conn>> {
         self.conn.take()

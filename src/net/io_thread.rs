@@ -207,7 +207,7 @@ impl IoThread {
             return;
         };
         loop {
-            if conn.dead {
+            if conn.dead || conn.hijacked {
                 return self.close(token);
             }
             match conn.flush() {
@@ -260,7 +260,7 @@ impl IoThread {
     fn close(&mut self, token: usize) {
         if let Slot::Present(conn) = std::mem::replace(&mut self.slots[token], Slot::Free) {
             let _ = self.epoll.delete(&conn.stream);
-            if conn.has_output() {
+            if conn.has_output() && !conn.hijacked {
                 // Unsent bytes to a peer that stopped reading: reset rather
                 // than leave the kernel an orphan socket that retries for
                 // minutes holding the rest of the response.

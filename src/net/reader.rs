@@ -75,6 +75,12 @@ impl RequestReader {
         matches!(self.input, Input::Body { .. })
     }
 
+    /// Takes up to `max` buffered bytes that no request has claimed.
+    pub fn take_buffered(&mut self, max: usize) -> Vec<u8> {
+        let n = self.buf.len().min(max);
+        self.buf.drain(..n).collect()
+    }
+
     /// Forgets everything (after an error, nothing more is read).
     pub fn clear(&mut self) {
         self.buf = Vec::new();

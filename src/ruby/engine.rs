@@ -10,14 +10,15 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use magnus::value::ReprValue;
 use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
 
+use super::exchange::Waker;
 use super::gvl::{check_interrupts, without_gvl, Unblock};
-use super::{env, response};
-use crate::http::response::simple;
+use super::request;
 use crate::net::{Config, Engine, Job, Shared};
 
 #[magnus::wrap(class = "Butterflies::Engine", free_immediately, size)]
 pub struct RbEngine {
     engine: Mutex<Engine>,
+    write_timeout: Duration,
     jobs: Receiver<Job>,
     shared: Arc<Shared>,
 }
@@ -78,6 +79,7 @@ impl RbEngine {
         }
         let engine = Engine::bind(config).map_err(|e| bind_error(ruby, e.to_string()))?;
         Ok(RbEngine {
+            write_timeout: engine.config().write_timeout,
             jobs: engine.jobs(),
             shared: engine.shared(),
             engine: Mutex::new(engine),
@@ -149,6 +151,16 @@ impl RbEngine {
     ) -> Result<(), Error> {
         let jobs = rb_self.jobs.clone();
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        let waker = Arc::new(
+            Waker::new().map_err(|e| Error::new(ruby.exception_runtime_error(), e.to_string()))?,
+        );
+        let app = request::App {
+            app,
+            base_env,
+            on_error,
+            waker,
+            write_timeout: rb_self.write_timeout,
+        };
         loop {
             let job = match jobs.try_recv() {
                 Ok(job) => job,
@@ -162,13 +174,7 @@ impl RbEngine {
                     }
                 },
             };
-            let mut job = job;
-            let (bytes, keep_alive) = call_app(ruby, app, base_env, on_error, &mut job)?;
-            without_gvl(
-                ruby,
-                move || job.respond(bytes, keep_alive),
-                None::<Unblock<'_, ()>>,
-            )?;
+            request::handle(ruby, &app, job)?;
         }
     }
 }
@@ -204,68 +210,6 @@ fn wait_for_job(
             arg: wake_tx,
         }),
     )
-}
-
-/// Runs the app for one job with the GVL held. An app exception becomes a
-/// 500 and a log line; exceptions that are not the app's to own (kill,
-/// SystemExit, signals) go up to Ruby, and the job's connection is closed.
-fn call_app(
-    ruby: &Ruby,
-    app: Value,
-    base_env: RHash,
-    on_error: Value,
-    job: &mut Job,
-) -> Result<(Vec<u8>, bool), Error> {
-    let head = &job.request.head;
-    let wanted = response::Wanted {
-        version: head.version,
-        head_request: head.is_head_method(),
-        keep_alive: head.keep_alive,
-    };
-    let mut env_value: Option<RHash> = None;
-    let mut spooled: Option<Value> = None;
-    let result = env::build(ruby, base_env, &mut job.request).and_then(|built| {
-        env_value = Some(built.env);
-        spooled = built.spooled_input;
-        let triple: Value = app.funcall("call", (built.env,))?;
-        // A stop that came while the app ran still closes this connection.
-        let wanted = response::Wanted {
-            keep_alive: wanted.keep_alive && !job.stopping(),
-            ..wanted
-        };
-        response::serialize(ruby, triple, &wanted)
-    });
-    if let Some(file) = spooled {
-        let _: Result<Value, Error> = file.funcall("close", ());
-    }
-    match result {
-        Ok(ok) => Ok(ok),
-        Err(error) if is_app_error(ruby, &error) => {
-            report(ruby, on_error, &error, env_value);
-            let keep_alive = wanted.keep_alive && !job.stopping();
-            Ok((
-                simple(500, "Internal Server Error\n", keep_alive),
-                keep_alive,
-            ))
-        }
-        Err(error) => Err(error),
-    }
-}
-
-fn is_app_error(ruby: &Ruby, error: &Error) -> bool {
-    error.is_kind_of(ruby.exception_standard_error())
-        || error.is_kind_of(ruby.exception_script_error())
-        || error.is_kind_of(ruby.exception_sys_stack_error())
-}
-
-/// Hands the exception to the Ruby side's error reporter; if that fails
-/// too, says so on stderr.
-fn report(ruby: &Ruby, on_error: Value, error: &Error, env: Option<RHash>) {
-    let exception = error.value().unwrap_or_else(|| ruby.qnil().as_value());
-    let env = env.map_or_else(|| ruby.qnil().as_value(), |e| e.as_value());
-    if let Err(e) = on_error.funcall::<_, _, Value>("call", (exception, env)) {
-        eprintln!("butterflies: app error ({error}), and the error reporter failed: {e}");
-    }
 }
 
 fn option<T: magnus::TryConvert>(

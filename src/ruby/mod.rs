@@ -4,11 +4,17 @@
 //! - [`env`]: a parsed request to a Rack env.
 //! - [`response`]: the app's `[status, headers, body]` to bytes.
 //! - [`engine`]: the `Butterflies::Engine` class and the app-thread loop.
+//! - [`request`]: one job: env, app call, response, after-response hooks.
+//! - [`exchange`]: a request's connection while the app runs; writes.
+//! - [`stream`]: the Ruby objects for streaming, hijack and early hints.
 
 mod engine;
 mod env;
+mod exchange;
 mod gvl;
+mod request;
 mod response;
+mod stream;
 
 use magnus::{function, method, prelude::*, Error, Ruby};
 
@@ -23,5 +29,19 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_method("join", method!(engine::RbEngine::join, 0))?;
     class.define_method("stats", method!(engine::RbEngine::stats, 0))?;
     class.define_method("serve", method!(engine::RbEngine::serve, 3))?;
+
+    let stream = module.define_class("Stream", ruby.class_object())?;
+    stream.define_method("write", method!(stream::Stream::write, 1))?;
+    stream.define_method("<<", method!(stream::Stream::append, 1))?;
+    stream.define_method("flush", method!(stream::Stream::flush, 0))?;
+    stream.define_method("close", method!(stream::Stream::close, 0))?;
+    stream.define_method("close_write", method!(stream::Stream::close, 0))?;
+    stream.define_method("closed?", method!(stream::Stream::is_closed, 0))?;
+    stream.define_method("read", method!(stream::Stream::read, -1))?;
+    stream.define_method("close_read", method!(stream::Stream::close_read, 0))?;
+    let hijack = module.define_class("Hijack", ruby.class_object())?;
+    hijack.define_method("call", method!(stream::Hijack::call, 0))?;
+    let hints = module.define_class("EarlyHints", ruby.class_object())?;
+    hints.define_method("call", method!(stream::EarlyHints::call, 1))?;
     Ok(())
 }

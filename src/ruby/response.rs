@@ -1,115 +1,227 @@
-//! Reads the app's response triple into bytes while the GVL is held, so the
-//! write that follows needs nothing from Ruby. The body's `close` is always
-//! called, whatever else fails.
+//! Sends the app's `[status, headers, body]`. Status and headers become a
+//! [`ResponseHead`]; the body is sent by its kind:
+//!
+//! - `to_ary` (an Array): read whole, one write with a Content-Length;
+//! - `to_path` (a file, status 200): head, then sendfile(2) without the GVL;
+//! - `each`: head first, then each chunk as the app produces it (chunked on
+//!   HTTP/1.1, close-delimited on HTTP/1.0);
+//! - `call` (a Rack 3 streaming body): head, then `body.call(stream)`.
+//!
+//! A `rack.hijack` response header is a partial hijack: the head is sent and
+//! the proc gets the socket. `body.close` is always called.
+
+use std::sync::Arc;
 
 use magnus::value::{Lazy, ReprValue};
 use magnus::{Error, RArray, RHash, RString, Ruby, Value};
 
+use super::exchange::Exchange;
+use super::stream::{finish_body, hijack_io, Stream};
 use crate::http::response::{push_chunk, Framing, ResponseHead, LAST_CHUNK};
-use crate::http::Version;
 
-/// `each` with a Ruby block, returning the chunks; Rust cannot pass a
+/// Iterates an `each` body into the stream: Rust cannot hand Ruby a
 /// capturing closure as a block.
-static COLLECT_EACH: Lazy<Value> = Lazy::new(|ruby| {
-    ruby.eval("->(body) { chunks = []; body.each { |chunk| chunks << chunk }; chunks }")
+static EACH_INTO_STREAM: Lazy<Value> = Lazy::new(|ruby| {
+    ruby.eval("->(body, stream) { body.each { |chunk| stream.write(chunk) } }")
         .unwrap_or_else(|_| ruby.qnil().as_value())
 });
 
-/// What the request asked for, as far as the response framing cares.
-#[derive(Clone, Copy)]
-pub struct Wanted {
-    pub version: Version,
-    pub head_request: bool,
-    pub keep_alive: bool,
+/// How an exchange ended.
+pub enum Outcome {
+    /// The response is out (or queued for the IO thread).
+    Sent { keep_alive: bool },
+    /// The app took the socket.
+    Hijacked,
 }
 
-/// Serialises the response triple. Returns the bytes and whether the
-/// connection stays open after them.
-pub fn serialize(ruby: &Ruby, triple: Value, wanted: &Wanted) -> Result<(Vec<u8>, bool), Error> {
+/// Sends the response triple. `keep_alive` is whether the request allows
+/// the connection to stay open.
+pub fn send(
+    ruby: &Ruby,
+    ex: &Arc<Exchange>,
+    triple: Value,
+    keep_alive: bool,
+) -> Result<Outcome, Error> {
     let triple = RArray::from_value(triple)
         .filter(|a| a.len() == 3)
         .ok_or_else(|| invalid(ruby, "the app must return [status, headers, body]"))?;
-    let status: Value = triple.entry(0)?;
-    let headers: Value = triple.entry(1)?;
     let body: Value = triple.entry(2)?;
-    let read = read_parts(ruby, status, headers, body);
+    let sent = if ex.hijacked() {
+        Ok(Outcome::Hijacked)
+    } else {
+        send_parts(
+            ruby,
+            ex,
+            triple.entry(0)?,
+            triple.entry(1)?,
+            body,
+            keep_alive,
+        )
+    };
     let closed = close_body(body);
-    let (head, body) = read?;
+    let outcome = sent?;
     closed?;
-
-    let total: u64 = body.chunks.iter().map(|c| c.len() as u64).sum();
-    let body_len = body.from_array.then_some(total);
-    let framing = head.framing(wanted.version, wanted.head_request, body_len);
-    let mut out = Vec::with_capacity(256 + total as usize);
-    let keep_alive = head.write(&mut out, wanted.version, framing, wanted.keep_alive);
-    let chunks = body.chunks;
-    match framing {
-        Framing::None | Framing::HeadLength(_) => {}
-        Framing::Chunked => {
-            for chunk in &chunks {
-                push_chunk(&mut out, chunk);
-            }
-            out.extend_from_slice(LAST_CHUNK);
-        }
-        Framing::Length(_) | Framing::AppFramed | Framing::UntilClose => {
-            for chunk in &chunks {
-                out.extend_from_slice(chunk);
-            }
-        }
-    }
-    Ok((out, keep_alive))
+    Ok(outcome)
 }
 
-/// The body as read: its chunks, and whether it was an Array (so its
-/// length is known up front and it gets a Content-Length).
-struct Body {
-    chunks: Vec<Vec<u8>>,
-    from_array: bool,
-}
-
-/// Reads status, headers and every body chunk.
-fn read_parts(
+fn send_parts(
     ruby: &Ruby,
+    ex: &Arc<Exchange>,
     status: Value,
     headers: Value,
     body: Value,
-) -> Result<(ResponseHead, Body), Error> {
+    keep_alive: bool,
+) -> Result<Outcome, Error> {
+    let (head, hijack) = read_head(ruby, status, headers)?;
+    if let Some(hijack) = hijack {
+        return partial_hijack(ruby, ex, &head, hijack);
+    }
+    if body.respond_to("to_ary", false)? {
+        let chunks: RArray = body.funcall("to_ary", ())?;
+        return send_array(ruby, ex, &head, chunks, keep_alive);
+    }
+    if let Some((file, len)) = file_body(ruby, ex, &head, body)? {
+        let mut out = Vec::with_capacity(256);
+        let keep_alive = head.write(&mut out, ex.version, Framing::Length(len), keep_alive);
+        ex.set_framing(Framing::Length(len));
+        ex.send_file(ruby, out, file, len)?;
+        ex.mark_finished();
+        return Ok(Outcome::Sent { keep_alive });
+    }
+    let each = body.respond_to("each", false)?;
+    if !each && !body.respond_to("call", false)? {
+        return Err(invalid(ruby, "the body must respond to each or call"));
+    }
+    let framing = head.framing(ex.version, ex.head_request, None);
+    let mut out = Vec::with_capacity(256);
+    let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
+    ex.set_framing(framing);
+    ex.send(ruby, out)?;
+    if ResponseHead::sends_body(framing) {
+        let stream = Stream(ex.clone());
+        if each {
+            let _: Value = ruby
+                .get_inner(&EACH_INTO_STREAM)
+                .funcall("call", (body, stream))?;
+        } else {
+            let _: Value = body.funcall("call", (stream,))?;
+        }
+    }
+    finish_body(ruby, ex)?;
+    Ok(Outcome::Sent { keep_alive })
+}
+
+/// An Array body: its length is known, so it goes out in one write.
+fn send_array(
+    ruby: &Ruby,
+    ex: &Exchange,
+    head: &ResponseHead,
+    chunks: RArray,
+    keep_alive: bool,
+) -> Result<Outcome, Error> {
+    let mut parts = Vec::with_capacity(chunks.len());
+    let mut total = 0u64;
+    for chunk in chunks.into_iter() {
+        let chunk = RString::from_value(chunk)
+            .ok_or_else(|| invalid(ruby, "body chunks must be Strings"))?;
+        let bytes = copy_bytes(chunk);
+        total += bytes.len() as u64;
+        parts.push(bytes);
+    }
+    let framing = head.framing(ex.version, ex.head_request, Some(total));
+    let mut out = Vec::with_capacity(256 + total as usize);
+    let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
+    match framing {
+        Framing::None | Framing::HeadLength(_) => {}
+        Framing::Chunked => {
+            parts.iter().for_each(|part| push_chunk(&mut out, part));
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        Framing::Length(_) | Framing::AppFramed | Framing::UntilClose => {
+            parts.iter().for_each(|part| out.extend_from_slice(part));
+        }
+    }
+    ex.set_framing(framing);
+    ex.send(ruby, out)?;
+    ex.mark_finished();
+    Ok(Outcome::Sent { keep_alive })
+}
+
+/// A body whose `to_path` names a readable file, answered in full (200, not
+/// HEAD, and any Content-Length the app set matches the file): sent by
+/// sendfile. Anything else (ranges, HEAD) goes through `each`.
+fn file_body(
+    ruby: &Ruby,
+    ex: &Exchange,
+    head: &ResponseHead,
+    body: Value,
+) -> Result<Option<(std::fs::File, u64)>, Error> {
+    if head.status() != 200
+        || ex.head_request
+        || head.transfer_encoding
+        || !body.respond_to("to_path", false)?
+    {
+        return Ok(None);
+    }
+    let path: String = body.funcall("to_path", ())?;
+    let Ok(file) = std::fs::File::open(&path) else {
+        return Ok(None);
+    };
+    let Ok(meta) = file.metadata() else {
+        return Ok(None);
+    };
+    if !meta.is_file() || head.content_length.is_some_and(|n| n != meta.len()) {
+        return Ok(None);
+    }
+    let _ = ruby;
+    Ok(Some((file, meta.len())))
+}
+
+/// `rack.hijack` in the response headers: send the head, then give the
+/// socket to the app's proc.
+fn partial_hijack(
+    ruby: &Ruby,
+    ex: &Arc<Exchange>,
+    head: &ResponseHead,
+    hijack: Value,
+) -> Result<Outcome, Error> {
+    let mut out = Vec::with_capacity(256);
+    head.write_raw(&mut out, ex.version);
+    ex.set_framing(Framing::None);
+    ex.send(ruby, out)?;
+    let io = hijack_io(ruby, ex)?;
+    let _: Value = hijack.funcall("call", (io,))?;
+    Ok(Outcome::Hijacked)
+}
+
+/// Status and headers; also returns a `rack.hijack` header's proc.
+fn read_head(
+    ruby: &Ruby,
+    status: Value,
+    headers: Value,
+) -> Result<(ResponseHead, Option<Value>), Error> {
     let status = magnus::Integer::from_value(status)
         .and_then(|i| i.to_i64().ok())
         .ok_or_else(|| invalid(ruby, "the status must be an Integer"))?;
     let mut head = ResponseHead::new(status).map_err(|e| invalid(ruby, &e.to_string()))?;
     let headers =
         RHash::from_value(headers).ok_or_else(|| invalid(ruby, "the headers must be a Hash"))?;
+    let mut hijack = None;
     headers.foreach(|name: RString, value: Value| {
-        add_field(ruby, &mut head, name, value)?;
+        // SAFETY: compared at once, before any Ruby code runs.
+        if unsafe { name.as_slice() } == b"rack.hijack" {
+            hijack = Some(value);
+        } else {
+            add_field(ruby, &mut head, name, value)?;
+        }
         Ok(magnus::r_hash::ForEach::Continue)
     })?;
-    let from_array = body.respond_to("to_ary", false)?;
-    let chunks: RArray = if from_array {
-        body.funcall("to_ary", ())?
-    } else if body.respond_to("each", false)? {
-        ruby.get_inner(&COLLECT_EACH).funcall("call", (body,))?
-    } else {
-        return Err(invalid(ruby, "the body must respond to each"));
-    };
-    let mut out = Vec::with_capacity(chunks.len());
-    for chunk in chunks.into_iter() {
-        let chunk = RString::from_value(chunk)
-            .ok_or_else(|| invalid(ruby, "body chunks must be Strings"))?;
-        out.push(copy_bytes(chunk));
-    }
-    Ok((
-        head,
-        Body {
-            chunks: out,
-            from_array,
-        },
-    ))
+    Ok((head, hijack))
 }
 
 /// One header: Rack 2 joins several values with "\n", Rack 3 gives an Array.
 /// `rack.*` keys are for the server, never sent.
-fn add_field(
+pub fn add_field(
     ruby: &Ruby,
     head: &mut ResponseHead,
     name: RString,
@@ -149,7 +261,7 @@ fn copy_bytes(s: RString) -> Vec<u8> {
     unsafe { s.as_slice() }.to_vec()
 }
 
-fn invalid(ruby: &Ruby, message: &str) -> Error {
+pub fn invalid(ruby: &Ruby, message: &str) -> Error {
     Error::new(
         ruby.exception_type_error(),
         format!("invalid Rack response: {message}"),

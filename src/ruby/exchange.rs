@@ -1,0 +1,345 @@
+//! One request/response exchange, shared by the app-thread loop and the Ruby
+//! objects an app gets for it (`rack.hijack`, `rack.early_hints`, the Rack 3
+//! stream). It owns the job (request and connection) while the app runs, and
+//! writes response bytes as they come, without the GVL.
+//!
+//! Writes never let a slow client pile up memory: past `HIGH_WATER_BYTES`
+//! unwritten, the writer waits (GVL released, interruptible) until the
+//! client reads or the write timeout passes.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use magnus::{Error, Ruby};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::gvl::{check_interrupts, without_gvl, Unblock};
+use crate::http::response::Framing;
+use crate::http::Version;
+use crate::net::Job;
+
+/// Unwritten response bytes past which a writer waits for the client.
+pub const HIGH_WATER_BYTES: usize = 1024 * 1024;
+
+/// Wakes an app thread blocked in a write wait (the unblock function).
+#[derive(Debug)]
+pub struct Waker {
+    fd: EventFd,
+}
+
+impl Waker {
+    pub fn new() -> std::io::Result<Self> {
+        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        Ok(Waker { fd })
+    }
+    pub fn wake(&self) {
+        let _ = self.fd.write(1);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    job: Option<Job>,
+    /// How body bytes are framed, once the head is sent.
+    framing: Option<Framing>,
+    /// The app took the socket (full or partial hijack).
+    hijacked: bool,
+    /// A write failed or timed out: the client is gone.
+    broken: bool,
+    /// The body is complete: nothing more may be written.
+    finished: bool,
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    inner: Mutex<Inner>,
+    pub version: Version,
+    pub head_request: bool,
+    waker: Arc<Waker>,
+    write_timeout: Duration,
+}
+
+/// What a write wait ended with.
+enum Sent {
+    Done,
+    Interrupted,
+    Failed(std::io::Error),
+}
+
+impl Exchange {
+    pub fn new(job: Job, waker: Arc<Waker>, write_timeout: Duration) -> Self {
+        let head = &job.request.head;
+        Exchange {
+            version: head.version,
+            head_request: head.is_head_method(),
+            inner: Mutex::new(Inner {
+                job: Some(job),
+                ..Inner::default()
+            }),
+            waker,
+            write_timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.lock().job.as_ref().is_some_and(Job::stopping)
+    }
+
+    pub fn head_sent(&self) -> bool {
+        self.lock().framing.is_some()
+    }
+
+    pub fn framing(&self) -> Option<Framing> {
+        self.lock().framing
+    }
+
+    pub fn hijacked(&self) -> bool {
+        self.lock().hijacked
+    }
+
+    pub fn is_finished(&self) -> bool {
+        let inner = self.lock();
+        inner.finished || inner.broken || inner.hijacked
+    }
+
+    /// Records that the head went out with this framing.
+    pub fn set_framing(&self, framing: Framing) {
+        self.lock().framing = Some(framing);
+    }
+
+    pub fn mark_finished(&self) {
+        self.lock().finished = true;
+    }
+
+    /// Takes the job back when the exchange is over.
+    pub fn take_job(&self) -> Option<Job> {
+        self.lock().job.take()
+    }
+
+    pub fn broken(&self) -> bool {
+        self.lock().broken
+    }
+
+    /// Queues bytes and writes them; returns once the socket took them or
+    /// few enough are left for the IO thread to finish later.
+    pub fn send(&self, ruby: &Ruby, bytes: Vec<u8>) -> Result<(), Error> {
+        self.send_with(ruby, bytes, None)
+    }
+
+    /// Like `send`, followed by `len` bytes of a file (sent by sendfile(2)
+    /// from here or, if the client is slow, by the IO thread).
+    pub fn send_file(
+        &self,
+        ruby: &Ruby,
+        head: Vec<u8>,
+        file: std::fs::File,
+        len: u64,
+    ) -> Result<(), Error> {
+        self.send_with(ruby, head, Some((file, len)))
+    }
+
+    fn send_with(
+        &self,
+        ruby: &Ruby,
+        bytes: Vec<u8>,
+        file: Option<(std::fs::File, u64)>,
+    ) -> Result<(), Error> {
+        let mut job = {
+            let mut inner = self.lock();
+            if inner.broken || inner.hijacked {
+                return Err(disconnected(ruby));
+            }
+            inner.job.take().ok_or_else(|| disconnected(ruby))?
+        };
+        let waker = self.waker.clone();
+        let timeout = self.write_timeout;
+        let mut first = Some((bytes, file));
+        loop {
+            let pending = first.take();
+            let (back, sent) = without_gvl(
+                ruby,
+                {
+                    let waker = waker.clone();
+                    move || {
+                        let sent = write_out(&mut job, pending, &waker, timeout);
+                        (job, sent)
+                    }
+                },
+                Some(Unblock {
+                    func: |w: &Arc<Waker>| w.wake(),
+                    arg: &waker,
+                }),
+            )?;
+            job = back;
+            match sent {
+                Sent::Done => {
+                    self.lock().job = Some(job);
+                    return Ok(());
+                }
+                Sent::Interrupted => {
+                    self.lock().job = Some(job);
+                    check_interrupts()?;
+                    job = self.lock().job.take().ok_or_else(|| disconnected(ruby))?;
+                }
+                Sent::Failed(e) => {
+                    let mut inner = self.lock();
+                    inner.broken = true;
+                    inner.job = Some(job);
+                    return Err(disconnected_because(ruby, &e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Reads up to `max` bytes the client sent after the request (a Rack 3
+    /// stream's `read`), waiting without the GVL. `None` at end of stream.
+    pub fn read(&self, ruby: &Ruby, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        loop {
+            let mut job = self.lock().job.take().ok_or_else(|| disconnected(ruby))?;
+            let waker = self.waker.clone();
+            let timeout = self.write_timeout;
+            let (back, got) = without_gvl(
+                ruby,
+                {
+                    let waker = waker.clone();
+                    move || {
+                        let got = read_in(&mut job, max, &waker, timeout);
+                        (job, got)
+                    }
+                },
+                Some(Unblock {
+                    func: |w: &Arc<Waker>| w.wake(),
+                    arg: &waker,
+                }),
+            )?;
+            self.lock().job = Some(back);
+            match got {
+                Ok(Some(bytes)) if bytes.is_empty() => check_interrupts()?,
+                Ok(got) => return Ok(got),
+                Err(e) => {
+                    return Err(Error::new(
+                        ruby.exception_io_error(),
+                        format!("read failed: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// rack.hijack: the socket, duplicated for the app; the server forgets
+    /// the connection.
+    pub fn hijack(&self, ruby: &Ruby) -> Result<OwnedFd, Error> {
+        let job = {
+            let mut inner = self.lock();
+            inner.hijacked = true;
+            inner.job.take()
+        };
+        let job = job.ok_or_else(|| disconnected(ruby))?;
+        job.hijack()
+            .map_err(|e| Error::new(ruby.exception_io_error(), format!("cannot hijack: {e}")))
+    }
+}
+
+/// Queues and writes, waiting while too much is unwritten. Runs without
+/// the GVL.
+fn write_out(
+    job: &mut Job,
+    pending: Option<(Vec<u8>, Option<(std::fs::File, u64)>)>,
+    waker: &Waker,
+    timeout: Duration,
+) -> Sent {
+    let Some(conn) = job.conn_mut() else {
+        return Sent::Failed(std::io::ErrorKind::NotConnected.into());
+    };
+    if let Some((bytes, file)) = pending {
+        conn.queue(bytes);
+        if let Some((file, len)) = file {
+            conn.queue_file(file, len);
+        }
+    }
+    let mut last_progress = Instant::now();
+    loop {
+        let before = conn.pending_bytes();
+        match conn.flush() {
+            Ok(true) => return Sent::Done,
+            Ok(false) if conn.pending_bytes() <= HIGH_WATER_BYTES => return Sent::Done,
+            Ok(false) => {}
+            Err(e) => return Sent::Failed(e),
+        }
+        if conn.pending_bytes() < before {
+            last_progress = Instant::now();
+        }
+        let left = timeout.saturating_sub(last_progress.elapsed());
+        if left.is_zero() {
+            return Sent::Failed(std::io::ErrorKind::TimedOut.into());
+        }
+        // A wake-up left from an earlier call only costs one spurious
+        // Interrupted; draining here could lose a real one.
+        match conn.wait_writable(left.min(Duration::from_secs(1)), waker.fd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) if woken(waker) => return Sent::Interrupted,
+            Ok(false) => {}
+            Err(e) => return Sent::Failed(e),
+        }
+    }
+}
+
+/// Reads some bytes, waiting for them; `Some(empty)` when interrupted.
+fn read_in(
+    job: &mut Job,
+    max: usize,
+    waker: &Waker,
+    timeout: Duration,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let conn = job.conn_mut().ok_or(std::io::ErrorKind::NotConnected)?;
+    let started = Instant::now();
+    loop {
+        match conn.read_some(max)? {
+            Some(bytes) if bytes.is_empty() => {}
+            got => return Ok(got),
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        match conn.wait_readable(left.min(Duration::from_secs(1)), waker.fd.as_fd())? {
+            true => {}
+            false if woken(waker) => return Ok(Some(Vec::new())),
+            false => {}
+        }
+    }
+}
+
+/// Whether the waker fired (and consume it).
+fn woken(waker: &Waker) -> bool {
+    waker.fd.read().is_ok()
+}
+
+/// The error raised into the app when the client went away mid-response.
+pub fn disconnected(ruby: &Ruby) -> Error {
+    disconnected_because(ruby, "closed")
+}
+
+fn disconnected_because(ruby: &Ruby, why: &str) -> Error {
+    use magnus::prelude::*;
+    let class = ruby
+        .class_object()
+        .const_get::<_, magnus::RModule>("Butterflies")
+        .and_then(|m| m.const_get::<_, magnus::ExceptionClass>("ClientDisconnected"))
+        .unwrap_or_else(|_| ruby.exception_io_error());
+    Error::new(class, format!("client connection lost: {why}"))
+}
+
+/// Whether an error is our own "client went away" (not the app's fault).
+pub fn is_disconnect(ruby: &Ruby, error: &Error) -> bool {
+    use magnus::prelude::*;
+    ruby.class_object()
+        .const_get::<_, magnus::RModule>("Butterflies")
+        .and_then(|m| m.const_get::<_, magnus::ExceptionClass>("ClientDisconnected"))
+        .is_ok_and(|class| error.is_kind_of(class))
+}

@@ -1,0 +1,200 @@
+//! One job on an app thread, GVL held: build the env, call the app, send
+//! the response, hand the connection back, run the after-response
+//! callbacks.
+//!
+//! What an exception means depends on when it happens:
+//! - before anything was sent, an app error is a 500 and a log line;
+//! - after the head was sent, the response cannot be repaired: the
+//!   connection is closed without finishing the body (so a truncated
+//!   chunked body never looks complete) and the error is logged;
+//! - the client going away is not an app error: nothing is logged;
+//! - anything that is not the app's to swallow (Thread#kill, SystemExit,
+//!   signals) goes up to Ruby, and the connection is closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use magnus::value::{Lazy, ReprValue};
+use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Value};
+
+use super::env;
+use super::exchange::{is_disconnect, Exchange, Waker};
+use super::response::{self, Outcome};
+use super::stream::{EarlyHints, Hijack};
+use crate::http::response::simple;
+use crate::net::Job;
+
+macro_rules! keys {
+    ($($name:ident = $text:literal;)*) => {
+        $(static $name: Lazy<RString> = Lazy::new(|ruby| ruby.str_new($text).to_interned_str());)*
+    };
+}
+
+keys! {
+    RACK_HIJACK = "rack.hijack";
+    RACK_EARLY_HINTS = "rack.early_hints";
+    RACK_RESPONSE_FINISHED = "rack.response_finished";
+    RACK_AFTER_REPLY = "rack.after_reply";
+}
+
+/// What every job on this app thread shares.
+pub struct App {
+    pub app: Value,
+    pub base_env: RHash,
+    pub on_error: Value,
+    pub waker: Arc<Waker>,
+    pub write_timeout: Duration,
+}
+
+/// Serves one job. Returns `Err` only for what must go up to Ruby.
+pub fn handle(ruby: &Ruby, app: &App, mut job: Job) -> Result<(), Error> {
+    let keep_alive_wanted = job.request.head.keep_alive;
+    let built = env::build(ruby, app.base_env, &mut job.request);
+    let ex = Arc::new(Exchange::new(job, app.waker.clone(), app.write_timeout));
+    let mut env: Option<RHash> = None;
+    let mut triple: Option<RArray> = None;
+    let result = built.and_then(|built| {
+        env = Some(built.env);
+        let spooled = built.spooled_input;
+        let result = call(ruby, app, &ex, built.env, keep_alive_wanted, &mut triple);
+        if let Some(file) = spooled {
+            let _: Result<Value, Error> = file.funcall("close", ());
+        }
+        result
+    });
+    let error = match result {
+        Ok(Outcome::Hijacked) => None,
+        Ok(Outcome::Sent { keep_alive }) => {
+            finish(&ex, keep_alive);
+            None
+        }
+        Err(error) => Some(fail(ruby, app, &ex, error, env, keep_alive_wanted)?),
+    };
+    if let Some(env) = env {
+        after_response(ruby, app, env, triple, error.flatten());
+    }
+    Ok(())
+}
+
+/// Adds the per-exchange objects to the env and calls the app.
+fn call(
+    ruby: &Ruby,
+    app: &App,
+    ex: &Arc<Exchange>,
+    env: RHash,
+    keep_alive: bool,
+    triple: &mut Option<RArray>,
+) -> Result<Outcome, Error> {
+    let hijack = ruby.obj_wrap(Hijack(ex.clone()));
+    hijack.ivar_set("@env", env)?;
+    env.aset(ruby.get_inner(&RACK_HIJACK), hijack)?;
+    env.aset(ruby.get_inner(&RACK_EARLY_HINTS), EarlyHints(ex.clone()))?;
+    env.aset(ruby.get_inner(&RACK_RESPONSE_FINISHED), ruby.ary_new())?;
+    env.aset(ruby.get_inner(&RACK_AFTER_REPLY), ruby.ary_new())?;
+    let result: Value = app.app.funcall("call", (env,))?;
+    *triple = RArray::from_value(result);
+    // A stop that came while the app ran still closes this connection.
+    let keep_alive = keep_alive && !ex.stopping();
+    response::send(ruby, ex, result, keep_alive)
+}
+
+/// Deals with an exception from the app or from sending its response.
+/// Returns the exception for the after-response callbacks, or `Err` when
+/// it must go up to Ruby.
+fn fail(
+    ruby: &Ruby,
+    app: &App,
+    ex: &Exchange,
+    error: Error,
+    env: Option<RHash>,
+    keep_alive: bool,
+) -> Result<Option<Value>, Error> {
+    let app_error = is_app_error(ruby, &error);
+    let disconnected = is_disconnect(ruby, &error);
+    if app_error && !disconnected {
+        report(ruby, app.on_error, &error, env);
+    }
+    if ex.hijacked() {
+        return if app_error {
+            Ok(error.value())
+        } else {
+            Err(error)
+        };
+    }
+    if ex.head_sent() || disconnected || ex.broken() {
+        if let Some(job) = ex.take_job() {
+            job.finish(false, true);
+        }
+    } else if app_error {
+        let keep_alive = keep_alive && !ex.stopping();
+        if ex
+            .send(ruby, simple(500, "Internal Server Error\n", keep_alive))
+            .is_ok()
+        {
+            finish(ex, keep_alive);
+        } else {
+            drop(ex.take_job());
+        }
+    }
+    if app_error {
+        Ok(error.value())
+    } else {
+        // Dropping the job closes the connection.
+        drop(ex.take_job());
+        Err(error)
+    }
+}
+
+/// Hands the connection back to its IO thread.
+fn finish(ex: &Exchange, keep_alive: bool) {
+    if let Some(job) = ex.take_job() {
+        let broken = ex.broken();
+        job.finish(keep_alive && !broken, broken);
+    }
+}
+
+/// `rack.response_finished` (Rack 3: env, status, headers, error) and
+/// `rack.after_reply` (Puma: no arguments), after the connection went back.
+/// An exception in one is logged and does not stop the others.
+fn after_response(
+    ruby: &Ruby,
+    app: &App,
+    env: RHash,
+    triple: Option<RArray>,
+    error: Option<Value>,
+) {
+    let nil = ruby.qnil().as_value();
+    let entry = |i: isize| triple.and_then(|t| t.entry::<Value>(i).ok()).unwrap_or(nil);
+    let (status, headers) = (entry(0), entry(1));
+    for (key, with_args) in [(&RACK_RESPONSE_FINISHED, true), (&RACK_AFTER_REPLY, false)] {
+        let Some(callbacks) = env.get(ruby.get_inner(key)).and_then(RArray::from_value) else {
+            continue;
+        };
+        for callback in callbacks.into_iter() {
+            let called: Result<Value, Error> = if with_args {
+                callback.funcall("call", (env, status, headers, error.unwrap_or(nil)))
+            } else {
+                callback.funcall("call", ())
+            };
+            if let Err(e) = called {
+                report(ruby, app.on_error, &e, Some(env));
+            }
+        }
+    }
+}
+
+fn is_app_error(ruby: &Ruby, error: &Error) -> bool {
+    error.is_kind_of(ruby.exception_standard_error())
+        || error.is_kind_of(ruby.exception_script_error())
+        || error.is_kind_of(ruby.exception_sys_stack_error())
+}
+
+/// Hands the exception to the Ruby side's error reporter; if that fails
+/// too, says so on stderr.
+fn report(ruby: &Ruby, on_error: Value, error: &Error, env: Option<RHash>) {
+    let exception = error.value().unwrap_or_else(|| ruby.qnil().as_value());
+    let env = env.map_or_else(|| ruby.qnil().as_value(), |e| e.as_value());
+    if let Err(e) = on_error.funcall::<_, _, Value>("call", (exception, env)) {
+        eprintln!("butterflies: app error ({error}), and the error reporter failed: {e}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The Ruby objects an app gets for one exchange, all backed by the same
+//! [`Exchange`]:
+//!
+//! - `Butterflies::Stream`: the Rack 3 stream (`body.call(stream)`), also
+//!   what `each` bodies are written through, chunk by chunk, as produced.
+//! - `Butterflies::Hijack`: `env["rack.hijack"]`.
+//! - `Butterflies::EarlyHints`: `env["rack.early_hints"]`.
+
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+
+use magnus::typed_data::Obj;
+use magnus::value::ReprValue;
+use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
+
+use super::exchange::Exchange;
+use crate::http::response::{push_chunk, Framing, ResponseHead, LAST_CHUNK};
+use crate::http::Version;
+
+/// Bytes read per `Stream#read` without a length.
+const READ_BYTES: usize = 16 * 1024;
+
+#[magnus::wrap(class = "Butterflies::Stream", free_immediately, size)]
+pub struct Stream(pub Arc<Exchange>);
+
+impl Stream {
+    /// Writes one piece of the body, framed as the head announced.
+    pub fn write(ruby: &Ruby, rb_self: &Self, data: RString) -> Result<usize, Error> {
+        let ex = &rb_self.0;
+        if ex.is_finished() {
+            return Err(Error::new(ruby.exception_io_error(), "closed stream"));
+        }
+        // SAFETY: copied at once, before any Ruby code can run.
+        let bytes = unsafe { data.as_slice() };
+        let len = bytes.len();
+        let framed = match ex.framing() {
+            Some(Framing::Chunked) => {
+                let mut out = Vec::with_capacity(len + 16);
+                push_chunk(&mut out, bytes);
+                out
+            }
+            Some(Framing::Length(_) | Framing::AppFramed | Framing::UntilClose) => bytes.to_vec(),
+            _ => return Ok(len), // HEAD, 204, 304: the body is not sent
+        };
+        if !framed.is_empty() {
+            ex.send(ruby, framed)?;
+        }
+        Ok(len)
+    }
+
+    pub fn append(ruby: &Ruby, rb_self: Obj<Self>, data: RString) -> Result<Obj<Self>, Error> {
+        Self::write(ruby, &rb_self, data)?;
+        Ok(rb_self)
+    }
+
+    pub fn flush(rb_self: Obj<Self>) -> Obj<Self> {
+        rb_self // every write is already handed to the socket
+    }
+
+    /// Ends the body (the last chunk, for a chunked one).
+    pub fn close(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
+        finish_body(ruby, &rb_self.0)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// `read(length = nil, buffer = nil)`: bytes the client sent after the
+    /// request; nil at end of stream.
+    pub fn read(ruby: &Ruby, rb_self: &Self, args: &[Value]) -> Result<Value, Error> {
+        let length = match args.first() {
+            Some(v) if !v.is_nil() => usize::try_convert(*v)?,
+            _ => READ_BYTES,
+        };
+        match rb_self.0.read(ruby, length)? {
+            None => Ok(ruby.qnil().as_value()),
+            Some(bytes) => match args.get(1).and_then(|v| RString::from_value(*v)) {
+                Some(buffer) => {
+                    let _: Value = buffer.funcall("replace", (ruby.str_from_slice(&bytes),))?;
+                    Ok(buffer.as_value())
+                }
+                None => Ok(ruby.str_from_slice(&bytes).as_value()),
+            },
+        }
+    }
+
+    pub fn close_read(&self) {}
+}
+
+/// Ends a streamed body once: the last chunk for chunked framing.
+pub fn finish_body(ruby: &Ruby, ex: &Exchange) -> Result<(), Error> {
+    if ex.is_finished() {
+        return Ok(());
+    }
+    let framing = ex.framing();
+    ex.mark_finished();
+    if framing == Some(Framing::Chunked) {
+        ex.send(ruby, LAST_CHUNK.to_vec())?;
+    }
+    Ok(())
+}
+
+#[magnus::wrap(class = "Butterflies::Hijack", free_immediately, size)]
+pub struct Hijack(pub Arc<Exchange>);
+
+impl Hijack {
+    /// Takes the socket over: returns it as a Ruby socket, and sets
+    /// `env["rack.hijack_io"]`. Later calls return the same socket.
+    pub fn call(ruby: &Ruby, rb_self: Obj<Self>) -> Result<Value, Error> {
+        let io: Value = rb_self.ivar_get("@io")?;
+        if !io.is_nil() {
+            return Ok(io);
+        }
+        let io = hijack_io(ruby, &rb_self.0)?;
+        rb_self.ivar_set("@io", io)?;
+        let env: Value = rb_self.ivar_get("@env")?;
+        if let Some(env) = RHash::from_value(env) {
+            env.aset("rack.hijack_io", io)?;
+        }
+        Ok(io)
+    }
+}
+
+/// Takes the exchange's socket over and wraps it in a Ruby `TCPSocket`.
+pub fn hijack_io(ruby: &Ruby, ex: &Exchange) -> Result<Value, Error> {
+    let fd = ex.hijack(ruby)?.into_raw_fd();
+    let socket_class: Value = ruby.class_object().const_get("TCPSocket")?;
+    match socket_class.funcall::<_, _, Value>("for_fd", (fd,)) {
+        Ok(io) => Ok(io),
+        Err(e) => {
+            let _ = nix::unistd::close(fd);
+            Err(e)
+        }
+    }
+}
+
+#[magnus::wrap(class = "Butterflies::EarlyHints", free_immediately, size)]
+pub struct EarlyHints(pub Arc<Exchange>);
+
+impl EarlyHints {
+    /// Sends `103 Early Hints` with the given headers (HTTP/1.1 only,
+    /// and only before the response itself).
+    pub fn call(ruby: &Ruby, rb_self: &Self, headers: RHash) -> Result<(), Error> {
+        let ex = &rb_self.0;
+        if ex.version != Version::Http11 || ex.head_sent() || ex.is_finished() {
+            return Ok(());
+        }
+        let mut head = ResponseHead::new(103)
+            .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
+        headers.foreach(|name: RString, value: Value| {
+            super::response::add_field(ruby, &mut head, name, value)?;
+            Ok(magnus::r_hash::ForEach::Continue)
+        })?;
+        let mut out = Vec::with_capacity(128);
+        head.write_informational(&mut out);
+        ex.send(ruby, out)
+    }
+}
