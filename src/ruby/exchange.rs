@@ -60,6 +60,9 @@ pub struct Exchange {
     write_timeout: Duration,
 }
 
+/// Bytes to queue, optionally followed by part of a file.
+type Pending = (Vec<u8>, Option<(std::fs::File, u64)>);
+
 /// What a write wait ended with.
 enum Sent {
     Done,
@@ -247,12 +250,7 @@ impl Exchange {
 
 /// Queues and writes, waiting while too much is unwritten. Runs without
 /// the GVL.
-fn write_out(
-    job: &mut Job,
-    pending: Option<(Vec<u8>, Option<(std::fs::File, u64)>)>,
-    waker: &Waker,
-    timeout: Duration,
-) -> Sent {
+fn write_out(job: &mut Job, pending: Option<Pending>, waker: &Waker, timeout: Duration) -> Sent {
     let Some(conn) = job.conn_mut() else {
         return Sent::Failed(std::io::ErrorKind::NotConnected.into());
     };
