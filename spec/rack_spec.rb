@@ -107,6 +107,7 @@ RSpec.describe "Rack behaviour" do
   %w[nil status headers body].each do |kind|
     it "answers 500 to an invalid response (#{kind})" do
       expect(Net::HTTP.get_response(URI(server.url("/invalid?#{kind}"))).code).to eq("500")
+      expect(server.wait_for_output(%r{handling GET /invalid: TypeError: invalid Rack response})).to be(true)
     end
   end
 

@@ -137,7 +137,7 @@ fn fail(
         }
     }
     if app_error {
-        Ok(error.value())
+        Ok(exception_of(ruby, &error))
     } else {
         // Dropping the job closes the connection.
         drop(ex.take_job());
@@ -183,6 +183,19 @@ fn after_response(
     }
 }
 
+/// The exception object behind an error (magnus keeps errors it raises
+/// itself as class and message until they are raised).
+fn exception_of(ruby: &Ruby, error: &Error) -> Option<Value> {
+    match error.error_type() {
+        magnus::error::ErrorType::Exception(e) => Some(e.as_value()),
+        magnus::error::ErrorType::Error(class, message) => class
+            .new_instance((ruby.str_new(message),))
+            .ok()
+            .map(|e: magnus::Exception| e.as_value()),
+        magnus::error::ErrorType::Jump(_) => None,
+    }
+}
+
 fn is_app_error(ruby: &Ruby, error: &Error) -> bool {
     error.is_kind_of(ruby.exception_standard_error())
         || error.is_kind_of(ruby.exception_script_error())
@@ -192,7 +205,7 @@ fn is_app_error(ruby: &Ruby, error: &Error) -> bool {
 /// Hands the exception to the Ruby side's error reporter; if that fails
 /// too, says so on stderr.
 fn report(ruby: &Ruby, on_error: Value, error: &Error, env: Option<RHash>) {
-    let exception = error.value().unwrap_or_else(|| ruby.qnil().as_value());
+    let exception = exception_of(ruby, error).unwrap_or_else(|| ruby.qnil().as_value());
     let env = env.map_or_else(|| ruby.qnil().as_value(), |e| e.as_value());
     if let Err(e) = on_error.funcall::<_, _, Value>("call", (exception, env)) {
         eprintln!("butterflies: app error ({error}), and the error reporter failed: {e}");

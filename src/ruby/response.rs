@@ -77,8 +77,12 @@ fn send_parts(
         return partial_hijack(ruby, ex, &head, hijack);
     }
     if body.respond_to("to_ary", false)? {
-        let chunks: RArray = body.funcall("to_ary", ())?;
-        return send_array(ruby, ex, &head, chunks, keep_alive);
+        // Rack 2 bodies may answer to_ary with nil (Rails 6.1 does): then
+        // they are streamed with each, as Puma does.
+        let array: Value = body.funcall("to_ary", ())?;
+        if let Some(chunks) = RArray::from_value(array) {
+            return send_array(ruby, ex, &head, chunks, keep_alive);
+        }
     }
     if let Some((file, len)) = file_body(ruby, ex, &head, body)? {
         let mut out = Vec::with_capacity(256);

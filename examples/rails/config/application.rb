@@ -1,0 +1,17 @@
+# frozen_string_literal: true
+
+require_relative "boot"
+require "rails"
+require "action_controller/railtie"
+
+# A minimal Rails app: no database, cookie sessions, CSRF protection on.
+module Notes
+  class Application < Rails::Application
+    config.load_defaults 6.1
+    config.eager_load = false
+    config.consider_all_requests_local = true
+    config.secret_key_base = "butterflies-example-not-secret-#{'x' * 64}"
+    config.logger = Logger.new($stdout, level: :warn)
+    config.hosts.clear
+  end
+end

@@ -1,0 +1,6 @@
+# frozen_string_literal: true
+
+Rails.application.routes.draw do
+  root "messages#index"
+  resources :messages, only: %i[index new create]
+end

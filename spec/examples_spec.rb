@@ -1,0 +1,60 @@
+# frozen_string_literal: true
+
+require "cgi"
+
+# Real apps from examples/: Sinatra and a Rails 6.1 app, booted through
+# their own Gemfiles with `bundle exec butterflies`, and Rails also with
+# `rails server -u butterflies`.
+RSpec.describe "real apps", timeout: 180 do
+  def example_dir(name)
+    File.join(ServerHelpers::ROOT, "examples", name)
+  end
+
+  def bundle_env(name)
+    { "BUNDLE_GEMFILE" => File.join(example_dir(name), "Gemfile"), "BUNDLE_SILENCE_ROOT_WARNING" => "1",
+      "RUBYOPT" => nil, "RUBYLIB" => nil }
+  end
+
+  def boot(name, *command)
+    env = bundle_env(name)
+    installed = system(env, "bundle", "install", "--local", "--quiet", chdir: example_dir(name), out: File::NULL)
+    expect(installed).to be(true)
+    server = ServerProcess.start(["bundle", "exec", *command], env: env, chdir: example_dir(name))
+    (@servers ||= []) << server
+    server
+  end
+
+  it "serves the Sinatra example, a form POST included" do
+    server = boot("sinatra", "butterflies", "-b", "tcp://127.0.0.1:0")
+    expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello from Sinatra!")
+    expect(Net::HTTP.get(URI(server.url("/hello/ada")))).to eq('{"hello":"ada"}')
+    res = Net::HTTP.post_form(URI(server.url("/greet")), "name" => "Grace Hopper")
+    expect(res.body).to eq("Nice to meet you, Grace Hopper.")
+  end
+
+  def post_a_message(server, text)
+    Net::HTTP.start(server.host, server.port, read_timeout: 30) do |http|
+      form = http.get("/messages/new")
+      expect(form.code).to eq("200")
+      token = form.body[/name="authenticity_token" value="([^"]+)"/, 1]
+      cookie = form["Set-Cookie"].split(";").first
+      body = URI.encode_www_form("authenticity_token" => token, "message" => text)
+      created = http.post("/messages", body, "Cookie" => cookie, "Content-Type" => "application/x-www-form-urlencoded")
+      expect(created.code).to eq("302")
+      cookie = created["Set-Cookie"].split(";").first
+      http.get("/messages", "Cookie" => cookie).body
+    end
+  end
+
+  it "serves the Rails example with bundle exec butterflies, CSRF-checked form POST included" do
+    server = boot("rails", "butterflies", "-b", "tcp://127.0.0.1:0")
+    expect(post_a_message(server, "hello rails")).to eq("Messages: hello rails")
+  end
+
+  it "serves the Rails example with rails server -u butterflies" do
+    server = boot("rails", "bin/rails", "server", "-u", "butterflies", "-b", "127.0.0.1", "-p", "0")
+    expect(post_a_message(server, "via rails server")).to eq("Messages: via rails server")
+    server.signal("INT")
+    expect(server.wait(timeout: 15)&.exitstatus).to eq(0)
+  end
+end
