@@ -32,6 +32,38 @@ keys! {
     HTTP_1_1 = "HTTP/1.1";
 }
 
+/// Env keys of the header fields most requests carry, made once, so the
+/// common case neither builds nor interns a key string.
+macro_rules! common_headers {
+    ($($name:ident = $field:literal => $key:literal;)*) => {
+        $(static $name: Lazy<RString> = Lazy::new(|ruby| ruby.str_new($key).to_interned_str());)*
+        fn common_key(ruby: &Ruby, field: &[u8]) -> Option<RString> {
+            $(if field.eq_ignore_ascii_case($field.as_bytes()) { return Some(ruby.get_inner(&$name)); })*
+            None
+        }
+    };
+}
+
+common_headers! {
+    H_HOST = "host" => "HTTP_HOST";
+    H_USER_AGENT = "user-agent" => "HTTP_USER_AGENT";
+    H_ACCEPT = "accept" => "HTTP_ACCEPT";
+    H_ACCEPT_ENCODING = "accept-encoding" => "HTTP_ACCEPT_ENCODING";
+    H_ACCEPT_LANGUAGE = "accept-language" => "HTTP_ACCEPT_LANGUAGE";
+    H_CONNECTION = "connection" => "HTTP_CONNECTION";
+    H_COOKIE = "cookie" => "HTTP_COOKIE";
+    H_REFERER = "referer" => "HTTP_REFERER";
+    H_CACHE_CONTROL = "cache-control" => "HTTP_CACHE_CONTROL";
+    H_ORIGIN = "origin" => "HTTP_ORIGIN";
+    H_AUTHORIZATION = "authorization" => "HTTP_AUTHORIZATION";
+    H_IF_NONE_MATCH = "if-none-match" => "HTTP_IF_NONE_MATCH";
+    H_IF_MODIFIED_SINCE = "if-modified-since" => "HTTP_IF_MODIFIED_SINCE";
+    H_X_FORWARDED_FOR = "x-forwarded-for" => "HTTP_X_FORWARDED_FOR";
+    H_X_FORWARDED_PROTO = "x-forwarded-proto" => "HTTP_X_FORWARDED_PROTO";
+    H_X_REQUEST_ID = "x-request-id" => "HTTP_X_REQUEST_ID";
+    H_UPGRADE = "upgrade" => "HTTP_UPGRADE";
+}
+
 static STRING_IO: Lazy<RClass> = Lazy::new(|ruby| {
     ruby.class_object()
         .const_get("StringIO")
@@ -113,6 +145,8 @@ fn set_header(ruby: &Ruby, env: RHash, field: &[u8], value: &[u8]) -> Result<(),
         ruby.get_inner(&CONTENT_TYPE)
     } else if field.eq_ignore_ascii_case(b"content-length") {
         ruby.get_inner(&CONTENT_LENGTH)
+    } else if let Some(key) = common_key(ruby, field) {
+        key
     } else {
         let mut key = Vec::with_capacity(field.len() + 5);
         key.extend_from_slice(b"HTTP_");
