@@ -8,15 +8,17 @@ use std::thread;
 use std::time::Duration;
 
 use butterflies::http::response::ResponseHead;
-use butterflies::net::{Config, Engine};
+use butterflies::net::{BindAddr, Config, Engine};
 
 /// Starts an engine on a free port with `apps` app threads answering
 /// "<method> <path> <body length>".
 fn start(apps: usize) -> (Engine, SocketAddr, Vec<thread::JoinHandle<()>>) {
-    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()]);
+    let mut config = Config::new(vec![BindAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
     config.io_threads = 2;
     let mut engine = Engine::bind(config).expect("bind");
-    let addr = engine.local_addrs()[0];
+    let BindAddr::Tcp(addr) = engine.local_addrs()[0] else {
+        panic!("not TCP")
+    };
     engine.start().expect("start");
     let handles = (0..apps)
         .map(|_| {

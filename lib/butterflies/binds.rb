@@ -1,15 +1,22 @@
 # frozen_string_literal: true
 
 module Butterflies
-  # Turns the bind URIs users write (`tcp://HOST:PORT`, `HOST:PORT`) into the
-  # "host:port" strings the engine binds.
+  # Turns the bind URIs users write (`tcp://HOST:PORT`, `HOST:PORT`,
+  # `unix:///path/to.sock`) into the strings the engine binds ("host:port",
+  # "unix:/path").
   module Binds
     module_function
 
     # "tcp://0.0.0.0:9292" => "0.0.0.0:9292"; "tcp://[::1]:80" => "[::1]:80".
     def to_address(uri)
       text = uri.to_s.strip
-      raise ConfigError, "bind #{uri.inspect}: only tcp:// is supported yet" if text.match?(%r{\A(?!tcp://)\w+://})
+      if text.start_with?("unix://")
+        path = text.delete_prefix("unix://")
+        raise ConfigError, "bind #{uri.inspect}: expected unix:///absolute/path" if path.empty?
+
+        return "unix:#{File.expand_path(path)}"
+      end
+      raise ConfigError, "bind #{uri.inspect}: use tcp://HOST:PORT or unix:///path" if text.match?(%r{\A(?!tcp://)\w+://})
 
       text = text.delete_prefix("tcp://")
       host, port = split_host_port(text)
@@ -17,6 +24,11 @@ module Butterflies
       raise ConfigError, "bind #{uri.inspect}: port must be 0-65535" unless port.match?(/\A\d+\z/) && port.to_i <= 65_535
 
       "#{host}:#{port.to_i}"
+    end
+
+    # How an engine address is shown: "http://host:port" or "unix:///path".
+    def to_url(address)
+      address.start_with?("unix:") ? "unix://#{address.delete_prefix('unix:')}" : "http://#{address}"
     end
 
     def split_host_port(text)

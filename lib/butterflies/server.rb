@@ -154,7 +154,7 @@ module Butterflies
     def banner
       say "Butterflies #{VERSION} (ruby #{RUBY_VERSION}), pid #{Process.pid}"
       say "* threads: #{@threads} app, #{@io_threads} io"
-      @addresses.each { |address| say "* Listening on http://#{address}" }
+      @addresses.each { |address| say "* Listening on #{Binds.to_url(address)}" }
       say "Use Ctrl-C to stop"
     end
 

@@ -6,7 +6,7 @@
 //! thread runs in a process that forks.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,7 +17,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::conn::{Conn, Request};
 use super::io_thread::IoThread;
-use super::listener::{bind_group, DEFAULT_BACKLOG};
+use super::listener::{self, BindAddr, ListenOptions};
 use crate::http::Limits;
 
 /// Keep-alive connections idle longer than this are closed (Puma: 20 s).
@@ -36,9 +36,14 @@ pub const QUEUE_DEPTH: usize = 1024;
 /// What the engine needs to know before it binds.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub binds: Vec<SocketAddr>,
+    pub binds: Vec<BindAddr>,
     pub io_threads: usize,
-    pub backlog: i32,
+    pub listen: ListenOptions,
+    /// Listening sockets inherited across exec (hot restart), by descriptor.
+    pub inherit: Vec<std::os::fd::RawFd>,
+    /// The listeners are shared with other processes (cluster workers): on
+    /// stop, close them but do not shut them down.
+    pub shared_listeners: bool,
     pub queue_depth: usize,
     pub limits: Limits,
     pub idle_timeout: Duration,
@@ -49,13 +54,15 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(binds: Vec<SocketAddr>) -> Self {
+    pub fn new(binds: Vec<BindAddr>) -> Self {
         Config {
             binds,
             io_threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            backlog: DEFAULT_BACKLOG,
+            listen: ListenOptions::default(),
+            inherit: Vec::new(),
+            shared_listeners: false,
             queue_depth: QUEUE_DEPTH,
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),
@@ -207,7 +214,10 @@ impl Drop for Job {
 /// The engine before and after its threads start.
 pub struct Engine {
     config: Config,
+    /// Per IO thread, its listeners (taken by `start`).
     listeners: Vec<Vec<TcpListener>>,
+    /// What was bound, with real ports.
+    addrs: Vec<BindAddr>,
     shared: Arc<Shared>,
     jobs_tx: Option<Sender<Job>>,
     jobs_rx: Receiver<Job>,
@@ -216,21 +226,34 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Binds every address, `io_threads` sockets each. Starts no thread.
+    /// Binds every address, `io_threads` sockets each, reusing inherited
+    /// listening sockets where they match. Starts no thread.
     pub fn bind(config: Config) -> io::Result<Engine> {
-        let mut listeners: Vec<Vec<TcpListener>> =
-            (0..config.io_threads.max(1)).map(|_| Vec::new()).collect();
-        for &addr in &config.binds {
-            let group = bind_group(addr, listeners.len(), config.backlog)
-                .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
-            for (slot, listener) in listeners.iter_mut().zip(group) {
-                slot.push(listener);
+        let threads = config.io_threads.max(1);
+        let mut inherited = adopt_all(&config.inherit)?;
+        let mut listeners: Vec<Vec<TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::with_capacity(config.binds.len());
+        for addr in &config.binds {
+            let group = match inherited.iter().position(|(a, _)| a == addr) {
+                Some(at) => inherited.swap_remove(at).1,
+                None => listener::bind(addr, threads, config.listen)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
+            };
+            addrs.push(match (addr, group.first().map(TcpListener::local_addr)) {
+                (BindAddr::Tcp(_), Some(Ok(real))) => BindAddr::Tcp(real),
+                _ => addr.clone(),
+            });
+            for (i, listener) in spread(group, threads)?.into_iter().enumerate() {
+                listeners[i % threads].push(listener);
             }
         }
+        // Inherited sockets no longer configured close here.
+        drop(inherited);
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
         Ok(Engine {
             config,
             listeners,
+            addrs,
             shared: Arc::default(),
             jobs_tx: Some(jobs_tx),
             jobs_rx,
@@ -239,12 +262,18 @@ impl Engine {
         })
     }
 
-    /// The addresses actually bound (ports resolved when 0 was asked for).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+    /// The addresses bound (ports resolved when 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<BindAddr> {
+        self.addrs.clone()
+    }
+
+    /// The listening descriptors, made to survive exec, for a hot restart.
+    pub fn listener_fds(&self) -> io::Result<Vec<std::os::fd::RawFd>> {
         self.listeners
-            .first()
-            .map(|ls| ls.iter().filter_map(|l| l.local_addr().ok()).collect())
-            .unwrap_or_default()
+            .iter()
+            .flatten()
+            .map(listener::keep_across_exec)
+            .collect()
     }
 
     /// Starts the IO threads. Call once, after any fork.
@@ -298,6 +327,33 @@ impl Engine {
     pub fn config(&self) -> &Config {
         &self.config
     }
+}
+
+/// Adopts inherited listening sockets, grouped by address.
+fn adopt_all(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<(BindAddr, Vec<TcpListener>)>> {
+    let mut groups: Vec<(BindAddr, Vec<TcpListener>)> = Vec::new();
+    for &fd in fds {
+        // SAFETY: descriptors listed as inherited are open in this process
+        // (passed by the previous master across exec) and owned by nobody.
+        let (listener, addr) = unsafe { listener::adopt(fd) }?;
+        match groups.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, group)) => group.push(listener),
+            None => groups.push((addr, vec![listener])),
+        }
+    }
+    Ok(groups)
+}
+
+/// At least `threads` listeners from a group: a short group (inherited from
+/// a process with fewer IO threads) is filled with duplicates.
+fn spread(mut group: Vec<TcpListener>, threads: usize) -> io::Result<Vec<TcpListener>> {
+    let mut i = 0;
+    while group.len() < threads {
+        let dup = group[i].try_clone()?;
+        group.push(dup);
+        i += 1;
+    }
+    Ok(group)
 }
 
 impl Drop for Engine {

@@ -4,7 +4,7 @@
 //! response is written, finishes writes that would block, and enforces
 //! timeouts. It never calls Ruby.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +19,11 @@ use super::engine::{Config, Job, Mailbox, Shared};
 use crate::http::Limits;
 
 const WAKER: u64 = u64::MAX;
+/// The address reported for Unix-socket connections.
+const UNIX_PLACEHOLDER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    0,
+));
 const LISTENER_BIT: u64 = 1 << 62;
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(500);
@@ -34,7 +39,9 @@ enum Slot {
 
 pub(crate) struct IoThread {
     epoll: Epoll,
-    listeners: Vec<TcpListener>,
+    /// Each listener with the local address its connections report.
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    shared_listeners: bool,
     slots: Vec<Slot>,
     free: Vec<usize>,
     live: usize,
@@ -61,16 +68,23 @@ impl IoThread {
             mailbox.wake.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, WAKER),
         )?;
+        // EPOLLEXCLUSIVE: a listener shared with other threads or processes
+        // (Unix sockets, cluster workers) wakes one waiter, not all of them.
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET | EpollFlags::EPOLLEXCLUSIVE;
         for (i, listener) in listeners.iter().enumerate() {
-            let data = LISTENER_BIT | i as u64;
-            epoll.add(
-                listener,
-                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, data),
-            )?;
+            epoll.add(listener, EpollEvent::new(flags, LISTENER_BIT | i as u64))?;
         }
+        let listeners = listeners
+            .into_iter()
+            .map(|l| {
+                let local = l.local_addr().unwrap_or(UNIX_PLACEHOLDER);
+                (l, local)
+            })
+            .collect();
         Ok(IoThread {
             epoll,
             listeners,
+            shared_listeners: config.shared_listeners,
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -134,9 +148,10 @@ impl IoThread {
 
     fn accept(&mut self, index: usize) {
         loop {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some((listener, local)) = self.listeners.get(index) else {
                 return;
             };
+            let local = *local;
             let fd = match accept4(
                 listener.as_raw_fd(),
                 SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
@@ -153,20 +168,16 @@ impl IoThread {
             // SAFETY: accept4 just returned this descriptor and nothing else owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             let stream = std::net::TcpStream::from(fd);
-            let local = listener.local_addr();
+            // A Unix socket's peer has no IP: it reports as 127.0.0.1, as
+            // Puma does, so apps' IP checks treat it as local.
             let peer = getpeername::<SockaddrStorage>(stream.as_raw_fd())
                 .ok()
                 .and_then(|a| {
                     a.as_sockaddr_in()
-                        .map(|v4| std::net::SocketAddr::V4((*v4).into()))
-                        .or_else(|| {
-                            a.as_sockaddr_in6()
-                                .map(|v6| std::net::SocketAddr::V6((*v6).into()))
-                        })
-                });
-            let (Ok(local), Some(peer)) = (local, peer) else {
-                continue;
-            };
+                        .map(|v4| SocketAddr::V4((*v4).into()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+                })
+                .unwrap_or(UNIX_PLACEHOLDER);
             let _ = stream.set_nodelay(true);
             let token = self.free.pop().unwrap_or_else(|| {
                 self.slots.push(Slot::Free);
@@ -272,12 +283,18 @@ impl IoThread {
     }
 
     fn close_listeners(&mut self) {
-        for listener in self.listeners.drain(..) {
+        for (listener, _) in self.listeners.drain(..) {
             let _ = self.epoll.delete(&listener);
-            // This thread's sockets are its own: shut them down so the kernel
+            // Sockets this process alone serves are shut down, so the kernel
             // stops routing new connections to a group member nobody serves.
-            let _ =
-                nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            // Shared ones (cluster workers) are only closed: the master and
+            // the other workers keep them, and their queued connections.
+            if !self.shared_listeners {
+                let _ = nix::sys::socket::shutdown(
+                    listener.as_raw_fd(),
+                    nix::sys::socket::Shutdown::Both,
+                );
+            }
         }
     }
 

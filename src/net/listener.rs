@@ -1,11 +1,151 @@
-//! Listening sockets. Each IO thread owns one socket per bound address, all
-//! in one `SO_REUSEPORT` group, so the kernel spreads new connections over
-//! the threads and no user-space accept queue is needed.
+//! Listening sockets. Each IO thread owns one socket per bound TCP address,
+//! all in one `SO_REUSEPORT` group, so the kernel spreads new connections
+//! over the threads and no user-space accept queue is needed. A Unix socket
+//! has one accept queue; each IO thread gets its own descriptor of it.
+//!
+//! Listeners are held as `std::net::TcpListener` for both kinds: only the
+//! descriptor is used (epoll, accept4), never TCP-specific calls.
 
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Per-listener options.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenOptions {
+    pub backlog: i32,
+    /// TCP_FASTOPEN queue length (0: off).
+    pub tcp_fastopen: u32,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            backlog: DEFAULT_BACKLOG,
+            tcp_fastopen: 0,
+        }
+    }
+}
+
+/// `count` listeners for `addr`: a SO_REUSEPORT group for TCP, one socket
+/// (and `count - 1` duplicates of it) for Unix.
+pub fn bind(addr: &BindAddr, count: usize, options: ListenOptions) -> io::Result<Vec<TcpListener>> {
+    match addr {
+        BindAddr::Tcp(addr) => {
+            let group = bind_group(*addr, count, options.backlog)?;
+            if options.tcp_fastopen > 0 {
+                for listener in &group {
+                    set_fastopen(listener, options.tcp_fastopen)?;
+                }
+            }
+            Ok(group)
+        }
+        BindAddr::Unix(path) => duplicates(bind_unix(path, options.backlog)?, count),
+    }
+}
+
+/// The listener and `count - 1` duplicates of its descriptor.
+pub fn duplicates(listener: TcpListener, count: usize) -> io::Result<Vec<TcpListener>> {
+    let mut all = Vec::with_capacity(count);
+    for _ in 1..count.max(1) {
+        all.push(listener.try_clone()?);
+    }
+    all.push(listener);
+    Ok(all)
+}
+
+fn set_fastopen(listener: &TcpListener, queue: u32) -> io::Result<()> {
+    let queue = i32::try_from(queue).unwrap_or(i32::MAX);
+    // SAFETY: setsockopt with a valid descriptor, a level/option pair that
+    // takes an int, and a pointer to an int that lives across the call.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            listener.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_FASTOPEN,
+            (&queue as *const i32).cast(),
+            std::mem::size_of::<i32>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Binds a Unix socket. A leftover socket file that nobody listens on
+/// (a crashed server's) is removed first; a live one is "in use".
+fn bind_unix(path: &std::path::Path, backlog: i32) -> io::Result<TcpListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    socket.listen(backlog)?;
+    Ok(TcpListener::from(OwnedFd::from(socket)))
+}
+
+/// Takes over a listening socket inherited across exec (hot restart).
+/// Returns it and the address it listens on.
+///
+/// # Safety
+///
+/// `fd` must be an open descriptor that nothing else in this process owns.
+pub unsafe fn adopt(fd: RawFd) -> io::Result<(TcpListener, BindAddr)> {
+    // SAFETY: the caller passes an open descriptor nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = Socket::from(owned);
+    if !socket.is_listener()? {
+        return Err(io::Error::other(format!(
+            "inherited descriptor {fd} is not a listening socket"
+        )));
+    }
+    socket.set_cloexec(true)?;
+    socket.set_nonblocking(true)?;
+    let local = socket.local_addr()?;
+    let addr = match (local.as_socket(), local.as_pathname()) {
+        (Some(addr), _) => BindAddr::Tcp(addr),
+        (None, Some(path)) => BindAddr::Unix(path.to_path_buf()),
+        _ => {
+            return Err(io::Error::other(format!(
+                "inherited descriptor {fd} has no usable address"
+            )))
+        }
+    };
+    Ok((TcpListener::from(OwnedFd::from(socket)), addr))
+}
+
+/// Lets a listener survive exec (for a hot restart's new master).
+pub fn keep_across_exec(listener: &TcpListener) -> io::Result<RawFd> {
+    let socket = socket2::SockRef::from(listener);
+    socket.set_cloexec(false)?;
+    Ok(listener.as_raw_fd())
+}
 
 /// Default `listen(2)` backlog (what Puma and Unicorn use).
 pub const DEFAULT_BACKLOG: i32 = 1024;
@@ -76,6 +216,34 @@ mod tests {
             .collect();
         assert_ne!(ports[0], 0);
         assert!(ports.iter().all(|&p| p == ports[0]), "{ports:?}");
+    }
+
+    #[test]
+    fn unix_sockets_bind_share_and_refuse_a_live_path() {
+        let dir = std::env::temp_dir().join(format!("bf-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let addr = BindAddr::Unix(path.clone());
+        let group = bind(&addr, 2, ListenOptions::default()).unwrap();
+        assert_eq!(group.len(), 2);
+        assert_eq!(
+            bind(&addr, 1, ListenOptions::default()).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(group);
+        // A stale file from a dead server is replaced.
+        assert_eq!(bind(&addr, 1, ListenOptions::default()).unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn adopted_descriptors_report_their_address() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+        let want = group[0].local_addr().unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(group.into_iter().next().unwrap());
+        // SAFETY: `fd` was just released by its owner.
+        let (_listener, addr) = unsafe { adopt(fd) }.unwrap();
+        assert_eq!(addr, BindAddr::Tcp(want));
     }
 
     #[test]

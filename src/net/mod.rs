@@ -12,3 +12,4 @@ pub mod reader;
 pub use body::Body;
 pub use conn::Request;
 pub use engine::{Config, Engine, Job, Shared};
+pub use listener::{BindAddr, ListenOptions};

@@ -2,7 +2,7 @@
 //! app-thread loop (`Engine#serve`) that takes requests from the queue,
 //! calls the Rack app with the GVL held, and writes the response without it.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
 use super::exchange::Waker;
 use super::gvl::{check_interrupts, without_gvl, Unblock};
 use super::request;
-use crate::net::{Config, Engine, Job, Shared};
+use crate::net::{BindAddr, Config, Engine, Job, Shared};
 
 #[magnus::wrap(class = "Butterflies::Engine", free_immediately, size)]
 pub struct RbEngine {
@@ -27,12 +27,16 @@ impl RbEngine {
     /// `Engine.new(["127.0.0.1:9292"], io_threads: 2, ...)`: binds now,
     /// starts no thread.
     pub fn new(ruby: &Ruby, binds: Vec<String>, options: RHash) -> Result<Self, Error> {
-        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut addrs: Vec<BindAddr> = Vec::new();
         for bind in &binds {
+            if let Some(path) = bind.strip_prefix("unix:") {
+                addrs.push(BindAddr::Unix(path.into()));
+                continue;
+            }
             let resolved = bind
                 .to_socket_addrs()
                 .map_err(|e| bind_error(ruby, format!("cannot resolve {bind}: {e}")))?;
-            for addr in resolved {
+            for addr in resolved.map(BindAddr::Tcp) {
                 if !addrs.contains(&addr) {
                     addrs.push(addr);
                 }
@@ -46,7 +50,16 @@ impl RbEngine {
             config.queue_depth = n.max(1);
         }
         if let Some(n) = option::<i32>(ruby, options, "backlog")? {
-            config.backlog = n;
+            config.listen.backlog = n;
+        }
+        if let Some(n) = option::<u32>(ruby, options, "tcp_fastopen")? {
+            config.listen.tcp_fastopen = n;
+        }
+        if let Some(fds) = option::<Vec<i32>>(ruby, options, "inherit_fds")? {
+            config.inherit = fds;
+        }
+        if let Some(shared) = option::<bool>(ruby, options, "shared_listeners")? {
+            config.shared_listeners = shared;
         }
         if let Some(s) = option::<f64>(ruby, options, "shutdown_timeout")? {
             config.shutdown_timeout = Duration::from_secs_f64(s.max(0.0));
@@ -94,7 +107,14 @@ impl RbEngine {
         f(&mut engine)
     }
 
-    /// The bound addresses as "host:port" strings.
+    /// The listening descriptors, made to survive exec (hot restart).
+    pub fn listener_fds(ruby: &Ruby, rb_self: &Self) -> Result<Vec<i32>, Error> {
+        rb_self
+            .with_engine(|e| e.listener_fds())
+            .map_err(|e| Error::new(ruby.exception_io_error(), e.to_string()))
+    }
+
+    /// The bound addresses: "host:port", or "unix:/path".
     pub fn addresses(&self) -> Vec<String> {
         self.with_engine(|e| e.local_addrs().iter().map(|a| a.to_string()).collect())
     }

@@ -24,6 +24,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let class = module.define_class("Engine", ruby.class_object())?;
     class.define_singleton_method("new", function!(engine::RbEngine::new, 2))?;
     class.define_method("addresses", method!(engine::RbEngine::addresses, 0))?;
+    class.define_method("listener_fds", method!(engine::RbEngine::listener_fds, 0))?;
     class.define_method("start", method!(engine::RbEngine::start, 0))?;
     class.define_method("stop", method!(engine::RbEngine::stop, 0))?;
     class.define_method("join", method!(engine::RbEngine::join, 0))?;
