@@ -7,6 +7,7 @@ require "socket"
 require "timeout"
 require "tmpdir"
 require_relative "support/server_process"
+require_relative "support/cluster_helpers"
 
 RSpec.configure do |config|
   config.disable_monkey_patching!

@@ -6,8 +6,9 @@ require "butterflies/app_loader"
 
 module Butterflies
   # `butterflies [options] [rackup file]`. Flag names follow Puma's where
-  # they overlap. Every user mistake ends as one line on stderr and a
-  # non-zero exit status, never a backtrace.
+  # they overlap. Settings come from defaults, then the config file
+  # (config/butterflies.rb or -C), then these flags. Every user mistake ends
+  # as one line on stderr and a non-zero exit status, never a backtrace.
   class CLI
     USAGE_ERROR = 2
     FAILURE = 1
@@ -16,75 +17,105 @@ module Butterflies
       @argv = argv.dup
       @stdout = stdout
       @stderr = stderr
-      @options = { binds: [], host: nil, port: nil }
+      @cli = {}
+      @host = nil
+      @port = nil
     end
 
     # Returns the exit status.
     def run
-      parse!
-      rackup = @argv.shift || "config.ru"
+      parser.parse!(@argv)
+      @cli[:rackup] = @argv.shift if @argv.any?
       raise ConfigError, "unexpected arguments: #{@argv.join(' ')}" unless @argv.empty?
 
-      ENV["RACK_ENV"] ||= @options[:environment] || "development"
-      app = AppLoader.load(rackup)
-      server = Server.new(app, server_options)
-      server.run
+      @cli[:binds] = (@cli[:binds] || []) + ["tcp://#{@host || '0.0.0.0'}:#{@port || 9292}"] if @host || @port
+      config = Configuration.load(@cli, path: @config_path)
+      return dry_run(config) if @dry_run
+
+      ENV["RACK_ENV"] = config[:environment] || ENV["RACK_ENV"] || "development"
+      serve(config)
       0
-    rescue OptionParser::ParseError, ConfigError => e
+    rescue OptionParser::ParseError => e
       fail_with("#{e.message} (see butterflies --help)", USAGE_ERROR)
+    rescue ConfigError => e
+      fail_with(e.message, USAGE_ERROR)
     rescue AppLoadError, BindError => e
       fail_with(e.message, FAILURE)
     end
 
+    # Runs and returns the exit status, handling --help and --version.
+    def self.start(argv)
+      catch(:exit_status) { new(argv).run }
+    end
+
     private
+
+    def serve(config)
+      loader = -> { AppLoader.load(config[:rackup]) }
+      if config.cluster?
+        Cluster.new(config, loader: loader, cli: @cli, config_path: @config_path, log: @stdout).run
+      else
+        Server.new(loader.call, config, log: @stdout).run
+      end
+    end
+
+    def dry_run(config)
+      @stdout.puts(config.dump)
+      0
+    end
 
     def fail_with(message, status)
       @stderr.puts("butterflies: #{message}")
       status
     end
 
-    def server_options
-      binds = @options[:binds]
-      if binds.empty? || @options[:host] || @options[:port]
-        binds += ["tcp://#{@options[:host] || '0.0.0.0'}:#{@options[:port] || 9292}"]
-      end
-      @options.except(:binds, :host, :port, :environment).merge(binds: binds, log: @stdout)
-    end
+    SECONDS_FLAGS = {
+      "--shutdown-timeout" => [:shutdown_timeout, "Time in-flight requests get on stop (default 30)"],
+      "--worker-timeout" => [:worker_timeout, "Replace a worker silent this long (default 60)"],
+      "--request-timeout" => [:request_timeout, "503 to a request running longer (default: off)"],
+      "--idle-timeout" => [:idle_timeout, "Close keep-alive connections idle this long (default 20)"],
+      "--header-timeout" => [:header_timeout, "408 when a request head takes longer (default 20)"],
+      "--body-timeout" => [:body_timeout, "408 when a body pauses longer (default 30)"],
+      "--write-timeout" => [:write_timeout, "Drop clients that read nothing this long (default 30)"]
+    }.freeze
 
-    def parse!
-      parser.parse!(@argv)
-    end
+    COUNT_FLAGS = {
+      "--io-threads" => [:io_threads, "Rust IO threads per process (default: number of CPUs)", 1],
+      "--queue-depth" => [:queue_depth, "Requests waiting for an app thread before 503 (default 1024)", 1],
+      "--backlog" => [:backlog, "listen(2) backlog (default 1024)", 1],
+      "--max-body-bytes" => [:max_body_bytes, "413 for larger request bodies (default 1 GiB)", 1]
+    }.freeze
 
     def parser # rubocop:disable Metrics/MethodLength, Metrics/AbcSize
       OptionParser.new do |o|
         o.banner = "Usage: butterflies [options] [rackup file (default: config.ru)]"
-        o.on("-b", "--bind URI", "Listen on URI, e.g. tcp://127.0.0.1:9292 (repeatable)") do |uri|
-          @options[:binds] << uri
+        o.on("-C", "--config PATH", "Config file (default: config/butterflies.rb if present)") { |p| @config_path = p }
+        o.on("-b", "--bind URI", "Listen on tcp://HOST:PORT or unix:///PATH (repeatable)") do |uri|
+          Binds.to_address(uri)
+          (@cli[:binds] ||= []) << uri
         end
-        o.on("-p", "--port PORT", Integer, "Listen on PORT (default 9292)") { |p| @options[:port] = p }
-        o.on("-o", "--host HOST", "Listen on HOST (default 0.0.0.0)") { |h| @options[:host] = h }
+        o.on("-p", "--port PORT", Integer, "Listen on PORT (default 9292)") { |p| @port = p }
+        o.on("-o", "--host HOST", "Listen on HOST (default 0.0.0.0)") { |h| @host = h }
+        o.on("-w", "--workers N", "Worker processes (default 0: single mode)") do |n|
+          @cli[:workers] = whole("--workers", n, min: 0)
+        end
         o.on("-t", "--threads N", "App threads: N, or MIN:MAX as in Puma (MAX is used)") do |t|
-          @options[:threads] = positive("--threads", t.split(":").last)
+          @cli[:threads] = whole("--threads", t.split(":").last, min: 1)
         end
-        o.on("--io-threads N", "Rust IO threads (default: number of CPUs)") do |n|
-          @options[:io_threads] = positive("--io-threads", n)
+        o.on("--preload", "Load the app in the master before forking workers") { @cli[:preload_app] = true }
+        o.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @cli[:pidfile] = p }
+        o.on("--tcp-fastopen [QUEUE]", Integer, "Enable TCP_FASTOPEN (queue length, default 256)") do |q|
+          @cli[:tcp_fastopen] = q || 256
         end
-        o.on("--shutdown-timeout SECONDS", Float, "Time in-flight requests get on stop (default 30)") do |s|
-          @options[:shutdown_timeout] = s
+        COUNT_FLAGS.each do |flag, (key, text, min)|
+          o.on("#{flag} N", text) { |n| @cli[key] = whole(flag, n, min: min) }
         end
-        {
-          "--idle-timeout" => [:idle_timeout, "Close keep-alive connections idle this long (default 20)"],
-          "--header-timeout" => [:header_timeout, "408 when a request head takes longer (default 20)"],
-          "--body-timeout" => [:body_timeout, "408 when a body pauses longer (default 30)"],
-          "--write-timeout" => [:write_timeout, "Drop clients that read nothing this long (default 30)"]
-        }.each do |flag, (key, text)|
-          o.on("#{flag} SECONDS", Float, text) { |s| @options[key] = non_negative(flag, s) }
+        SECONDS_FLAGS.each do |flag, (key, text)|
+          o.on("#{flag} SECONDS", Float, text) { |s| @cli[key] = non_negative(flag, s) }
         end
-        o.on("--max-body-bytes N", Integer, "413 for larger request bodies (default 1 GiB)") do |n|
-          @options[:max_body_bytes] = positive("--max-body-bytes", n.to_s)
-        end
-        o.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @options[:environment] = e }
-        o.on("-q", "--quiet", "No boot banner") { @options[:quiet] = true }
+        o.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @cli[:environment] = e }
+        o.on("-q", "--quiet", "No boot banner") { @cli[:quiet] = true }
+        o.on("--dry-run", "Print the resolved configuration and exit") { @dry_run = true }
         o.on("-v", "--version", "Print the version and exit") do
           @stdout.puts("butterflies #{VERSION}")
           throw :exit_status, 0
@@ -97,22 +128,17 @@ module Butterflies
     end
 
     def non_negative(flag, seconds)
-      raise ConfigError, "#{flag} must not be negative, got #{seconds}" if seconds.negative?
+      raise ConfigError, "#{flag} must not be negative, got #{seconds} (see butterflies --help)" if seconds.negative?
 
       seconds
     end
 
-    def positive(flag, text)
-      Integer(text, 10).tap { |n| raise ConfigError, "#{flag} must be at least 1, got #{n}" if n < 1 }
-    rescue ArgumentError, TypeError
-      raise ConfigError, "#{flag} needs a whole number, got #{text.inspect}"
-    end
+    def whole(flag, text, min:)
+      number = Integer(text, 10, exception: false)
+      raise ConfigError, "#{flag} needs a whole number, got #{text.inspect} (see butterflies --help)" if number.nil?
+      raise ConfigError, "#{flag} must be at least #{min}, got #{number} (see butterflies --help)" if number < min
 
-    public
-
-    # Runs and returns the exit status, handling --help and --version.
-    def self.start(argv)
-      catch(:exit_status) { new(argv).run }
+      number
     end
   end
 end

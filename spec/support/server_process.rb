@@ -19,7 +19,10 @@ class ServerProcess
   end
 
   # `command` is an argv array; env vars are added to ours.
-  def initialize(command, env: {}, chdir: ROOT)
+  # ready: the line that says it is listening (for Unix sockets, which
+  # have no port to parse).
+  def initialize(command, env: {}, chdir: ROOT, ready: nil)
+    @ready = ready
     @output = +""
     @reader, writer = IO.pipe
     @pid = Process.spawn(env, *command, chdir: chdir, out: writer, err: writer, pgroup: true, in: File::NULL)
@@ -28,6 +31,8 @@ class ServerProcess
   end
 
   def wait_until_listening(timeout: BOOT_TIMEOUT)
+    return wait_for_output(@ready, timeout: timeout) || raise("not ready:\n#{@output}") if @ready
+
     deadline = now + timeout
     until (match = @output.match(LISTENING))
       raise "server exited before listening:\n#{@output}" if read_some(deadline).nil? && exited?
@@ -44,6 +49,13 @@ class ServerProcess
     deadline = now + timeout
     read_some(deadline) until @output.match?(pattern) || now > deadline || (exited? && !readable?)
     @output.match?(pattern)
+  end
+
+  # Reads until `pattern` has matched `count` times in all output so far.
+  def wait_for_matches(pattern, count, timeout: 10)
+    deadline = now + timeout
+    read_some(deadline) until @output.scan(pattern).size >= count || now > deadline || (exited? && !readable?)
+    @output.scan(pattern).size >= count
   end
 
   def signal(name)

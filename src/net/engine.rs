@@ -234,7 +234,7 @@ impl Engine {
         let mut listeners: Vec<Vec<TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
         let mut addrs = Vec::with_capacity(config.binds.len());
         for addr in &config.binds {
-            let group = match inherited.iter().position(|(a, _)| a == addr) {
+            let group = match inherited.iter().position(|(a, _)| a.satisfies(addr)) {
                 Some(at) => inherited.swap_remove(at).1,
                 None => listener::bind(addr, threads, config.listen)
                     .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,

@@ -21,6 +21,20 @@ pub enum BindAddr {
     Unix(PathBuf),
 }
 
+impl BindAddr {
+    /// Whether a socket bound to `self` serves a request to bind `wanted`:
+    /// the same address, or the same IP when any port (0) was asked for
+    /// (a hot restart of a server that was started on port 0).
+    pub fn satisfies(&self, wanted: &BindAddr) -> bool {
+        match (self, wanted) {
+            (BindAddr::Tcp(have), BindAddr::Tcp(want)) if want.port() == 0 => {
+                have.ip() == want.ip()
+            }
+            _ => self == wanted,
+        }
+    }
+}
+
 impl fmt::Display for BindAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -13,12 +13,16 @@ use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
 use super::exchange::Waker;
 use super::gvl::{check_interrupts, without_gvl, Unblock};
 use super::request;
+use super::watchdog::Watchdog;
 use crate::net::{BindAddr, Config, Engine, Job, Shared};
 
 #[magnus::wrap(class = "Butterflies::Engine", free_immediately, size)]
 pub struct RbEngine {
     engine: Mutex<Engine>,
     write_timeout: Duration,
+    /// The per-request timeout, when one is configured: (timeout, hard limit).
+    request_timeouts: Option<(Duration, Option<Duration>)>,
+    watchdog: Mutex<Option<Arc<Watchdog>>>,
     jobs: Receiver<Job>,
     shared: Arc<Shared>,
 }
@@ -90,8 +94,19 @@ impl RbEngine {
                 *slot = n.max(1);
             }
         }
+        let request_timeouts = option::<f64>(ruby, options, "request_timeout")?.map(|t| {
+            let hard = option::<f64>(ruby, options, "request_hard_timeout")
+                .ok()
+                .flatten();
+            (
+                Duration::from_secs_f64(t.max(0.001)),
+                hard.map(|h| Duration::from_secs_f64(h.max(0.001))),
+            )
+        });
         let engine = Engine::bind(config).map_err(|e| bind_error(ruby, e.to_string()))?;
         Ok(RbEngine {
+            request_timeouts,
+            watchdog: Mutex::new(None),
             write_timeout: engine.config().write_timeout,
             jobs: engine.jobs(),
             shared: engine.shared(),
@@ -121,15 +136,36 @@ impl RbEngine {
 
     /// Starts the IO threads. Call after any fork.
     pub fn start(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
-        rb_self
-            .with_engine(|e| e.start())
-            .map_err(|e| Error::new(ruby.exception_runtime_error(), format!("cannot start: {e}")))
+        let failed = |e: std::io::Error| {
+            Error::new(ruby.exception_runtime_error(), format!("cannot start: {e}"))
+        };
+        rb_self.with_engine(|e| e.start()).map_err(failed)?;
+        if let Some((timeout, hard)) = rb_self.request_timeouts {
+            let (dog, _thread) = Watchdog::start(timeout, hard).map_err(failed)?;
+            *rb_self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(dog);
+        }
+        Ok(())
+    }
+
+    fn watchdog(&self) -> Option<Arc<Watchdog>> {
+        self.watchdog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// An app thread has been busy past the request hard timeout.
+    pub fn is_stuck(&self) -> bool {
+        self.watchdog().is_some_and(|dog| dog.is_stuck())
     }
 
     /// Stops accepting. In-flight requests finish; `serve` returns in every
     /// app thread once the IO threads are done.
     pub fn stop(&self) {
         self.with_engine(|e| e.stop());
+        if let Some(dog) = self.watchdog() {
+            dog.stop();
+        }
     }
 
     /// Joins the IO threads (they have finished once `serve` returned).
@@ -180,6 +216,7 @@ impl RbEngine {
             on_error,
             waker,
             write_timeout: rb_self.write_timeout,
+            watchdog: rb_self.watchdog(),
         };
         loop {
             let job = match jobs.try_recv() {

@@ -119,6 +119,17 @@ impl Exchange {
         self.lock().finished = true;
     }
 
+    /// For the request timeout: the job, if nothing was sent yet; the
+    /// exchange is then over for the app.
+    pub fn take_job_if_unanswered(&self) -> Option<Job> {
+        let mut inner = self.lock();
+        if inner.framing.is_some() || inner.hijacked || inner.broken {
+            return None;
+        }
+        inner.broken = true;
+        inner.job.take()
+    }
+
     /// Takes the job back when the exchange is over.
     pub fn take_job(&self) -> Option<Job> {
         self.lock().job.take()

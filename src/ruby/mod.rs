@@ -15,6 +15,7 @@ mod gvl;
 mod request;
 mod response;
 mod stream;
+mod watchdog;
 
 use magnus::{function, method, prelude::*, Error, Ruby};
 
@@ -29,6 +30,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_method("stop", method!(engine::RbEngine::stop, 0))?;
     class.define_method("join", method!(engine::RbEngine::join, 0))?;
     class.define_method("stats", method!(engine::RbEngine::stats, 0))?;
+    class.define_method("stuck?", method!(engine::RbEngine::is_stuck, 0))?;
     class.define_method("serve", method!(engine::RbEngine::serve, 3))?;
 
     let stream = module.define_class("Stream", ruby.class_object())?;

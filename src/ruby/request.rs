@@ -21,6 +21,7 @@ use super::env;
 use super::exchange::{is_disconnect, Exchange, Waker};
 use super::response::{self, Outcome};
 use super::stream::{EarlyHints, Hijack};
+use super::watchdog::Watchdog;
 use crate::http::response::simple;
 use crate::net::Job;
 
@@ -44,6 +45,8 @@ pub struct App {
     pub on_error: Value,
     pub waker: Arc<Waker>,
     pub write_timeout: Duration,
+    /// Times requests out, when a request timeout is configured.
+    pub watchdog: Option<Arc<Watchdog>>,
 }
 
 /// Serves one job. Returns `Err` only for what must go up to Ruby.
@@ -51,6 +54,9 @@ pub fn handle(ruby: &Ruby, app: &App, mut job: Job) -> Result<(), Error> {
     let keep_alive_wanted = job.request.head.keep_alive;
     let built = env::build(ruby, app.base_env, &mut job.request);
     let ex = Arc::new(Exchange::new(job, app.waker.clone(), app.write_timeout));
+    if let Some(dog) = &app.watchdog {
+        dog.watch(&ex);
+    }
     let mut env: Option<RHash> = None;
     let mut triple: Option<RArray> = None;
     let result = built.and_then(|built| {

@@ -1,0 +1,289 @@
+# frozen_string_literal: true
+
+module Butterflies
+  # Cluster mode: the master binds the listening sockets, may load the app
+  # (preload_app!), forks the workers and supervises them. It never starts a
+  # Rust thread: it only forks, reaps and signals.
+  #
+  # Signals (handled one at a time by the master loop):
+  #   TERM, INT, QUIT  graceful stop of every worker, then exit 0
+  #   USR2             hot restart: workers finish, the master re-execs
+  #                    itself keeping the sockets (connections wait in the
+  #                    backlog, none is refused)
+  #   USR1             phased restart: one worker at a time, each new one
+  #                    ready before the old one stops
+  #   TTIN / TTOU      one worker more / fewer
+  #   HUP              reload the config file, then a phased restart
+  class Cluster
+    SIGNALS = %w[TERM INT QUIT USR1 USR2 TTIN TTOU HUP CHLD].freeze
+    TICK_SECONDS = 0.5
+    # A worker that ignores TERM this long after it was due is killed.
+    KILL_GRACE_SECONDS = 5
+
+    # One forked worker, as the master sees it.
+    Record = Struct.new(:index, :pid, :generation, :pipe, :last_beat, :ready, :stopping, :term_at, :born,
+                        keyword_init: true)
+
+    def initialize(config, loader:, cli: {}, config_path: nil, log: $stdout)
+      @config = config
+      @loader = loader
+      @cli = cli
+      @config_path = config_path
+      @log = log
+      @signals = SignalQueue.new
+      @workers = []
+      @generation = 0
+      @argv = [$PROGRAM_NAME, *ARGV]
+      @dir = Dir.pwd
+    end
+
+    def run
+      @engine = Listeners.bind(@config, shared: true)
+      @app = @loader.call if @config[:preload_app]
+      @alive_reader, @alive_writer = IO.pipe
+      @signals.trap(SIGNALS)
+      write_pidfile
+      banner
+      supervise
+      finish
+    end
+
+    private
+
+    def supervise
+      loop do
+        spawn_missing unless @stopping
+        signal = @signals.pop(TICK_SECONDS, also: @workers.map(&:pipe))
+        read_heartbeats
+        handle(signal) if signal
+        reap
+        enforce_heartbeat_timeouts
+        step_phased_restart
+        break if @stopping && @workers.empty?
+      end
+    end
+
+    def handle(signal)
+      case signal
+      when "TERM", "INT", "QUIT" then stop_all(restart: false)
+      when "USR2" then stop_all(restart: true)
+      when "USR1" then phased_restart
+      when "TTIN" then resize(+1)
+      when "TTOU" then resize(-1)
+      when "HUP" then reload
+      end
+    end
+
+    # --- workers -----------------------------------------------------------
+
+    def spawn_missing
+      active = @workers.reject(&:stopping)
+      (0...@config[:workers]).each do |index|
+        next if active.any? { |w| w.index == index }
+        next if recently_failed?(index)
+
+        spawn_worker(index)
+      end
+    end
+
+    # A worker that died before it was ready is not respawned more than
+    # once a second (an app that does not load must not fork-bomb).
+    def recently_failed?(index)
+      last = @failed_at&.dig(index)
+      last && monotonic - last < 1
+    end
+
+    def spawn_worker(index)
+      @config.hooks[:before_fork].each(&:call)
+      reader, writer = IO.pipe
+      others = @workers.map(&:pipe)
+      pid = fork do
+        reader.close
+        others.each(&:close)
+        @alive_writer.close
+        @signals.close
+        Worker.new(index: index, engine: @engine, app: @app, loader: @loader, config: @config,
+                   heartbeat: writer, alive: @alive_reader, log: @log).run
+      end
+      writer.close
+      @workers << Record.new(index: index, pid: pid, generation: @generation, pipe: reader,
+                             last_beat: monotonic, ready: false, stopping: false, born: monotonic)
+    end
+
+    def read_heartbeats
+      @workers.each do |worker|
+        data = worker.pipe.read_nonblock(4096, exception: false)
+        next unless data.is_a?(String)
+
+        worker.last_beat = monotonic
+        replace_stuck(worker) if data.include?(Worker::STUCK)
+        next if worker.ready || !data.include?(Worker::READY)
+
+        worker.ready = true
+        say "* worker #{worker.index} (pid #{worker.pid}) ready"
+      end
+    end
+
+    # An app thread in this worker is past request_hard_timeout: replace the
+    # worker the phased way (its other connections finish first).
+    def replace_stuck(worker)
+      return if worker.stopping || @phased&.include?(worker) || @replacement&.first == worker
+
+      say "* worker #{worker.index} (pid #{worker.pid}) has an app thread stuck past " \
+          "#{@config[:request_hard_timeout]}s; replacing it"
+      (@phased ||= []) << worker
+    end
+
+    def reap
+      loop do
+        pid, status = Process.wait2(-1, Process::WNOHANG)
+        break unless pid
+
+        worker = @workers.find { |w| w.pid == pid } or next
+        @workers.delete(worker)
+        worker.pipe.close
+        (@failed_at ||= {})[worker.index] = monotonic unless worker.ready
+        next if worker.stopping
+
+        say "* worker #{worker.index} (pid #{pid}) died: #{describe(status)}; respawning"
+      end
+    rescue Errno::ECHILD
+      nil
+    end
+
+    def describe(status)
+      status.signaled? ? "killed by SIG#{Signal.signame(status.termsig)}" : "exit status #{status.exitstatus}"
+    end
+
+    def enforce_heartbeat_timeouts
+      timeout = @config[:worker_timeout]
+      @workers.each do |worker|
+        if worker.term_at
+          kill(worker, "KILL") if monotonic > worker.term_at + grace
+        elsif monotonic - worker.last_beat > timeout
+          say "* worker #{worker.index} (pid #{worker.pid}) sent no heartbeat for #{timeout}s; replacing it"
+          terminate(worker)
+          worker.stopping = false # it is replaced like a dead one
+        end
+      end
+    end
+
+    # TERM now, KILL if it is still there after the grace time.
+    def terminate(worker)
+      worker.stopping = true
+      worker.term_at ||= monotonic
+      kill(worker, "TERM")
+    end
+
+    def grace
+      @stopping ? @config[:shutdown_timeout] + KILL_GRACE_SECONDS : KILL_GRACE_SECONDS
+    end
+
+    def kill(worker, signal)
+      Process.kill(signal, worker.pid)
+    rescue Errno::ESRCH
+      nil
+    end
+
+    # --- signals -----------------------------------------------------------
+
+    def stop_all(restart:)
+      return if @stopping
+
+      @stopping = true
+      @restart = restart
+      say(restart ? "Hot restart: stopping workers, then re-executing" : "Stopping #{@workers.size} workers")
+      @workers.each { |w| terminate(w) }
+    end
+
+    def resize(delta)
+      count = [@config[:workers] + delta, 1].max
+      return if count == @config[:workers]
+
+      @config[:workers] = count
+      say "* workers: #{count}"
+      @workers.select { |w| w.index >= count && !w.stopping }.each { |w| terminate(w) }
+    end
+
+    def phased_restart
+      @generation += 1
+      say "Phased restart: replacing #{@workers.count { |w| !w.stopping }} workers one at a time"
+      @phased = @workers.reject(&:stopping).sort_by(&:index)
+      @replacement = nil
+    end
+
+    # One worker at a time: start its replacement, and once that is ready,
+    # stop the old one; the next starts when the old one has exited.
+    def step_phased_restart
+      return unless @phased
+
+      if @replacement
+        old, fresh = @replacement
+        terminate(old) if fresh.ready && !old.stopping
+        return if @workers.include?(old)
+
+        @replacement = nil
+      end
+      old = @phased.shift
+      return @phased = nil unless old
+      return step_phased_restart unless @workers.include?(old)
+
+      spawn_worker(old.index)
+      @replacement = [old, @workers.last]
+    end
+
+    def reload
+      unless @config_path || File.file?(Configuration::DEFAULT_PATH)
+        return say("HUP: no config file to reload; doing a phased restart")
+      end
+
+      fresh = Configuration.load(@cli, path: @config_path)
+      warn "butterflies: HUP: binds changed; they apply after a hot restart (USR2)" if fresh.binds != @config.binds
+      @config = fresh
+      say "Reloaded #{@config_path || Configuration::DEFAULT_PATH}"
+      phased_restart
+    rescue ConfigError => e
+      warn "butterflies: HUP: config not reloaded: #{e.message}"
+    end
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def finish
+      if @restart
+        @config.hooks[:before_exec].each(&:call)
+        Listeners.exec_keeping(@engine, @argv, @dir)
+      end
+      remove_pidfile
+      Listeners.unlink_unix_sockets(@config)
+      say "Goodbye"
+    end
+
+    def write_pidfile
+      File.write(@config[:pidfile], "#{Process.pid}\n") if @config[:pidfile]
+    end
+
+    def remove_pidfile
+      File.unlink(@config[:pidfile]) if @config[:pidfile] && File.exist?(@config[:pidfile])
+    end
+
+    def banner
+      io = @config[:io_threads] || Etc.nprocessors
+      say "Butterflies #{VERSION} (ruby #{RUBY_VERSION}), cluster master pid #{Process.pid}"
+      say "* workers: #{@config[:workers]}, each with #{@config[:threads]} app and #{io} io threads" \
+          "#{', app preloaded' if @config[:preload_app]}"
+      @engine.addresses.each { |address| say "* Listening on #{Binds.to_url(address)}" }
+      say "Use Ctrl-C to stop"
+    end
+
+    def say(line)
+      return if @config[:quiet] && !line.start_with?("* worker")
+
+      @log.puts(line)
+      @log.flush
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+  end
+end

@@ -1,0 +1,119 @@
+# frozen_string_literal: true
+
+module Butterflies
+  # The resolved settings of a server: defaults, then the config file, then
+  # the command line (each overriding the one before). Every value is checked
+  # when it is set, so a mistake is reported before anything binds.
+  class Configuration
+    DEFAULT_PATH = "config/butterflies.rb"
+
+    DEFAULTS = {
+      binds: [],
+      threads: 5,
+      io_threads: nil, # number of CPUs
+      workers: 0,
+      preload_app: false,
+      environment: nil, # RACK_ENV, else development
+      rackup: "config.ru",
+      quiet: false,
+      pidfile: nil,
+      shutdown_timeout: 30.0,
+      worker_timeout: 60.0,
+      request_timeout: nil,
+      request_hard_timeout: nil,
+      queue_depth: 1024,
+      backlog: 1024,
+      tcp_fastopen: 0,
+      idle_timeout: 20.0,
+      header_timeout: 20.0,
+      body_timeout: 30.0,
+      write_timeout: 30.0,
+      max_body_bytes: 1 << 30,
+      max_head_bytes: 80 * 1024,
+      max_target_bytes: 16 * 1024,
+      max_header_fields: 100,
+      max_field_bytes: 16 * 1024
+    }.freeze
+
+    HOOKS = %i[before_fork on_worker_boot on_worker_shutdown before_exec].freeze
+
+    attr_reader :path, :hooks
+
+    def initialize
+      @values = DEFAULTS.dup
+      @hooks = HOOKS.to_h { |name| [name, []] }
+      @path = nil
+    end
+
+    # Defaults, then the file (if any), then `cli` (a Hash of the flags that
+    # were given). `path`: an explicit -C file (must exist), or nil for
+    # config/butterflies.rb when present.
+    def self.load(cli = {}, path: nil)
+      new.tap do |config|
+        file = path || (DEFAULT_PATH if File.file?(DEFAULT_PATH))
+        config.load_file(file, explicit: !path.nil?) if file
+        config.merge!(cli)
+      end
+    end
+
+    def load_file(file, explicit: true)
+      raise ConfigError, "no config file #{file}" if explicit && !File.file?(file)
+
+      @path = file
+      DSL.new(self, file).instance_eval(File.read(file), File.expand_path(file), 1)
+    rescue ConfigError => e
+      raise ConfigError, located(e, file)
+    rescue SyntaxError => e
+      line, message = e.message.lines.first.to_s.match(/:(\d+): (.*)/)&.captures
+      raise ConfigError, "#{file}:#{line}: #{message&.strip || 'syntax error'}"
+    rescue ScriptError, StandardError => e
+      raise ConfigError, located(e, file, prefix: "#{e.class}: ")
+    end
+
+    def merge!(options)
+      options.each { |key, value| self[key] = value }
+      self
+    end
+
+    def [](key)
+      @values.fetch(key)
+    end
+
+    def []=(key, value)
+      raise ConfigError, "unknown option #{key}" unless @values.key?(key)
+
+      @values[key] = value
+    end
+
+    def to_h
+      @values.dup
+    end
+
+    # "tcp://0.0.0.0:9292" when nothing else was asked for.
+    def binds
+      self[:binds].empty? ? ["tcp://0.0.0.0:9292"] : self[:binds]
+    end
+
+    def cluster?
+      self[:workers].positive?
+    end
+
+    # The resolved configuration, one "key: value" line each (--dry-run).
+    def dump
+      lines = @values.merge(binds: binds).map { |key, value| "#{key}: #{value.inspect}" }
+      lines += @hooks.reject { |_, procs| procs.empty? }.map { |name, procs| "#{name}: #{procs.size} hook(s)" }
+      lines << "config file: #{@path || '(none)'}"
+      lines.join("\n")
+    end
+
+    private
+
+    # "config/butterflies.rb:3: workers must be ..." from the line of the
+    # file the error came from.
+    def located(error, file, prefix: "")
+      full = File.expand_path(file)
+      line = Array(error.backtrace_locations).find { |l| l.absolute_path == full || l.path == full }&.lineno
+      "#{file}#{":#{line}" if line}: #{prefix}#{error.message.sub(/ for #<Butterflies::DSL.*\z/m, '')}"
+    end
+  end
+end

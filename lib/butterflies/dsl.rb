@@ -1,0 +1,127 @@
+# frozen_string_literal: true
+
+module Butterflies
+  # The config file language (config/butterflies.rb), Puma-style:
+  #
+  #   workers 2
+  #   threads 5
+  #   bind "tcp://0.0.0.0:3000"
+  #   preload_app!
+  #   on_worker_boot { |index| ... }
+  #
+  # Each directive checks its value at once; a wrong one raises ConfigError,
+  # which names the file and the line.
+  class DSL
+    def initialize(config, path)
+      @config = config
+      @path = path
+    end
+
+    # Listen on a URI: "tcp://HOST:PORT" or "unix:///path". Repeatable.
+    #   bind "tcp://0.0.0.0:3000"
+    def bind(uri)
+      Binds.to_address(uri) # checks it
+      @config[:binds] = @config[:binds] + [uri.to_s]
+    end
+
+    # Shorthand for a TCP bind.  port 3000  /  port 3000, "127.0.0.1"
+    def port(number, host = "0.0.0.0")
+      bind("tcp://#{host}:#{integer(:port, number, min: 0)}")
+    end
+
+    # Worker processes (0: single mode).  workers 4
+    def workers(count)
+      @config[:workers] = integer(:workers, count, min: 0)
+    end
+
+    # App threads per process; Puma's `threads min, max` gives max.
+    #   threads 5
+    def threads(min, max = nil)
+      @config[:threads] = integer(:threads, max || min, min: 1)
+    end
+
+    # Rust IO threads per process.  io_threads 2
+    def io_threads(count)
+      @config[:io_threads] = integer(:io_threads, count, min: 1)
+    end
+
+    # Load the app in the master before forking (copy-on-write).
+    def preload_app!(enabled = true)
+      @config[:preload_app] = enabled ? true : false
+    end
+
+    # RACK_ENV.  environment "production"
+    def environment(name)
+      @config[:environment] = string(:environment, name)
+    end
+
+    def rackup(path)
+      @config[:rackup] = string(:rackup, path)
+    end
+
+    def quiet(enabled = true)
+      @config[:quiet] = enabled ? true : false
+    end
+
+    def pidfile(path)
+      @config[:pidfile] = string(:pidfile, path)
+    end
+
+    # Seconds.  request_timeout 30
+    %i[shutdown_timeout worker_timeout request_timeout request_hard_timeout
+       idle_timeout header_timeout body_timeout write_timeout].each do |name|
+      define_method(name) { |seconds| @config[name] = seconds(name, seconds) }
+    end
+
+    # Counts and byte sizes.  queue_depth 512
+    %i[queue_depth backlog max_body_bytes max_head_bytes max_target_bytes
+       max_header_fields max_field_bytes].each do |name|
+      define_method(name) { |value| @config[name] = integer(name, value, min: 1) }
+    end
+
+    # TCP_FASTOPEN on TCP listeners, with this queue length (opt-in).
+    def tcp_fastopen(queue = 256)
+      @config[:tcp_fastopen] = queue == false ? 0 : integer(:tcp_fastopen, queue == true ? 256 : queue, min: 0)
+    end
+
+    # Hooks: before_fork {}  on_worker_boot { |index| }
+    # on_worker_shutdown { |index| }  before_exec {}
+    Configuration::HOOKS.each do |name|
+      define_method(name) do |&block|
+        raise ConfigError, "#{name} needs a block" unless block
+
+        @config.hooks[name] << block
+      end
+    end
+
+    def method_missing(name, *_args)
+      raise ConfigError, "unknown option #{name}"
+    end
+
+    def respond_to_missing?(_name, _include_private = false)
+      false
+    end
+
+    private
+
+    def integer(name, value, min:)
+      number = Integer(value, exception: false) unless value.is_a?(Float)
+      raise ConfigError, "#{name} must be a whole number >= #{min}, got #{value.inspect}" if number.nil? || number < min
+
+      number
+    end
+
+    def seconds(name, value)
+      number = Float(value, exception: false) if value.is_a?(Numeric) || value.is_a?(String)
+      raise ConfigError, "#{name} must be a number of seconds >= 0, got #{value.inspect}" if number.nil? || number.negative?
+
+      number
+    end
+
+    def string(name, value)
+      raise ConfigError, "#{name} must be a string, got #{value.inspect}" unless value.is_a?(String) && !value.empty?
+
+      value
+    end
+  end
+end

@@ -1,0 +1,56 @@
+# frozen_string_literal: true
+
+module Butterflies
+  # Binds the engine for a configuration, adopting listening sockets that a
+  # previous master passed across exec (hot restart, USR2).
+  module Listeners
+    INHERIT_ENV = "BUTTERFLIES_INHERIT_FDS"
+
+    # Options handed to the Rust engine as they are (seconds and bytes).
+    ENGINE_OPTIONS = %i[
+      idle_timeout header_timeout body_timeout write_timeout
+      max_head_bytes max_target_bytes max_header_fields max_field_bytes max_body_bytes
+      queue_depth backlog tcp_fastopen shutdown_timeout request_timeout request_hard_timeout
+    ].freeze
+
+    module_function
+
+    # A bound Engine (no thread started). `shared`: cluster workers will
+    # share these sockets.
+    def bind(config, shared: false)
+      addresses = config.binds.map { |uri| Binds.to_address(uri) }
+      options = config.to_h.slice(*ENGINE_OPTIONS).compact
+      options[:io_threads] = config[:io_threads] || Etc.nprocessors
+      options[:shared_listeners] = shared
+      options[:inherit_fds] = inherited_fds
+      Engine.new(addresses, options)
+    end
+
+    def inherited_fds
+      fds = ENV.delete(INHERIT_ENV).to_s.split(",").map { |fd| Integer(fd, exception: false) }.compact
+      fds.empty? ? nil : fds
+    end
+
+    # Re-executes this process's command line, keeping `engine`'s sockets.
+    def exec_keeping(engine, argv, dir)
+      fds = engine.listener_fds
+      # The new process must find this same Butterflies, however this one
+      # found it (ruby -I, Bundler, an installed gem).
+      lib = File.expand_path("..", __dir__)
+      env = { INHERIT_ENV => fds.join(","), "RUBYLIB" => [lib, ENV["RUBYLIB"]].compact.join(File::PATH_SEPARATOR) }
+      redirects = fds.to_h { |fd| [fd, fd] }
+      Dir.chdir(dir)
+      Kernel.exec(env, RbConfig.ruby, *argv, redirects.merge(close_others: false))
+    end
+
+    # Unix socket files this process created, removed on a final stop.
+    def unlink_unix_sockets(config)
+      config.binds.map { |uri| Binds.to_address(uri) }.each do |address|
+        next unless address.start_with?("unix:")
+
+        path = address.delete_prefix("unix:")
+        File.unlink(path) if File.socket?(path)
+      end
+    end
+  end
+end

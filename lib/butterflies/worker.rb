@@ -1,0 +1,87 @@
+# frozen_string_literal: true
+
+module Butterflies
+  # A cluster worker, in the forked child: starts its own IO and app threads
+  # on the sockets inherited from the master, heart-beats to the master, and
+  # stops gracefully on TERM/INT/QUIT or when the master dies.
+  class Worker
+    HEARTBEAT_SECONDS = 1
+    READY = "R"
+    BEAT = "."
+    STUCK = "S"
+
+    # heartbeat: the write end of this worker's pipe to the master.
+    # alive: a pipe whose write end only the master holds (EOF: it died).
+    def initialize(index:, engine:, app:, loader:, config:, heartbeat:, alive:, log:)
+      @index = index
+      @engine = engine
+      @app = app
+      @loader = loader
+      @config = config
+      @heartbeat = heartbeat
+      @alive = alive
+      @log = log
+    end
+
+    # Runs the worker until it is told to stop; never returns.
+    def run
+      $PROGRAM_NAME = "butterflies worker #{@index}"
+      signals = SignalQueue.new
+      signals.trap(%w[TERM INT QUIT])
+      %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
+      @config.hooks[:on_worker_boot].each { |hook| hook.call(@index) }
+      runtime = Runtime.new(@engine, @app || @loader.call, @config, log: @log).start
+      beat(READY)
+      beater = Thread.new do
+        loop do
+          beat(runtime.engine.stuck? ? STUCK : BEAT) || break
+          sleep HEARTBEAT_SECONDS
+        end
+      end
+      reason = wait(signals)
+      beater.kill
+      say "worker #{@index} (pid #{Process.pid}) stopping: #{reason}" if reason == "master died"
+      runtime.stop
+      @config.hooks[:on_worker_shutdown].each { |hook| hook.call(@index) }
+      finish(0)
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      warn "butterflies: worker #{@index} failed: #{e.class}: #{e.message}"
+      finish(1)
+    end
+
+    private
+
+    # A stop signal, or the master's death (EOF on the alive pipe).
+    def wait(signals)
+      loop do
+        signal = signals.pop(HEARTBEAT_SECONDS, also: [@alive])
+        return signal if signal
+        return "master died" if master_gone?
+      end
+    end
+
+    def master_gone?
+      IO.select([@alive], nil, nil, 0) && @alive.read_nonblock(1, exception: false).nil?
+    end
+
+    def beat(byte)
+      @heartbeat.write_nonblock(byte, exception: false)
+      true
+    rescue IOError, SystemCallError
+      false
+    end
+
+    def say(line)
+      @log.puts(line)
+      @log.flush
+    end
+
+    # exit! skips at_exit handlers inherited from the master (they are the
+    # master's to run), so flush what was printed first.
+    def finish(status)
+      $stdout.flush
+      $stderr.flush
+      exit!(status)
+    end
+  end
+end

@@ -1,0 +1,123 @@
+//! The per-request timeout. A thread of its own (no Ruby, no GVL) looks at
+//! the requests in flight every 100 ms; one that has run longer than the
+//! timeout without sending anything gets a 503 from here, and its
+//! connection goes back to the IO thread. The app thread keeps running;
+//! whatever it answers later is dropped. An app thread still busy past the
+//! hard limit is reported as stuck (a cluster worker then gets replaced).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::exchange::Exchange;
+use crate::http::response::simple;
+
+const SCAN_EVERY: Duration = Duration::from_millis(100);
+
+struct InFlight {
+    exchange: Weak<Exchange>,
+    started: Instant,
+    answered: bool,
+}
+
+/// Requests in flight, and the thread that times them out.
+pub struct Watchdog {
+    timeout: Duration,
+    hard_timeout: Option<Duration>,
+    in_flight: Mutex<Vec<InFlight>>,
+    /// An app thread has been busy past the hard limit.
+    stuck: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Watchdog {
+    pub fn start(
+        timeout: Duration,
+        hard_timeout: Option<Duration>,
+    ) -> std::io::Result<(Arc<Self>, JoinHandle<()>)> {
+        let dog = Arc::new(Watchdog {
+            timeout,
+            hard_timeout,
+            in_flight: Mutex::new(Vec::new()),
+            stuck: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let watcher = dog.clone();
+        let handle = std::thread::Builder::new()
+            .name("butterflies-watchdog".into())
+            .spawn(move || watcher.run())?;
+        Ok((dog, handle))
+    }
+
+    pub fn watch(&self, exchange: &Arc<Exchange>) {
+        let entry = InFlight {
+            exchange: Arc::downgrade(exchange),
+            started: Instant::now(),
+            answered: false,
+        };
+        self.lock().push(entry);
+    }
+
+    pub fn is_stuck(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(self: Arc<Self>) {
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(SCAN_EVERY);
+            let now = Instant::now();
+            let mut expired = Vec::new();
+            let mut stuck = false;
+            self.lock().retain_mut(|entry| {
+                let Some(exchange) = entry.exchange.upgrade() else {
+                    return false;
+                };
+                let age = now - entry.started;
+                if !entry.answered && age > self.timeout {
+                    entry.answered = true;
+                    expired.push(exchange.clone());
+                }
+                stuck |= self.hard_timeout.is_some_and(|hard| age > hard);
+                true
+            });
+            self.stuck.store(stuck, Ordering::Relaxed);
+            for exchange in expired {
+                answer_timeout(&exchange, self.timeout);
+            }
+        }
+    }
+}
+
+/// Answers 503 in the app's place, if it has not started answering.
+fn answer_timeout(exchange: &Exchange, timeout: Duration) {
+    let Some(mut job) = exchange.take_job_if_unanswered() else {
+        return;
+    };
+    let head = &job.request.head;
+    eprintln!(
+        "butterflies: {} {} timed out after {:.1}s; answered 503",
+        String::from_utf8_lossy(head.method()),
+        String::from_utf8_lossy(head.path()),
+        timeout.as_secs_f64()
+    );
+    let mut response = simple(503, "Service Unavailable: the request timed out\n", false);
+    let at = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(0);
+    response.splice(at..at, b"\r\nRetry-After: 1".iter().copied());
+    if let Some(conn) = job.conn_mut() {
+        conn.queue(response);
+        let _ = conn.flush();
+    }
+    job.finish(false, false);
+}
