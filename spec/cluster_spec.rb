@@ -145,6 +145,37 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(server.wait_for_output(%r{GET /sleep timed out after 1.0s; answered 503})).to be(true)
   end
 
+  it "replaces a worker whose app thread is stuck past request_hard_timeout" do
+    server = start_cluster("--request-timeout", "1", "--request-hard-timeout", "2", "--shutdown-timeout", "1")
+    before = ready_workers(server)
+    stuck = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=60"))) }
+    expect(server.wait_for_output(/app: sleeping 60.0/)).to be(true)
+    expect(stuck.value.code).to eq("503")
+    expect(server.wait_for_output(/has an app thread stuck past 2.0s; replacing it/, timeout: 15)).to be(true)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 3, timeout: 20)).to be(true)
+    replaced = before.values - ready_workers(server).values
+    expect(replaced.size).to eq(1)
+    wait_until(timeout: 20, message: "the stuck worker to exit") { !alive?(replaced.first) }
+    expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
+  end
+
+  it "picks up changed code on USR1 with preload_app too" do
+    Dir.mktmpdir do |dir|
+      File.write(File.join(dir, "version.rb"), "VERSION_SEEN = 'one'\n")
+      File.write(File.join(dir, "config.ru"), <<~RU)
+        require_relative "version"
+        run ->(env) { [200, { "content-type" => "text/plain" }, [VERSION_SEEN]] }
+      RU
+      server = start_cluster("--preload", rackup: File.join(dir, "config.ru"))
+      old = ready_workers(server).values
+      expect(Net::HTTP.get(URI(server.url("/")))).to eq("one")
+      File.write(File.join(dir, "version.rb"), "VERSION_SEEN = 'two'\n")
+      server.signal("USR1")
+      wait_until(timeout: 30, message: "old workers to stop") { old.none? { |pid| alive?(pid) } }
+      expect(Array.new(10) { Net::HTTP.get(URI(server.url("/"))) }.uniq).to eq(["two"])
+    end
+  end
+
   it "serves a Unix socket in cluster mode" do
     Dir.mktmpdir do |dir|
       path = File.join(dir, "bf.sock")

@@ -52,7 +52,9 @@ module Butterflies
 
     def serve(config)
       loader = -> { AppLoader.load(config[:rackup]) }
-      if config.cluster?
+      if ENV.key?(Cluster::WORKER_ENV)
+        Cluster.run_exec_worker(config, loader: loader, log: @stdout)
+      elsif config.cluster?
         Cluster.new(config, loader: loader, cli: @cli, config_path: @config_path, log: @stdout).run
       else
         Server.new(loader.call, config, log: @stdout).run
@@ -73,6 +75,7 @@ module Butterflies
       "--shutdown-timeout" => [:shutdown_timeout, "Time in-flight requests get on stop (default 30)"],
       "--worker-timeout" => [:worker_timeout, "Replace a worker silent this long (default 60)"],
       "--request-timeout" => [:request_timeout, "503 to a request running longer (default: off)"],
+      "--request-hard-timeout" => [:request_hard_timeout, "Replace a worker whose app thread is stuck this long"],
       "--idle-timeout" => [:idle_timeout, "Close keep-alive connections idle this long (default 20)"],
       "--header-timeout" => [:header_timeout, "408 when a request head takes longer (default 20)"],
       "--body-timeout" => [:body_timeout, "408 when a body pauses longer (default 30)"],

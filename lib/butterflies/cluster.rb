@@ -16,6 +16,8 @@ module Butterflies
   #   HUP              reload the config file, then a phased restart
   class Cluster
     SIGNALS = %w[TERM INT QUIT USR1 USR2 TTIN TTOU HUP CHLD].freeze
+    # Set in a worker started by fork + exec: "index,heartbeat fd,alive fd".
+    WORKER_ENV = "BUTTERFLIES_WORKER"
     TICK_SECONDS = 0.5
     # A worker that ignores TERM this long after it was due is killed.
     KILL_GRACE_SECONDS = 5
@@ -102,12 +104,30 @@ module Butterflies
         others.each(&:close)
         @alive_writer.close
         @signals.close
+        exec_worker(index, writer) if @exec_workers
         Worker.new(index: index, engine: @engine, app: @app, loader: @loader, config: @config,
                    heartbeat: writer, alive: @alive_reader, log: @log).run
       end
       writer.close
       @workers << Record.new(index: index, pid: pid, generation: @generation, pipe: reader,
                              last_beat: monotonic, ready: false, stopping: false, born: monotonic)
+    end
+
+    # In the forked child: become a fresh process running this same command
+    # line as worker `index`, loading the app anew (see #phased_restart).
+    def exec_worker(index, heartbeat)
+      [heartbeat, @alive_reader].each { |io| io.close_on_exec = false }
+      ENV[WORKER_ENV] = [index, heartbeat.fileno, @alive_reader.fileno].join(",")
+      Listeners.exec_keeping(@engine, @argv, @dir)
+    end
+
+    # The worker side of #exec_worker: in the new process, from the CLI.
+    def self.run_exec_worker(config, loader:, log:)
+      index, heartbeat, alive = ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
+      engine = Listeners.bind(config, shared: true)
+      Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config,
+                 heartbeat: IO.for_fd(heartbeat, "w", autoclose: true),
+                 alive: IO.for_fd(alive, "r", autoclose: true), log: log).run
     end
 
     def read_heartbeats
@@ -205,7 +225,12 @@ module Butterflies
       @workers.select { |w| w.index >= count && !w.stopping }.each { |w| terminate(w) }
     end
 
+    # With preload_app!, the master holds the code it loaded at boot, so
+    # forking would bring the old code back: from the first phased restart
+    # on, workers are forked and then exec'd, loading the app themselves
+    # (no copy-on-write sharing until the next hot restart).
     def phased_restart
+      @exec_workers = true if @config[:preload_app]
       @generation += 1
       say "Phased restart: replacing #{@workers.count { |w| !w.stopping }} workers one at a time"
       @phased = @workers.reject(&:stopping).sort_by(&:index)

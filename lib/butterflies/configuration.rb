@@ -59,6 +59,10 @@ module Butterflies
     def load_file(file, explicit: true)
       raise ConfigError, "no config file #{file}" if explicit && !File.file?(file)
 
+      evaluate(file)
+    end
+
+    def evaluate(file)
       @path = file
       DSL.new(self, file).instance_eval(File.read(file), File.expand_path(file), 1)
     rescue ConfigError => e

@@ -1,0 +1,82 @@
+# frozen_string_literal: true
+
+require "open3"
+
+RSpec.describe "the config file" do
+  def run_cli(*args, chdir:)
+    Open3.capture3(*butterflies_command(*args), chdir: chdir, stdin_data: "")
+  end
+
+  def in_app(config)
+    Dir.mktmpdir do |dir|
+      FileUtils.mkdir_p(File.join(dir, "config"))
+      File.write(File.join(dir, "config/butterflies.rb"), config)
+      FileUtils.cp(File.join(ServerHelpers::ROOT, "examples/hello/config.ru"), dir)
+      yield dir
+    end
+  end
+
+  it "is read from config/butterflies.rb, and the command line wins" do
+    in_app("workers 3\nthreads 1, 7\nbind 'tcp://127.0.0.1:4000'\npreload_app!\nrequest_timeout 12\n") do |dir|
+      out, _err, status = run_cli("--dry-run", "-w", "2", chdir: dir)
+      expect(status.exitstatus).to eq(0)
+      expect(out).to include("workers: 2\n", "threads: 7\n", 'binds: ["tcp://127.0.0.1:4000"]', "preload_app: true\n",
+                             "request_timeout: 12.0\n", "config file: config/butterflies.rb")
+    end
+  end
+
+  {
+    "wokers 2\n" => "config/butterflies.rb:1: unknown option wokers",
+    "workers 2\n\nthreads 'many'\n" => "config/butterflies.rb:3: threads must be a whole number >= 1, got \"many\"",
+    "bind 'http://x'\n" => "config/butterflies.rb:1: bind \"http://x\": use tcp://HOST:PORT or unix:///path",
+    "workers(\n" => "config/butterflies.rb:1: syntax error, unexpected end-of-input"
+  }.each do |config, message|
+    it "reports #{config.lines.last.strip} with the file and line and exits non-zero" do
+      in_app(config) do |dir|
+        _out, err, status = run_cli(chdir: dir)
+        expect(status.exitstatus).to eq(2)
+        expect(err.lines.size).to eq(1)
+        expect(err).to start_with("butterflies: #{message}")
+      end
+    end
+  end
+
+  it "says when -C names a file that is not there" do
+    _out, err, status = run_cli("-C", "nope.rb", chdir: ServerHelpers::ROOT)
+    expect(status.exitstatus).to eq(2)
+    expect(err).to eq("butterflies: no config file nope.rb\n")
+  end
+
+  it "runs hooks, preloads once in the master, and reloads on HUP", timeout: 120 do
+    in_app(<<~RUBY) do |dir|
+      workers 2
+      threads 2
+      io_threads 1
+      preload_app!
+      before_fork { File.write("before_fork.#{'#{Process.pid}'}", "") }
+      on_worker_boot { |i| File.write("boot.#{'#{i}'}.#{'#{Process.pid}'}", "") }
+      on_worker_shutdown { |i| File.write("shutdown.#{'#{i}'}.#{'#{Process.pid}'}", "") }
+    RUBY
+      File.write(File.join(dir, "config.ru"), <<~RU)
+        File.open("loaded", "a") { |f| f.puts Process.pid }
+        run ->(env) { [200, {}, [Process.pid.to_s]] }
+      RU
+      server = ServerProcess.start(butterflies_command("-b", "tcp://127.0.0.1:0"), chdir: dir)
+      (@servers ||= []) << server
+      wait_for_ready_workers(server, 2)
+      workers = ready_workers(server).values
+      expect(File.read(File.join(dir, "loaded")).split.map(&:to_i)).to eq([server.pid])
+      expect(Dir.children(dir).grep(/\Aboot\./).sort).to eq(["boot.0.#{ready_workers(server)[0]}", "boot.1.#{ready_workers(server)[1]}"])
+      expect(Dir.children(dir).grep(/\Abefore_fork\./)).to eq(["before_fork.#{server.pid}"])
+
+      File.write(File.join(dir, "config/butterflies.rb"), File.read(File.join(dir, "config/butterflies.rb")).sub("workers 2", "workers 3"))
+      server.signal("HUP")
+      expect(server.wait_for_output(/Reloaded config\/butterflies.rb/)).to be(true)
+      expect(server.wait_for_output(/worker 2 \(pid \d+\) ready/, timeout: 30)).to be(true)
+      wait_until(timeout: 30, message: "old workers to be replaced") { workers.none? { |pid| alive?(pid) } }
+      expect(Dir.children(dir).grep(/\Ashutdown\./).size).to be >= 2
+      server.signal("TERM")
+      expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
+    end
+  end
+end
