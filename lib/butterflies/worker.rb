@@ -42,6 +42,9 @@ module Butterflies
       beater.kill
       say "worker #{@index} (pid #{Process.pid}) stopping: #{reason}" if reason == "master died"
       runtime.stop
+      stats = runtime.stats
+      say "* worker #{@index} (pid #{Process.pid}) served #{stats[:requests]} requests" \
+          "#{", refused #{stats[:rejected]} (queue full)" if stats[:rejected].positive?}"
       @config.hooks[:on_worker_shutdown].each { |hook| hook.call(@index) }
       finish(0)
     rescue Exception => e # rubocop:disable Lint/RescueException
