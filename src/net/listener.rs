@@ -251,6 +251,28 @@ mod tests {
     }
 
     #[test]
+    fn tcp_fastopen_is_set_when_asked_for() {
+        let options = ListenOptions {
+            backlog: 16,
+            tcp_fastopen: 128,
+        };
+        let group = bind(&BindAddr::Tcp("127.0.0.1:0".parse().unwrap()), 1, options).unwrap();
+        let mut queue: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as nix::libc::socklen_t;
+        // SAFETY: getsockopt into an int of the size passed, on an open socket.
+        let rc = unsafe {
+            nix::libc::getsockopt(
+                group[0].as_raw_fd(),
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_FASTOPEN,
+                (&mut queue as *mut i32).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!((rc, queue), (0, 128));
+    }
+
+    #[test]
     fn adopted_descriptors_report_their_address() {
         let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
         let want = group[0].local_addr().unwrap();
