@@ -1,0 +1,84 @@
+# frozen_string_literal: true
+
+require_relative "lib"
+
+# The suite's extra scenarios: idle connections, mixed fast and slow
+# requests (head-of-line blocking), and slowloris clients.
+module Scenarios
+  module_function
+
+  def run_all(servers, duration:)
+    {
+      idle: idle(duration: duration),
+      mixed: (servers & %w[butterflies puma]).to_h { |s| [s, mixed(s, duration: duration)] },
+      slowloris: slowloris(duration: duration)
+    }
+  end
+
+  def hello
+    File.join(Bench::APPS, "hello.ru")
+  end
+
+  # 10,000 keep-alive connections opened, used once and left idle while wrk
+  # measures hello: throughput against plain, RSS growth, and whether any of
+  # them was dropped (before the 20 s idle timeout).
+  def idle(duration:, count: 10_000)
+    port = Bench.free_port
+    pid = Bench.start("butterflies", hello, port)
+    Bench.wait_ready(port)
+    Bench.wrk(port, connections: 32, seconds: 1)
+    plain = Bench.wrk(port, connections: 32, seconds: duration)[:rps]
+    before = Bench.group_rss_mb(pid)
+    sockets = Array.new(count) do
+      TCPSocket.new("127.0.0.1", port).tap { |s| s.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n") }
+    end
+    sockets.each { |s| s.readpartial(4096) }
+    loaded, peak = Bench.peak_rss(pid) { Bench.wrk(port, connections: 32, seconds: duration)[:rps] }
+    dropped = sockets.count do |s|
+      s.read_nonblock(1, exception: false) != :wait_readable
+    rescue SystemCallError
+      true
+    end
+    sockets.each(&:close)
+    { ratio: loaded / plain, growth: peak - before, dropped: dropped, plain: plain.round, loaded: loaded.round }
+  ensure
+    Bench.stop(pid) if pid
+  end
+
+  # 64 connections, each sending 9 hello requests then one 50 ms request,
+  # for `duration` seconds: the p99 latency (ms) of the fast requests.
+  def mixed(server, duration:)
+    port = Bench.free_port
+    pid = Bench.start(server, File.join(Bench::APPS, "mixed.ru"), port)
+    Bench.wait_ready(port)
+    client = File.join(__dir__, "mixed_client.rb")
+    out = IO.popen(["taskset", "-c", "1", RbConfig.ruby, client, port.to_s, duration.to_s, "64"], &:read)
+    Float(out[/p99_ms=([\d.]+)/, 1])
+  ensure
+    Bench.stop(pid) if pid
+  end
+
+  # hello throughput with 200 connections trickling a head one byte a second,
+  # as a share of plain hello.
+  def slowloris(duration:)
+    port = Bench.free_port
+    pid = Bench.start("butterflies", hello, port)
+    Bench.wait_ready(port)
+    Bench.wrk(port, connections: 32, seconds: 1)
+    plain = Bench.wrk(port, connections: 32, seconds: duration)[:rps]
+    sockets = Array.new(200) { TCPSocket.new("127.0.0.1", port) }
+    head = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: #{'p' * 200}\r\n"
+    trickle = Thread.new do
+      head.each_char do |char|
+        sockets.each { |s| s.write_nonblock(char, exception: false) rescue nil } # rubocop:disable Style/RescueModifier
+        sleep 1
+      end
+    end
+    loaded = Bench.wrk(port, connections: 32, seconds: duration)[:rps]
+    trickle.kill
+    sockets.each(&:close)
+    loaded / plain
+  ensure
+    Bench.stop(pid) if pid
+  end
+end
