@@ -27,7 +27,7 @@ RSpec.describe "the config file" do
 
   {
     "wokers 2\n" => "config/butterflies.rb:1: unknown option wokers",
-    "workers 2\n\nthreads 'many'\n" => "config/butterflies.rb:3: threads must be a whole number >= 1, got \"many\"",
+    "workers 2\n\nthreads 'many'\n" => "config/butterflies.rb:3: threads must be a whole number >= 0, got \"many\"",
     "bind 'http://x'\n" => "config/butterflies.rb:1: bind \"http://x\": use tcp://HOST:PORT or unix:///path",
     "workers(\n" => "config/butterflies.rb:1: syntax error, unexpected end-of-input"
   }.each do |config, message|

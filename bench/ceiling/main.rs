@@ -11,10 +11,13 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nHello world!";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nHello world!";
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9000".into());
     let listener = TcpListener::bind(&addr)?;
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new(EpollCreateFlags::empty())?;
@@ -36,7 +39,9 @@ fn main() -> std::io::Result<()> {
                 continue;
             }
             let key = event.data();
-            let Some((stream, pending)) = conns.get_mut(&key) else { continue };
+            let Some((stream, pending)) = conns.get_mut(&key) else {
+                continue;
+            };
             let closed = match stream.read(&mut buf) {
                 Ok(0) => true,
                 Ok(n) => {

@@ -102,8 +102,10 @@ module Butterflies
         o.on("-w", "--workers N", "Worker processes (default 0: single mode)") do |n|
           @cli[:workers] = whole("--workers", n, min: 0)
         end
-        o.on("-t", "--threads N", "App threads: N, or MIN:MAX as in Puma (MAX is used)") do |t|
-          @cli[:threads] = whole("--threads", t.split(":").last, min: 1)
+        o.on("-t", "--threads N", "App threads: N, or MIN:MAX to grow on demand (default 5:64)") do |t|
+          min, max = t.split(":", 2)
+          @cli[:threads] = [whole("--threads", min, min: 0), 1].max
+          @cli[:max_threads] = [whole("--threads", max || min, min: 1), @cli[:threads]].max
         end
         o.on("--preload", "Load the app in the master before forking workers") { @cli[:preload_app] = true }
         o.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @cli[:pidfile] = p }

@@ -10,6 +10,9 @@ module Butterflies
     DEFAULTS = {
       binds: [],
       threads: 5,
+      # App threads added while all are busy with the GVL free (blocked in
+      # IO or sleep), up to this many; `threads N` alone sets both.
+      max_threads: 64,
       io_threads: nil, # number of CPUs
       workers: 0,
       preload_app: false,

@@ -34,10 +34,11 @@ module Butterflies
       @config[:workers] = integer(:workers, count, min: 0)
     end
 
-    # App threads per process; Puma's `threads min, max` gives max.
-    #   threads 5
+    # App threads per process: `threads 5` (always 5), or `threads 5, 32`
+    # (5, and up to 32 while all are busy waiting on IO with the GVL free).
     def threads(min, max = nil)
-      @config[:threads] = integer(:threads, max || min, min: 1)
+      @config[:threads] = [integer(:threads, min, min: 0), 1].max
+      @config[:max_threads] = [integer(:threads, max || min, min: 1), @config[:threads]].max
     end
 
     # Rust IO threads per process.  io_threads 2

@@ -15,17 +15,18 @@ module Butterflies
       @stopping = false
     end
 
-    # Starts the IO threads, then the app threads.
+    # Seconds an app thread added on demand may sit idle before it leaves.
+    EXTRA_THREAD_IDLE_SECONDS = 10.0
+
+    # Starts the IO threads, then the app threads: `threads` of them, and
+    # up to `max_threads` while every one is busy with the GVL free.
     def start
       @engine.start
-      base = base_env.freeze
-      reporter = method(:report_app_error)
-      @threads = Array.new(@config[:threads]) do |i|
-        Thread.new do
-          Thread.current.name = "butterflies-app-#{i}"
-          serve(base, reporter)
-        end
-      end
+      @base = base_env.freeze
+      @reporter = method(:report_app_error)
+      @lock = Mutex.new
+      @threads = Array.new(@config[:threads]) { |i| app_thread(i, idle_exit: 0) }
+      @grower = Thread.new { grow } if max_threads > @config[:threads]
       self
     end
 
@@ -33,11 +34,13 @@ module Butterflies
     # timeout) and returns whether every app thread finished.
     def stop
       @stopping = true
+      @grower&.kill
       @engine.stop
       timeout = @config[:shutdown_timeout]
       deadline = monotonic + timeout + 1
-      @threads.each { |t| t.join([deadline - monotonic, 0].max) }
-      unfinished = @threads.count(&:alive?)
+      threads = @lock.synchronize { @threads.dup }
+      threads.each { |t| t.join([deadline - monotonic, 0].max) }
+      unfinished = threads.count(&:alive?)
       if unfinished.zero?
         @engine.join
         true
@@ -51,10 +54,39 @@ module Butterflies
       @engine.stats
     end
 
+    # App threads now running (the pool grows and shrinks).
+    def thread_count
+      @lock.synchronize { @threads.count(&:alive?) }
+    end
+
     private
 
-    def serve(base, reporter)
-      @engine.serve(@app, base, reporter)
+    def max_threads
+      [@config[:max_threads] || @config[:threads], @config[:threads]].max
+    end
+
+    def app_thread(index, idle_exit:)
+      Thread.new do
+        Thread.current.name = "butterflies-app-#{index}"
+        serve(idle_exit)
+      end
+    end
+
+    # Adds an app thread whenever the engine reports demand (requests
+    # waiting, every thread busy, the GVL free), up to max_threads.
+    def grow
+      until @stopping
+        next unless @engine.wait_for_demand(1.0)
+
+        @lock.synchronize do
+          @threads.select!(&:alive?)
+          @threads << app_thread(@threads.size, idle_exit: EXTRA_THREAD_IDLE_SECONDS) if @threads.size < max_threads
+        end
+      end
+    end
+
+    def serve(idle_exit)
+      @engine.serve(@app, @base, @reporter, idle_exit)
     rescue Exception => e # rubocop:disable Lint/RescueException
       # Not an app error (SystemExit, a signal exception): that request's
       # connection was closed; this thread goes on serving.
@@ -66,7 +98,7 @@ module Butterflies
       {
         "rack.version" => [1, 3].freeze,
         "rack.errors" => $stderr,
-        "rack.multithread" => @config[:threads] > 1,
+        "rack.multithread" => max_threads > 1,
         "rack.multiprocess" => @config[:workers].positive?,
         "rack.run_once" => false,
         "rack.url_scheme" => "http",

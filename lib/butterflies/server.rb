@@ -16,9 +16,8 @@ module Butterflies
     # threads: 5, ...). `log`: where the banner goes.
     def initialize(app, options = {}, log: nil)
       @app = app
-      options = options.dup
-      @log = log || options.delete(:log) || $stdout
-      @config = options.is_a?(Configuration) ? options : Configuration.new.merge!(options)
+      @config = options.is_a?(Configuration) ? options : from_hash(options)
+      @log = log || (options.is_a?(Hash) && options[:log]) || $stdout
       @signals = SignalQueue.new
       @argv = [$PROGRAM_NAME, *ARGV]
       @dir = Dir.pwd
@@ -70,9 +69,22 @@ module Butterflies
     def banner
       io = @config[:io_threads] || Etc.nprocessors
       say "Butterflies #{VERSION} (ruby #{RUBY_VERSION}), pid #{Process.pid}"
-      say "* threads: #{@config[:threads]} app, #{io} io"
+      say "* threads: #{thread_range} app, #{io} io"
       @addresses.each { |address| say "* Listening on #{Binds.to_url(address)}" }
       say "Use Ctrl-C to stop"
+    end
+
+    # A Hash of Configuration keys (the Rack handler's way): `threads: N`
+    # alone means exactly N.
+    def from_hash(options)
+      options = options.reject { |key, _| key == :log }
+      options[:max_threads] ||= options[:threads] if options[:threads]
+      Configuration.new.merge!(options)
+    end
+
+    def thread_range
+      min, max = @config[:threads], @config[:max_threads]
+      max && max > min ? "#{min}-#{max}" : min.to_s
     end
 
     def say(line)

@@ -12,6 +12,7 @@ use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
 
 use super::exchange::Waker;
 use super::gvl::{check_interrupts, without_gvl, Unblock};
+use super::pool::{Busy, Member, Pool};
 use super::request;
 use super::watchdog::Watchdog;
 use crate::net::{BindAddr, Config, Engine, Job, Shared};
@@ -23,6 +24,7 @@ pub struct RbEngine {
     /// The per-request timeout, when one is configured: (timeout, hard limit).
     request_timeouts: Option<(Duration, Option<Duration>)>,
     watchdog: Mutex<Option<Arc<Watchdog>>>,
+    pool: Pool,
     jobs: Receiver<Job>,
     shared: Arc<Shared>,
 }
@@ -107,6 +109,7 @@ impl RbEngine {
         Ok(RbEngine {
             request_timeouts,
             watchdog: Mutex::new(None),
+            pool: Pool::default(),
             write_timeout: engine.config().write_timeout,
             jobs: engine.jobs(),
             shared: engine.shared(),
@@ -198,14 +201,19 @@ impl RbEngine {
 
     /// The app-thread loop. Returns when the engine has stopped and drained;
     /// raises whatever Ruby delivers to this thread (kill, raise, signals).
+    /// `idle_exit`: seconds after which an idle thread returns (0: never);
+    /// for threads the pool added on demand.
     pub fn serve(
         ruby: &Ruby,
         rb_self: &Self,
         app: Value,
         base_env: RHash,
         on_error: Value,
+        idle_exit: f64,
     ) -> Result<(), Error> {
         let jobs = rb_self.jobs.clone();
+        let _member = Member::new(&rb_self.pool);
+        let idle_exit = (idle_exit > 0.0).then(|| Duration::from_secs_f64(idle_exit));
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
         let waker = Arc::new(
             Waker::new().map_err(|e| Error::new(ruby.exception_runtime_error(), e.to_string()))?,
@@ -222,17 +230,30 @@ impl RbEngine {
             let job = match jobs.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => return Ok(()),
-                Err(TryRecvError::Empty) => match wait_for_job(ruby, &jobs, &wake_tx, &wake_rx)? {
-                    Waited::Job(job) => job,
-                    Waited::Closed => return Ok(()),
-                    Waited::Woken => {
-                        check_interrupts()?;
-                        continue;
+                Err(TryRecvError::Empty) => {
+                    match wait_for_job(ruby, &jobs, &wake_tx, &wake_rx, idle_exit)? {
+                        Waited::Job(job) => job,
+                        Waited::Closed | Waited::Idle => return Ok(()),
+                        Waited::Woken => {
+                            check_interrupts()?;
+                            continue;
+                        }
                     }
-                },
+                }
             };
+            let _busy = Busy::new(&rb_self.pool);
             request::handle(ruby, &app, job)?;
         }
+    }
+
+    /// Waits (GVL released) up to `timeout` seconds for every app thread to
+    /// be busy with requests queueing and the GVL free: time to add one.
+    pub fn wait_for_demand(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<bool, Error> {
+        rb_self.pool.wait_for_demand(
+            ruby,
+            &rb_self.jobs,
+            Duration::from_secs_f64(timeout.max(0.0)),
+        )
     }
 }
 
@@ -241,6 +262,8 @@ impl RbEngine {
 enum Waited {
     Job(Job),
     Closed,
+    /// Nothing came for the idle-exit time.
+    Idle,
     Woken,
 }
 
@@ -251,14 +274,20 @@ fn wait_for_job(
     jobs: &Receiver<Job>,
     wake_tx: &Sender<()>,
     wake_rx: &Receiver<()>,
+    idle_exit: Option<Duration>,
 ) -> Result<Waited, Error> {
     without_gvl(
         ruby,
-        || {
-            crossbeam_channel::select! {
+        || match idle_exit {
+            None => crossbeam_channel::select! {
                 recv(jobs) -> job => job.map_or(Waited::Closed, Waited::Job),
                 recv(wake_rx) -> _ => Waited::Woken,
-            }
+            },
+            Some(idle) => crossbeam_channel::select! {
+                recv(jobs) -> job => job.map_or(Waited::Closed, Waited::Job),
+                recv(wake_rx) -> _ => Waited::Woken,
+                default(idle) => Waited::Idle,
+            },
         },
         Some(Unblock {
             func: |wake: &Sender<()>| {

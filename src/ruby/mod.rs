@@ -12,6 +12,7 @@ mod engine;
 mod env;
 mod exchange;
 mod gvl;
+mod pool;
 mod request;
 mod response;
 mod stream;
@@ -31,7 +32,11 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_method("join", method!(engine::RbEngine::join, 0))?;
     class.define_method("stats", method!(engine::RbEngine::stats, 0))?;
     class.define_method("stuck?", method!(engine::RbEngine::is_stuck, 0))?;
-    class.define_method("serve", method!(engine::RbEngine::serve, 3))?;
+    class.define_method("serve", method!(engine::RbEngine::serve, 4))?;
+    class.define_method(
+        "wait_for_demand",
+        method!(engine::RbEngine::wait_for_demand, 1),
+    )?;
 
     let stream = module.define_class("Stream", ruby.class_object())?;
     stream.define_method("write", method!(stream::Stream::write, 1))?;
