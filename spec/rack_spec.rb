@@ -70,6 +70,16 @@ RSpec.describe "Rack behaviour" do
       socket&.close
     end
 
+    it "delivers pieces an app produced before pausing, while it pauses" do
+      socket = TCPSocket.new(server.host, server.port)
+      socket.write("GET /stream_hold HTTP/1.1\r\nHost: x\r\n\r\n")
+      expect(read_response(socket, read_until: /second\n\r\n/, timeout: 5)).not_to include("third")
+      expect(Net::HTTP.get(URI(server.url("/release_hold")))).to eq("released")
+      expect(read_response(socket, read_until: /0\r\n\r\n\z/)).to include("third\n")
+    ensure
+      socket&.close
+    end
+
     it "serves a Rack 3 callable body through the stream" do
       data = raw_request(server, "GET /callable HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
       expect(data).to end_with("\r\n\r\n1\r\na\r\n1\r\nb\r\n0\r\n\r\n")

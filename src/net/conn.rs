@@ -242,6 +242,56 @@ impl Conn {
         }
     }
 
+    /// Writes `parts` now, without blocking, if nothing else is queued
+    /// before them; queues (copies) what the socket did not take. For
+    /// callers that hold borrowed bytes only for the moment (a Ruby
+    /// string, while the GVL is held).
+    pub fn write_or_queue(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut written = 0;
+        if !self.has_output() {
+            let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+            written = loop {
+                match self.stream.write_vectored(&slices) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                    Err(e) => return Err(e),
+                }
+            };
+            if written > 0 {
+                self.last_write = Instant::now();
+            }
+        }
+        if self.has_output() && written == 0 {
+            // Bytes queued before these go first.
+            self.append(parts);
+            return self.flush().map(|_| ());
+        }
+        for part in parts {
+            let skip = written.min(part.len());
+            written -= skip;
+            if skip < part.len() {
+                if !self.has_output() {
+                    self.out.clear();
+                    self.out_pos = 0;
+                }
+                self.out.extend_from_slice(&part[skip..]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends bytes after anything queued, without writing.
+    pub fn append(&mut self, parts: &[&[u8]]) {
+        if !self.has_output() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        for part in parts {
+            self.out.extend_from_slice(part);
+        }
+    }
+
     /// Queues bytes to write after anything already queued.
     pub fn queue(&mut self, bytes: Vec<u8>) {
         if self.has_output() {

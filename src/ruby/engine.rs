@@ -11,6 +11,7 @@ use magnus::value::ReprValue;
 use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
 
 use super::exchange::Waker;
+use super::flusher::Flusher;
 use super::gvl::{check_interrupts, without_gvl, Unblock};
 use super::pool::{Busy, Member, Pool};
 use super::request;
@@ -24,6 +25,7 @@ pub struct RbEngine {
     /// The per-request timeout, when one is configured: (timeout, hard limit).
     request_timeouts: Option<(Duration, Option<Duration>)>,
     watchdog: Mutex<Option<Arc<Watchdog>>>,
+    flusher: Mutex<Option<Flusher>>,
     pool: Pool,
     jobs: Receiver<Job>,
     shared: Arc<Shared>,
@@ -109,6 +111,7 @@ impl RbEngine {
         Ok(RbEngine {
             request_timeouts,
             watchdog: Mutex::new(None),
+            flusher: Mutex::new(None),
             pool: Pool::default(),
             write_timeout: engine.config().write_timeout,
             jobs: engine.jobs(),
@@ -143,6 +146,8 @@ impl RbEngine {
             Error::new(ruby.exception_runtime_error(), format!("cannot start: {e}"))
         };
         rb_self.with_engine(|e| e.start()).map_err(failed)?;
+        let (flusher, _thread) = Flusher::start().map_err(failed)?;
+        *rb_self.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(flusher);
         if let Some((timeout, hard)) = rb_self.request_timeouts {
             let (dog, _thread) = Watchdog::start(timeout, hard).map_err(failed)?;
             *rb_self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(dog);
@@ -225,6 +230,11 @@ impl RbEngine {
             waker,
             write_timeout: rb_self.write_timeout,
             watchdog: rb_self.watchdog(),
+            flusher: rb_self
+                .flusher
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         };
         loop {
             let job = match jobs.try_recv() {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use magnus::{Error, Ruby};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::flusher::Flusher;
 use super::gvl::{check_interrupts, without_gvl, Unblock};
 use crate::http::response::Framing;
 use crate::http::Version;
@@ -21,6 +22,8 @@ use crate::net::Job;
 
 /// Unwritten response bytes past which a writer waits for the client.
 pub const HIGH_WATER_BYTES: usize = 1024 * 1024;
+/// Streamed pieces are written once this much has gathered.
+pub const COALESCE_BYTES: usize = 16 * 1024;
 
 /// Wakes an app thread blocked in a write wait (the unblock function).
 #[derive(Debug)]
@@ -49,6 +52,10 @@ struct Inner {
     broken: bool,
     /// The body is complete: nothing more may be written.
     finished: bool,
+    /// Body pieces written so far (streamed bodies).
+    pieces: u64,
+    /// Since when streamed pieces sit unwritten in the connection's buffer.
+    buffered_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -143,6 +150,117 @@ impl Exchange {
     /// few enough are left for the IO thread to finish later.
     pub fn send(&self, ruby: &Ruby, bytes: Vec<u8>) -> Result<(), Error> {
         self.send_with(ruby, bytes, None)
+    }
+
+    /// Buffers a piece of a streamed body. The first piece of a body goes
+    /// out at once (the client sees the response start); later ones are
+    /// collected and written when 16 KiB have gathered, when the body ends,
+    /// or by the flusher thread once they are a few milliseconds old, so a
+    /// body of many small pieces costs a few writes, not one per piece,
+    /// and an app that pauses mid-body still gets its pieces out.
+    pub fn send_piece(
+        self: &Arc<Self>,
+        ruby: &Ruby,
+        parts: &[&[u8]],
+        flusher: Option<&Flusher>,
+    ) -> Result<(), Error> {
+        let first = {
+            let mut inner = self.lock();
+            inner.pieces += 1;
+            inner.pieces == 1 || flusher.is_none()
+        };
+        if first {
+            return self.send_now(ruby, parts);
+        }
+        let (backlog, register) = {
+            let mut inner = self.lock();
+            if inner.broken || inner.hijacked {
+                return Err(disconnected(ruby));
+            }
+            let register = inner.buffered_since.is_none();
+            let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
+                return Err(disconnected(ruby));
+            };
+            conn.append(parts);
+            let backlog = conn.pending_bytes();
+            if backlog >= COALESCE_BYTES {
+                if let Err(e) = conn.flush() {
+                    inner.broken = true;
+                    return Err(disconnected_because(ruby, &e.to_string()));
+                }
+            }
+            let backlog = inner
+                .job
+                .as_mut()
+                .and_then(Job::conn_mut)
+                .map_or(0, |c| c.pending_bytes());
+            if backlog > 0 && register {
+                inner.buffered_since = Some(Instant::now());
+            }
+            (backlog, backlog > 0 && register)
+        };
+        if let (true, Some(flusher)) = (register, flusher) {
+            flusher.watch(self);
+        }
+        if backlog > HIGH_WATER_BYTES {
+            self.send(ruby, Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// For the flusher: writes what streamed pieces have gathered if they
+    /// are older than `age`. Returns false once nothing is left to watch.
+    pub fn flush_if_older(&self, age: Duration) -> bool {
+        let mut inner = self.lock();
+        let Some(since) = inner.buffered_since else {
+            return false;
+        };
+        if since.elapsed() < age {
+            return true;
+        }
+        let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
+            // The app thread is writing, or the exchange is over.
+            return inner.job.is_none() && !inner.finished;
+        };
+        match conn.flush() {
+            Ok(true) => {
+                inner.buffered_since = None;
+                false
+            }
+            Ok(false) => true,
+            Err(_) => {
+                inner.broken = true;
+                false
+            }
+        }
+    }
+
+    /// Sends borrowed bytes (e.g. straight from Ruby strings) with one
+    /// non-blocking `writev(2)`, *with* the GVL held: a write that cannot
+    /// block costs less than giving the GVL away and taking it back (see
+    /// docs/ARCHITECTURE.md). Only what the socket does not take is copied;
+    /// past the high-water mark the caller waits without the GVL.
+    pub fn send_now(&self, ruby: &Ruby, parts: &[&[u8]]) -> Result<(), Error> {
+        let backlog = {
+            let mut inner = self.lock();
+            if inner.broken || inner.hijacked {
+                return Err(disconnected(ruby));
+            }
+            let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
+                return Err(disconnected(ruby));
+            };
+            match conn.write_or_queue(parts) {
+                Ok(()) => conn.pending_bytes(),
+                Err(e) => {
+                    inner.broken = true;
+                    return Err(disconnected_because(ruby, &e.to_string()));
+                }
+            }
+        };
+        if backlog > HIGH_WATER_BYTES {
+            self.send(ruby, Vec::new())?;
+        }
+        Ok(())
     }
 
     /// Like `send`, followed by `len` bytes of a file (sent by sendfile(2)

@@ -11,6 +11,7 @@
 mod engine;
 mod env;
 mod exchange;
+mod flusher;
 mod gvl;
 mod pool;
 mod request;

@@ -19,6 +19,7 @@ use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Value};
 
 use super::env;
 use super::exchange::{is_disconnect, Exchange, Waker};
+use super::flusher::Flusher;
 use super::response::{self, Outcome};
 use super::stream::{EarlyHints, Hijack};
 use super::watchdog::Watchdog;
@@ -47,6 +48,8 @@ pub struct App {
     pub write_timeout: Duration,
     /// Times requests out, when a request timeout is configured.
     pub watchdog: Option<Arc<Watchdog>>,
+    /// Writes streamed pieces an app paused on.
+    pub flusher: Option<Flusher>,
 }
 
 /// Serves one job. Returns `Err` only for what must go up to Ruby.
@@ -101,7 +104,7 @@ fn call(
     *triple = RArray::from_value(result);
     // A stop that came while the app ran still closes this connection.
     let keep_alive = keep_alive && !ex.stopping();
-    response::send(ruby, ex, result, keep_alive)
+    response::send(ruby, ex, result, keep_alive, app.flusher.as_ref())
 }
 
 /// Deals with an exception from the app or from sending its response.

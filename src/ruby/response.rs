@@ -16,8 +16,9 @@ use magnus::value::{Lazy, ReprValue};
 use magnus::{Error, RArray, RHash, RString, Ruby, Value};
 
 use super::exchange::Exchange;
+use super::flusher::Flusher;
 use super::stream::{finish_body, hijack_io, Stream};
-use crate::http::response::{push_chunk, Framing, ResponseHead, LAST_CHUNK};
+use crate::http::response::{Framing, ResponseHead, LAST_CHUNK};
 
 /// Iterates an `each` body into the stream: Rust cannot hand Ruby a
 /// capturing closure as a block.
@@ -41,6 +42,7 @@ pub fn send(
     ex: &Arc<Exchange>,
     triple: Value,
     keep_alive: bool,
+    flusher: Option<&Flusher>,
 ) -> Result<Outcome, Error> {
     let triple = RArray::from_value(triple)
         .filter(|a| a.len() == 3)
@@ -56,6 +58,7 @@ pub fn send(
             triple.entry(1)?,
             body,
             keep_alive,
+            flusher,
         )
     };
     let closed = close_body(body);
@@ -71,6 +74,7 @@ fn send_parts(
     headers: Value,
     body: Value,
     keep_alive: bool,
+    flusher: Option<&Flusher>,
 ) -> Result<Outcome, Error> {
     let (head, hijack) = read_head(ruby, status, headers)?;
     if let Some(hijack) = hijack {
@@ -102,7 +106,7 @@ fn send_parts(
     ex.set_framing(framing);
     ex.send(ruby, out)?;
     if ResponseHead::sends_body(framing) {
-        let stream = Stream(ex.clone());
+        let stream = Stream(ex.clone(), flusher.cloned());
         if each {
             let _: Value = ruby
                 .get_inner(&EACH_INTO_STREAM)
@@ -115,7 +119,9 @@ fn send_parts(
     Ok(Outcome::Sent { keep_alive })
 }
 
-/// An Array body: its length is known, so it goes out in one write.
+/// An Array body: its length is known, so head and body go out in one
+/// `writev(2)` straight from the Ruby strings (nothing copied unless the
+/// socket does not take it all).
 fn send_array(
     ruby: &Ruby,
     ex: &Exchange,
@@ -123,30 +129,45 @@ fn send_array(
     chunks: RArray,
     keep_alive: bool,
 ) -> Result<Outcome, Error> {
-    let mut parts = Vec::with_capacity(chunks.len());
+    let mut strings = Vec::with_capacity(chunks.len());
     let mut total = 0u64;
     for chunk in chunks.into_iter() {
         let chunk = RString::from_value(chunk)
             .ok_or_else(|| invalid(ruby, "body chunks must be Strings"))?;
-        let bytes = copy_bytes(chunk);
-        total += bytes.len() as u64;
-        parts.push(bytes);
+        total += chunk.len() as u64;
+        strings.push(chunk);
     }
     let framing = head.framing(ex.version, ex.head_request, Some(total));
-    let mut out = Vec::with_capacity(256 + total as usize);
+    let mut out = Vec::with_capacity(256);
     let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
+    ex.set_framing(framing);
+    // SAFETY: the slices are used only until send_now returns, and no Ruby
+    // code runs in between: the strings cannot change or move. They are
+    // held by `strings` (on the stack, so the GC sees them) and `chunks`.
+    let bodies: Vec<&[u8]> = strings.iter().map(|s| unsafe { s.as_slice() }).collect();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(bodies.len() * 3 + 2);
+    parts.push(&out);
+    let sizes: Vec<String>;
     match framing {
         Framing::None | Framing::HeadLength(_) => {}
         Framing::Chunked => {
-            parts.iter().for_each(|part| push_chunk(&mut out, part));
-            out.extend_from_slice(LAST_CHUNK);
+            sizes = bodies
+                .iter()
+                .map(|b| format!("{:x}\r\n", b.len()))
+                .collect();
+            for (size, body) in sizes.iter().zip(&bodies).filter(|(_, b)| !b.is_empty()) {
+                parts.extend_from_slice(&[size.as_bytes(), body, b"\r\n"]);
+            }
+            parts.push(LAST_CHUNK);
         }
         Framing::Length(_) | Framing::AppFramed | Framing::UntilClose => {
-            parts.iter().for_each(|part| out.extend_from_slice(part));
+            parts.extend_from_slice(&bodies)
         }
     }
-    ex.set_framing(framing);
-    ex.send(ruby, out)?;
+    // writev takes at most IOV_MAX (1024) slices; send many in groups.
+    for group in parts.chunks(512) {
+        ex.send_now(ruby, group)?;
+    }
     ex.mark_finished();
     Ok(Outcome::Sent { keep_alive })
 }

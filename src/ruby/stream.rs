@@ -14,14 +14,15 @@ use magnus::value::ReprValue;
 use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
 
 use super::exchange::Exchange;
-use crate::http::response::{push_chunk, Framing, ResponseHead, LAST_CHUNK};
+use super::flusher::Flusher;
+use crate::http::response::{Framing, ResponseHead, LAST_CHUNK};
 use crate::http::Version;
 
 /// Bytes read per `Stream#read` without a length.
 const READ_BYTES: usize = 16 * 1024;
 
 #[magnus::wrap(class = "Butterflies::Stream", free_immediately, size)]
-pub struct Stream(pub Arc<Exchange>);
+pub struct Stream(pub Arc<Exchange>, pub Option<Flusher>);
 
 impl Stream {
     /// Writes one piece of the body, framed as the head announced.
@@ -30,20 +31,24 @@ impl Stream {
         if ex.is_finished() {
             return Err(Error::new(ruby.exception_io_error(), "closed stream"));
         }
-        // SAFETY: copied at once, before any Ruby code can run.
+        // SAFETY: the slice is used only until send_now returns; no Ruby
+        // code runs before that, so the string cannot change or move, and
+        // `data` is on the stack, so the GC keeps it.
         let bytes = unsafe { data.as_slice() };
         let len = bytes.len();
-        let framed = match ex.framing() {
+        if len == 0 {
+            return Ok(0);
+        }
+        let flusher = rb_self.1.as_ref();
+        match ex.framing() {
             Some(Framing::Chunked) => {
-                let mut out = Vec::with_capacity(len + 16);
-                push_chunk(&mut out, bytes);
-                out
+                let size = format!("{len:x}\r\n");
+                ex.send_piece(ruby, &[size.as_bytes(), bytes, b"\r\n"], flusher)?;
             }
-            Some(Framing::Length(_) | Framing::AppFramed | Framing::UntilClose) => bytes.to_vec(),
-            _ => return Ok(len), // HEAD, 204, 304: the body is not sent
-        };
-        if !framed.is_empty() {
-            ex.send(ruby, framed)?;
+            Some(Framing::Length(_) | Framing::AppFramed | Framing::UntilClose) => {
+                ex.send_piece(ruby, &[bytes], flusher)?
+            }
+            _ => {} // HEAD, 204, 304: the body is not sent
         }
         Ok(len)
     }
@@ -96,7 +101,9 @@ pub fn finish_body(ruby: &Ruby, ex: &Exchange) -> Result<(), Error> {
     let framing = ex.framing();
     ex.mark_finished();
     if framing == Some(Framing::Chunked) {
-        ex.send(ruby, LAST_CHUNK.to_vec())?;
+        ex.send_now(ruby, &[LAST_CHUNK])?;
+    } else {
+        ex.send_now(ruby, &[])?; // what gathered
     }
     Ok(())
 }
