@@ -48,6 +48,11 @@ pub struct Conn {
     out_file: Option<(std::fs::File, u64)>,
     /// The app took the socket over (rack.hijack): forget it, write nothing.
     pub(crate) hijacked: bool,
+    /// Requests dispatched on this connection so far.
+    pub(crate) served: u64,
+    /// The last read pass emptied the socket (saw EAGAIN), so its next
+    /// bytes will raise a new epoll edge.
+    pub(crate) drained: bool,
     /// Close once `out` is written (an error, `Connection: close`, HTTP/1.0).
     pub(crate) close_after_write: bool,
     /// The peer is gone or the socket failed: close without writing more.
@@ -85,6 +90,8 @@ impl Conn {
             out_pos: 0,
             out_file: None,
             hijacked: false,
+            served: 0,
+            drained: false,
             close_after_write: false,
             dead: false,
             request_started: None,
@@ -97,6 +104,11 @@ impl Conn {
     /// No request is being read and nothing is waiting to be written.
     pub fn is_idle(&self) -> bool {
         self.reader.is_idle() && !self.has_output()
+    }
+
+    /// Bytes of a next request are already buffered (pipelining).
+    pub fn has_buffered_input(&self) -> bool {
+        self.reader.has_buffered() || !self.drained
     }
 
     /// A head was parsed and its body is being read.
@@ -204,6 +216,7 @@ impl Conn {
             };
             if n == 0 {
                 self.reader.extend(&scratch[..total]);
+                self.drained = false;
                 return Ok(Fill::Eof);
             }
             self.last_read = Instant::now();
@@ -213,6 +226,7 @@ impl Conn {
             total += n;
         }
         self.reader.extend(&scratch[..total]);
+        self.drained = total < scratch.len();
         Ok(if total == scratch.len() {
             Fill::Full
         } else {

@@ -25,6 +25,8 @@ const UNIX_PLACEHOLDER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     0,
 ));
 const LISTENER_BIT: u64 = 1 << 62;
+/// On shutdown, how long a fresh connection may take to send its request.
+const FRESH_GRACE: Duration = Duration::from_secs(2);
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(500);
 /// Epoll events taken per `epoll_wait`.
@@ -34,7 +36,11 @@ enum Slot {
     Free,
     Present(Box<Conn>),
     /// Lent to an app thread with a request; comes back by the mailbox.
-    Lent,
+    /// `events`: epoll reported the socket while it was away (its edge is
+    /// gone, so it must be read when it comes back).
+    Lent {
+        events: bool,
+    },
 }
 
 pub(crate) struct IoThread {
@@ -109,6 +115,7 @@ impl IoThread {
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_tick = Instant::now() + TICK;
         let mut stop_deadline: Option<Instant> = None;
+        let mut stop_started = Instant::now();
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::NONE);
@@ -126,15 +133,16 @@ impl IoThread {
                     data if data & LISTENER_BIT != 0 => {
                         self.accept((data & !LISTENER_BIT) as usize)
                     }
-                    token => self.drive(token as usize),
+                    token => self.on_event(token as usize),
                 }
             }
             if self.shared.stopping.load(Ordering::Acquire) {
                 let deadline = *stop_deadline.get_or_insert_with(|| {
                     self.close_listeners();
-                    Instant::now() + self.shutdown_timeout
+                    stop_started = Instant::now();
+                    stop_started + self.shutdown_timeout
                 });
-                self.close_idle();
+                self.close_idle(stop_started.elapsed() > FRESH_GRACE);
                 if self.live == 0 || Instant::now() >= deadline {
                     return;
                 }
@@ -200,15 +208,35 @@ impl IoThread {
         }
     }
 
-    /// Takes back connections whose response an app thread wrote.
+    fn on_event(&mut self, token: usize) {
+        match self.slots.get_mut(token) {
+            Some(Slot::Lent { events }) => *events = true,
+            Some(Slot::Present(_)) => self.drive(token),
+            _ => {}
+        }
+    }
+
+    /// Takes back connections whose response an app thread wrote. One with
+    /// nothing to do (all written, nothing buffered, no event while it was
+    /// away) just waits for its next edge: no read that would only say
+    /// EAGAIN.
     fn take_mail(&mut self) {
         let _ = self.mailbox.wake.read();
         self.mailbox.notified.store(false, Ordering::Release);
         while let Ok(mut conn) = self.mailbox.rx.try_recv() {
             let token = conn.token;
             conn.idle_since = Instant::now();
+            let events = matches!(self.slots[token], Slot::Lent { events: true });
+            let quiet = !events
+                && !conn.has_output()
+                && !conn.dead
+                && !conn.hijacked
+                && !conn.close_after_write
+                && !conn.has_buffered_input();
             self.slots[token] = Slot::Present(conn);
-            self.drive(token);
+            if !quiet || self.shared.stopping.load(Ordering::Relaxed) {
+                self.drive(token);
+            }
         }
     }
 
@@ -246,7 +274,12 @@ impl IoThread {
 
     /// Lends the connection and its request to the app threads.
     fn dispatch(&mut self, token: usize, request: super::conn::Request) {
-        let Slot::Present(conn) = std::mem::replace(&mut self.slots[token], Slot::Lent) else {
+        if let Slot::Present(conn) = &mut self.slots[token] {
+            conn.served += 1;
+        }
+        let Slot::Present(conn) =
+            std::mem::replace(&mut self.slots[token], Slot::Lent { events: false })
+        else {
             return;
         };
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -298,13 +331,20 @@ impl IoThread {
         }
     }
 
-    /// During shutdown: connections between requests are closed now.
-    fn close_idle(&mut self) {
+    /// During shutdown: connections between requests are closed now. A
+    /// connection accepted but not yet used is given `FRESH_GRACE` to send
+    /// its first request, which is then served: its client has no earlier
+    /// response to tell it the connection was ever usable, so closing it
+    /// would lose a request it has already sent.
+    fn close_idle(&mut self, fresh_too: bool) {
         let idle: Vec<usize> = self
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(t, s)| matches!(s, Slot::Present(c) if c.is_idle()).then_some(t))
+            .filter_map(|(t, s)| {
+                matches!(s, Slot::Present(c) if c.is_idle() && (c.served > 0 || fresh_too))
+                    .then_some(t)
+            })
             .collect();
         for token in idle {
             self.close(token);
