@@ -23,10 +23,11 @@ module Bench
   end
 
   # Server command lines by name, for an app file and a port.
-  def command(name, app, port)
+  def command(name, app, port, extra: [])
     case name
     when "butterflies"
-      [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-b", "tcp://127.0.0.1:#{port}", app]
+      [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-b", "tcp://127.0.0.1:#{port}",
+       *extra, app]
     when "butterflies-w2"
       [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-w", "2", "-b", "tcp://127.0.0.1:#{port}", app]
     when "puma" then ["puma", "-q", "-e", "production", "-t", "16:16", "-b", "tcp://127.0.0.1:#{port}", app]
@@ -43,8 +44,8 @@ module Bench
 
   # Starts a server in its own process group, pinned to `cpu` (nil: not
   # pinned). Returns its pid.
-  def start(name, app, port, cpu: 0, env: {})
-    cmd = command(name, app, port)
+  def start(name, app, port, cpu: 0, env: {}, extra: [])
+    cmd = command(name, app, port, extra: extra)
     cmd = ["taskset", "-c", cpu.to_s, *cmd] if cpu
     Process.spawn({ "RACK_ENV" => "production" }.merge(env), *cmd, pgroup: true, out: File::NULL, err: File::NULL)
   end
