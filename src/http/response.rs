@@ -145,6 +145,17 @@ impl ResponseHead {
     /// own `Connection` value: for `101 Switching Protocols` and hijacks,
     /// where the server adds no framing.
     pub fn write_raw(&self, out: &mut Vec<u8>, version: Version) {
+        self.write_start(out, version);
+        if let Some(connection) = &self.connection {
+            out.extend_from_slice(b"Connection: ");
+            out.extend_from_slice(connection);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Status line, `Date`, and the app's fields.
+    fn write_start(&self, out: &mut Vec<u8>, version: Version) {
         out.extend_from_slice(version.as_str().as_bytes());
         out.push(b' ');
         push_status(out, self.status);
@@ -152,12 +163,6 @@ impl ResponseHead {
         out.extend_from_slice(&date::now());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.fields);
-        if let Some(connection) = &self.connection {
-            out.extend_from_slice(b"Connection: ");
-            out.extend_from_slice(connection);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
     }
 
     /// Writes an informational (1xx) head: status line and fields only.
@@ -179,13 +184,7 @@ impl ResponseHead {
         keep_alive: bool,
     ) -> bool {
         let keep_alive = keep_alive && !self.connection_close && framing != Framing::UntilClose;
-        out.extend_from_slice(version.as_str().as_bytes());
-        out.push(b' ');
-        push_status(out, self.status);
-        out.extend_from_slice(b"\r\nDate: ");
-        out.extend_from_slice(&date::now());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.fields);
+        self.write_start(out, version);
         match framing {
             Framing::Length(n) | Framing::HeadLength(n) if self.content_length.is_none() => {
                 out.extend_from_slice(b"Content-Length: ");
@@ -233,6 +232,19 @@ pub fn simple(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// `503 Service Unavailable` with `Retry-After: 1`, closing the connection:
+/// the server's own answer when it cannot serve a request (queue full,
+/// request timeout).
+pub fn service_unavailable(message: &str) -> Vec<u8> {
+    let mut out = simple(503, message, false);
+    let at = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(out.len());
+    out.splice(at..at, b"\r\nRetry-After: 1".iter().copied());
     out
 }
 
@@ -390,6 +402,16 @@ mod tests {
         push_chunk(&mut out, b"");
         out.extend_from_slice(LAST_CHUNK);
         assert_eq!(text(&out), "15\r\nhello world, it is me\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn service_unavailable_says_when_to_retry() {
+        let s = text(&service_unavailable("busy\n"));
+        assert!(s.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{s}");
+        assert!(
+            s.ends_with("Connection: close\r\nRetry-After: 1\r\n\r\nbusy\n"),
+            "{s}"
+        );
     }
 
     #[test]

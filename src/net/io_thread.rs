@@ -292,10 +292,9 @@ impl IoThread {
         let Some(mut conn) = job.take_conn() else {
             return;
         };
-        let mut busy = crate::http::response::simple(503, "Service Unavailable\n", false);
-        let at = busy.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
-        busy.splice(at..at, b"\r\nRetry-After: 1".iter().copied());
-        conn.queue(busy);
+        conn.queue(crate::http::response::service_unavailable(
+            "Service Unavailable\n",
+        ));
         conn.close_after_write = true;
         self.slots[token] = Slot::Present(conn);
         self.drive(token);

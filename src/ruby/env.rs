@@ -10,12 +10,6 @@ use std::os::fd::IntoRawFd;
 use crate::http::request::BodyFraming;
 use crate::net::{Body, Request};
 
-macro_rules! keys {
-    ($($name:ident = $text:literal;)*) => {
-        $(static $name: Lazy<RString> = Lazy::new(|ruby| ruby.str_new($text).to_interned_str());)*
-    };
-}
-
 keys! {
     REQUEST_METHOD = "REQUEST_METHOD";
     PATH_INFO = "PATH_INFO";

@@ -8,6 +8,14 @@
 //! - [`exchange`]: a request's connection while the app runs; writes.
 //! - [`stream`]: the Ruby objects for streaming, hijack and early hints.
 
+/// Frozen, interned Ruby strings made once, for hash keys: `keys! { NAME = "text"; }`.
+macro_rules! keys {
+    ($($name:ident = $text:literal;)*) => {
+        $(static $name: magnus::value::Lazy<magnus::RString> =
+            magnus::value::Lazy::new(|ruby| ruby.str_new($text).to_interned_str());)*
+    };
+}
+
 mod engine;
 mod env;
 mod exchange;

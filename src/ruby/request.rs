@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use magnus::value::{Lazy, ReprValue};
-use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Value};
+use magnus::value::ReprValue;
+use magnus::{prelude::*, Error, RArray, RHash, Ruby, Value};
 
 use super::env;
 use super::exchange::{is_disconnect, Exchange, Waker};
@@ -25,12 +25,6 @@ use super::stream::{EarlyHints, Hijack};
 use super::watchdog::Watchdog;
 use crate::http::response::simple;
 use crate::net::Job;
-
-macro_rules! keys {
-    ($($name:ident = $text:literal;)*) => {
-        $(static $name: Lazy<RString> = Lazy::new(|ruby| ruby.str_new($text).to_interned_str());)*
-    };
-}
 
 keys! {
     RACK_HIJACK = "rack.hijack";

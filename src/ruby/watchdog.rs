@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::exchange::Exchange;
-use crate::http::response::simple;
+use crate::http::response::service_unavailable;
 
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 
@@ -109,12 +109,7 @@ fn answer_timeout(exchange: &Exchange, timeout: Duration) {
         String::from_utf8_lossy(head.path()),
         timeout.as_secs_f64()
     );
-    let mut response = simple(503, "Service Unavailable: the request timed out\n", false);
-    let at = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(0);
-    response.splice(at..at, b"\r\nRetry-After: 1".iter().copied());
+    let response = service_unavailable("Service Unavailable: the request timed out\n");
     if let Some(conn) = job.conn_mut() {
         conn.queue(response);
         let _ = conn.flush();
