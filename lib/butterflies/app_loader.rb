@@ -12,7 +12,7 @@ module Butterflies
       require "rack/builder"
       result = Rack::Builder.parse_file(File.expand_path(path))
       result.is_a?(Array) ? result.first : result # Rack 2 returns [app, options]
-    rescue SyntaxError, ScriptError, StandardError => e
+    rescue ScriptError, StandardError => e # ScriptError covers SyntaxError
       raise e if e.is_a?(AppLoadError)
 
       raise AppLoadError, "cannot load #{path}: #{e.class}: #{e.message.lines.first&.strip}"

@@ -50,6 +50,15 @@ module Butterflies
       finish
     end
 
+    # The worker side of #exec_worker: in the new process, from the CLI.
+    def self.run_exec_worker(config, loader:, log:)
+      index, heartbeat, alive = ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
+      engine = Listeners.bind(config, shared: true)
+      Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config,
+                 heartbeat: IO.for_fd(heartbeat, "w", autoclose: true),
+                 alive: IO.for_fd(alive, "r", autoclose: true), log: log).run
+    end
+
     private
 
     def supervise
@@ -119,15 +128,6 @@ module Butterflies
       [heartbeat, @alive_reader].each { |io| io.close_on_exec = false }
       ENV[WORKER_ENV] = [index, heartbeat.fileno, @alive_reader.fileno].join(",")
       Listeners.exec_keeping(@engine, @argv, @dir)
-    end
-
-    # The worker side of #exec_worker: in the new process, from the CLI.
-    def self.run_exec_worker(config, loader:, log:)
-      index, heartbeat, alive = ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
-      engine = Listeners.bind(config, shared: true)
-      Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config,
-                 heartbeat: IO.for_fd(heartbeat, "w", autoclose: true),
-                 alive: IO.for_fd(alive, "r", autoclose: true), log: log).run
     end
 
     def read_heartbeats

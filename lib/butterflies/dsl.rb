@@ -82,7 +82,8 @@ module Butterflies
 
     # TCP_FASTOPEN on TCP listeners, with this queue length (opt-in).
     def tcp_fastopen(queue = 256)
-      @config[:tcp_fastopen] = queue == false ? 0 : integer(:tcp_fastopen, queue == true ? 256 : queue, min: 0)
+      queue = { true => 256, false => 0 }.fetch(queue, queue)
+      @config[:tcp_fastopen] = integer(:tcp_fastopen, queue, min: 0)
     end
 
     # Hooks: before_fork {}  on_worker_boot { |index| }

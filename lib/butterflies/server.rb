@@ -83,7 +83,8 @@ module Butterflies
     end
 
     def thread_range
-      min, max = @config[:threads], @config[:max_threads]
+      min = @config[:threads]
+      max = @config[:max_threads]
       max && max > min ? "#{min}-#{max}" : min.to_s
     end
 

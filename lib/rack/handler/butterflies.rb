@@ -52,6 +52,4 @@ module Rack
   end
 end
 
-if defined?(Rackup::Handler)
-  Rackup::Handler.register(:butterflies, Rack::Handler::Butterflies)
-end
+Rackup::Handler.register(:butterflies, Rack::Handler::Butterflies) if defined?(Rackup::Handler)
