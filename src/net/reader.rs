@@ -56,8 +56,26 @@ impl Default for RequestReader {
 }
 
 impl RequestReader {
-    /// Adds bytes read from the client.
-    pub fn extend(&mut self, data: &[u8]) {
+    /// Adds bytes read from the client. Bytes of a Content-Length body
+    /// being read go straight into the body (one copy less than through the
+    /// buffer); anything after it is buffered for the next request.
+    pub fn extend(&mut self, mut data: &[u8]) {
+        if self.buf.is_empty() {
+            if let Input::Body {
+                body,
+                left: BodyLeft::Length(n),
+                ..
+            } = &mut self.input
+            {
+                let take = data.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
+                // A failed push (no disk to spool to) leaves the bytes to
+                // the buffer; `advance` then reports the error.
+                if body.push(&data[..take]).is_ok() {
+                    *n -= take as u64;
+                    data = &data[take..];
+                }
+            }
+        }
         self.buf.extend_from_slice(data);
     }
 
