@@ -1,215 +1,22 @@
 //! The engine: the bound listener group, the IO threads, and the queue of
 //! complete requests that app threads take [`Job`]s from.
 //!
-//! Binding and starting are separate steps so that a future cluster master
+//! Binding and starting are separate steps so that a cluster master
 //! can bind, fork, and only then let each worker start its threads: no
 //! thread runs in a process that forks.
 
 use std::io;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::conn::{Conn, Request};
+use super::config::Config;
+use super::handoff::{Job, Mailbox, Shared};
 use super::io_thread::IoThread;
-use super::listener::{self, BindAddr, ListenOptions};
-use crate::http::Limits;
-
-/// Keep-alive connections idle longer than this are closed (Puma: 20 s).
-pub const IDLE_TIMEOUT_SECS: u64 = 20;
-/// A request head must be complete this long after its first byte.
-pub const HEADER_TIMEOUT_SECS: u64 = 20;
-/// A request body may pause this long between bytes.
-pub const BODY_TIMEOUT_SECS: u64 = 30;
-/// A client that reads none of a pending response for this long is dropped.
-pub const WRITE_TIMEOUT_SECS: u64 = 30;
-/// After `stop`, connections still busy after this long are dropped.
-pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
-/// Requests waiting for an app thread before new ones get a 503.
-pub const QUEUE_DEPTH: usize = 1024;
-
-/// What the engine needs to know before it binds.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub binds: Vec<BindAddr>,
-    pub io_threads: usize,
-    pub listen: ListenOptions,
-    /// Listening sockets inherited across exec (hot restart), by descriptor.
-    pub inherit: Vec<std::os::fd::RawFd>,
-    /// The listeners are shared with other processes (cluster workers): on
-    /// stop, close them but do not shut them down.
-    pub shared_listeners: bool,
-    pub queue_depth: usize,
-    pub limits: Limits,
-    pub idle_timeout: Duration,
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    pub write_timeout: Duration,
-    pub shutdown_timeout: Duration,
-}
-
-impl Config {
-    pub fn new(binds: Vec<BindAddr>) -> Self {
-        Config {
-            binds,
-            io_threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            listen: ListenOptions::default(),
-            inherit: Vec::new(),
-            shared_listeners: false,
-            queue_depth: QUEUE_DEPTH,
-            limits: Limits::default(),
-            idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),
-            header_timeout: Duration::from_secs(HEADER_TIMEOUT_SECS),
-            body_timeout: Duration::from_secs(BODY_TIMEOUT_SECS),
-            write_timeout: Duration::from_secs(WRITE_TIMEOUT_SECS),
-            shutdown_timeout: Duration::from_secs(SHUTDOWN_TIMEOUT_SECS),
-        }
-    }
-}
-
-/// State every thread of the engine shares.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// Set once by `stop`: stop accepting, finish what is in flight.
-    pub stopping: AtomicBool,
-    pub requests: AtomicU64,
-    pub rejected_full: AtomicU64,
-}
-
-/// Where app threads send a connection back to its IO thread.
-#[derive(Debug)]
-pub struct Mailbox {
-    tx: Sender<Box<Conn>>,
-    pub(crate) rx: Receiver<Box<Conn>>,
-    pub(crate) wake: EventFd,
-    /// A wake-up is already pending, so senders need not write the eventfd.
-    pub(crate) notified: AtomicBool,
-}
-
-impl Mailbox {
-    fn new() -> io::Result<Self> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let wake =
-            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        Ok(Mailbox {
-            tx,
-            rx,
-            wake,
-            notified: AtomicBool::new(false),
-        })
-    }
-
-    fn send(&self, conn: Box<Conn>) {
-        // The receiver lives as long as the IO thread that owns `self`.
-        let _ = self.tx.send(conn);
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            self.poke();
-        }
-    }
-
-    /// Wakes the IO thread. A full eventfd counter is still a wake-up.
-    pub(crate) fn poke(&self) {
-        let _ = self.wake.write(1);
-    }
-}
-
-/// One request for an app thread, with the connection it came on.
-#[derive(Debug)]
-pub struct Job {
-    pub request: Request,
-    /// Always `Some` until the job is answered or dropped.
-    conn: Option<Box<Conn>>,
-    home: Arc<Mailbox>,
-    shared: Arc<Shared>,
-}
-
-impl Job {
-    pub(crate) fn new(
-        request: Request,
-        conn: Box<Conn>,
-        home: Arc<Mailbox>,
-        shared: Arc<Shared>,
-    ) -> Self {
-        Job {
-            request,
-            conn: Some(conn),
-            home,
-            shared,
-        }
-    }
-
-    /// The server is shutting down: answer with `Connection: close`.
-    pub fn stopping(&self) -> bool {
-        self.shared.stopping.load(Ordering::Relaxed)
-    }
-
-    /// Writes the response and hands the connection back to its IO thread,
-    /// which finishes a write that would block and reads the next request.
-    pub fn respond(mut self, bytes: Vec<u8>, keep_alive: bool) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        conn.queue(bytes);
-        conn.close_after_write |= !keep_alive;
-        if conn.flush().is_err() {
-            conn.dead = true;
-        }
-        self.home.send(conn);
-    }
-
-    /// The connection, for writing a response in parts (streaming bodies,
-    /// early hints). `None` once answered.
-    pub fn conn_mut(&mut self) -> Option<&mut Conn> {
-        self.conn.as_deref_mut()
-    }
-
-    /// Hands the connection back after its response was queued piece by
-    /// piece; whatever is still unwritten the IO thread finishes.
-    pub fn finish(mut self, keep_alive: bool, broken: bool) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        conn.close_after_write |= !keep_alive;
-        conn.dead |= broken;
-        self.home.send(conn);
-    }
-
-    /// rack.hijack: returns a duplicate of the socket for the app, and the
-    /// IO thread forgets the connection without closing the TCP stream.
-    pub fn hijack(mut self) -> io::Result<std::os::fd::OwnedFd> {
-        use std::os::fd::AsFd;
-        let Some(mut conn) = self.conn.take() else {
-            return Err(io::Error::other("connection already answered"));
-        };
-        let dup = conn.stream.as_fd().try_clone_to_owned();
-        conn.hijacked = true;
-        self.home.send(conn);
-        dup
-    }
-
-    /// Takes the connection back out (the IO thread answers it itself).
-    pub(crate) fn take_conn(mut self) -> Option<Box<Conn>> {
-        self.conn.take()
-    }
-}
-
-impl Drop for Job {
-    /// A job dropped unanswered (the app thread was killed, a panic) closes
-    /// its connection, and its IO thread forgets it.
-    fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.dead = true;
-            self.home.send(conn);
-        }
-    }
-}
+use super::listener::{self, BindAddr};
 
 /// The engine before and after its threads start.
 pub struct Engine {

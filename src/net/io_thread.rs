@@ -14,8 +14,9 @@ use crossbeam_channel::{Sender, TrySendError};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{accept4, getpeername, SockFlag, SockaddrStorage};
 
+use super::config::Config;
 use super::conn::{Conn, Fill, Progress};
-use super::engine::{Config, Job, Mailbox, Shared};
+use super::handoff::{Job, Mailbox, Shared};
 use crate::http::Limits;
 
 const WAKER: u64 = u64::MAX;

@@ -3,13 +3,17 @@
 //! requests (plain Rust data) to the app threads.
 
 pub mod body;
+pub mod config;
 pub mod conn;
 pub mod engine;
+pub mod handoff;
 mod io_thread;
 pub mod listener;
 pub mod reader;
 
 pub use body::Body;
+pub use config::Config;
 pub use conn::Request;
-pub use engine::{Config, Engine, Job, Shared};
+pub use engine::Engine;
+pub use handoff::{Job, Shared};
 pub use listener::{BindAddr, ListenOptions};

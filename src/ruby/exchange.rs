@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use magnus::{Error, Ruby};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::flusher::Flusher;
 use super::gvl::{check_interrupts, without_gvl, Unblock};
 use crate::http::response::Framing;
 use crate::http::Version;
@@ -157,20 +156,17 @@ impl Exchange {
     /// collected and written when 16 KiB have gathered, when the body ends,
     /// or by the flusher thread once they are a few milliseconds old, so a
     /// body of many small pieces costs a few writes, not one per piece,
-    /// and an app that pauses mid-body still gets its pieces out.
-    pub fn send_piece(
-        self: &Arc<Self>,
-        ruby: &Ruby,
-        parts: &[&[u8]],
-        flusher: Option<&Flusher>,
-    ) -> Result<(), Error> {
+    /// and an app that pauses mid-body still gets its pieces out. Returns
+    /// true when pieces started waiting: the caller hands the exchange to
+    /// the flusher then.
+    pub fn send_piece(&self, ruby: &Ruby, parts: &[&[u8]], gather: bool) -> Result<bool, Error> {
         let first = {
             let mut inner = self.lock();
             inner.pieces += 1;
-            inner.pieces == 1 || flusher.is_none()
+            inner.pieces == 1 || !gather
         };
         if first {
-            return self.send_now(ruby, parts);
+            return self.send_now(ruby, parts).map(|()| false);
         }
         let (backlog, register) = {
             let mut inner = self.lock();
@@ -199,13 +195,10 @@ impl Exchange {
             }
             (backlog, backlog > 0 && register)
         };
-        if let (true, Some(flusher)) = (register, flusher) {
-            flusher.watch(self);
-        }
         if backlog > HIGH_WATER_BYTES {
             self.send(ruby, Vec::new())?;
         }
-        Ok(())
+        Ok(register)
     }
 
     /// For the flusher: writes what streamed pieces have gathered if they

@@ -2,7 +2,8 @@
 //!
 //! - [`gvl`]: releasing the GVL, safely (the one unsafe boundary).
 //! - [`env`]: a parsed request to a Rack env.
-//! - [`response`]: the app's `[status, headers, body]` to bytes.
+//! - [`response`]: the app's `[status, headers, body]`, sent by body kind.
+//! - [`headers`]: status and headers as a response head.
 //! - [`engine`]: the `Butterflies::Engine` class and the app-thread loop.
 //! - [`request`]: one job: env, app call, response, after-response hooks.
 //! - [`exchange`]: a request's connection while the app runs; writes.
@@ -21,6 +22,7 @@ mod env;
 mod exchange;
 mod flusher;
 mod gvl;
+mod headers;
 mod pool;
 mod request;
 mod response;

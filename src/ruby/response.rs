@@ -13,10 +13,11 @@
 use std::sync::Arc;
 
 use magnus::value::{Lazy, ReprValue};
-use magnus::{Error, RArray, RHash, RString, Ruby, Value};
+use magnus::{Error, RArray, RString, Ruby, Value};
 
 use super::exchange::Exchange;
 use super::flusher::Flusher;
+use super::headers::{invalid, read_head};
 use super::stream::{finish_body, hijack_io, Stream};
 use crate::http::response::{Framing, ResponseHead, LAST_CHUNK};
 
@@ -255,76 +256,10 @@ fn partial_hijack(
     Ok(Outcome::Hijacked)
 }
 
-/// Status and headers; also returns a `rack.hijack` header's proc.
-fn read_head(
-    ruby: &Ruby,
-    status: Value,
-    headers: Value,
-) -> Result<(ResponseHead, Option<Value>), Error> {
-    let status = magnus::Integer::from_value(status)
-        .and_then(|i| i.to_i64().ok())
-        .ok_or_else(|| invalid(ruby, "the status must be an Integer"))?;
-    let mut head = ResponseHead::new(status).map_err(|e| invalid(ruby, &e.to_string()))?;
-    let headers =
-        RHash::from_value(headers).ok_or_else(|| invalid(ruby, "the headers must be a Hash"))?;
-    let mut hijack = None;
-    headers.foreach(|name: RString, value: Value| {
-        // SAFETY: compared at once, before any Ruby code runs.
-        if unsafe { name.as_slice() } == b"rack.hijack" {
-            hijack = Some(value);
-        } else {
-            add_field(ruby, &mut head, name, value)?;
-        }
-        Ok(magnus::r_hash::ForEach::Continue)
-    })?;
-    Ok((head, hijack))
-}
-
-/// One header: Rack 2 joins several values with "\n", Rack 3 gives an Array.
-/// `rack.*` keys are for the server, never sent.
-pub fn add_field(
-    ruby: &Ruby,
-    head: &mut ResponseHead,
-    name: RString,
-    value: Value,
-) -> Result<(), Error> {
-    let name = copy_bytes(name);
-    if name.starts_with(b"rack.") {
-        return Ok(());
-    }
-    let mut add = |value: Value| -> Result<(), Error> {
-        let value = RString::from_value(value)
-            .ok_or_else(|| invalid(ruby, "header values must be Strings"))?;
-        for line in copy_bytes(value).split(|&b| b == b'\n') {
-            head.field(&name, line)
-                .map_err(|e| invalid(ruby, &e.to_string()))?;
-        }
-        Ok(())
-    };
-    match RArray::from_value(value) {
-        Some(values) => values.into_iter().try_for_each(add),
-        None => add(value),
-    }
-}
-
 /// Calls `body.close` if the body has one.
 fn close_body(body: Value) -> Result<(), Error> {
     if body.respond_to("close", false)? {
         let _: Value = body.funcall("close", ())?;
     }
     Ok(())
-}
-
-/// Copies a Ruby string's bytes into Rust.
-fn copy_bytes(s: RString) -> Vec<u8> {
-    // SAFETY: the slice is copied at once, before any Ruby code can run and
-    // move or free the string; `s` is on the stack, so the GC keeps it.
-    unsafe { s.as_slice() }.to_vec()
-}
-
-pub fn invalid(ruby: &Ruby, message: &str) -> Error {
-    Error::new(
-        ruby.exception_type_error(),
-        format!("invalid Rack response: {message}"),
-    )
 }

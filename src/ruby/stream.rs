@@ -40,15 +40,19 @@ impl Stream {
             return Ok(0);
         }
         let flusher = rb_self.1.as_ref();
-        match ex.framing() {
+        let gather = flusher.is_some();
+        let waiting = match ex.framing() {
             Some(Framing::Chunked) => {
                 let size = format!("{len:x}\r\n");
-                ex.send_piece(ruby, &[size.as_bytes(), bytes, b"\r\n"], flusher)?;
+                ex.send_piece(ruby, &[size.as_bytes(), bytes, b"\r\n"], gather)?
             }
             Some(Framing::Length(_) | Framing::AppFramed | Framing::UntilClose) => {
-                ex.send_piece(ruby, &[bytes], flusher)?
+                ex.send_piece(ruby, &[bytes], gather)?
             }
-            _ => {} // HEAD, 204, 304: the body is not sent
+            _ => false, // HEAD, 204, 304: the body is not sent
+        };
+        if let (true, Some(flusher)) = (waiting, flusher) {
+            flusher.watch(ex);
         }
         Ok(len)
     }
@@ -156,7 +160,7 @@ impl EarlyHints {
         let mut head = ResponseHead::new(103)
             .map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
         headers.foreach(|name: RString, value: Value| {
-            super::response::add_field(ruby, &mut head, name, value)?;
+            super::headers::add_field(ruby, &mut head, name, value)?;
             Ok(magnus::r_hash::ForEach::Continue)
         })?;
         let mut out = Vec::with_capacity(128);

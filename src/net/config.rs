@@ -1,0 +1,62 @@
+//! What an engine needs to know before it binds: addresses, thread count,
+//! limits and timeouts, with the defaults a real app needs.
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use super::listener::{BindAddr, ListenOptions};
+use crate::http::Limits;
+
+/// Keep-alive connections idle longer than this are closed (Puma: 20 s).
+pub const IDLE_TIMEOUT_SECS: u64 = 20;
+/// A request head must be complete this long after its first byte.
+pub const HEADER_TIMEOUT_SECS: u64 = 20;
+/// A request body may pause this long between bytes.
+pub const BODY_TIMEOUT_SECS: u64 = 30;
+/// A client that reads none of a pending response for this long is dropped.
+pub const WRITE_TIMEOUT_SECS: u64 = 30;
+/// After `stop`, connections still busy after this long are dropped.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// Requests waiting for an app thread before new ones get a 503.
+pub const QUEUE_DEPTH: usize = 1024;
+
+/// What the engine needs to know before it binds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub binds: Vec<BindAddr>,
+    pub io_threads: usize,
+    pub listen: ListenOptions,
+    /// Listening sockets inherited across exec (hot restart), by descriptor.
+    pub inherit: Vec<RawFd>,
+    /// The listeners are shared with other processes (cluster workers): on
+    /// stop, close them but do not shut them down.
+    pub shared_listeners: bool,
+    pub queue_depth: usize,
+    pub limits: Limits,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub write_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(binds: Vec<BindAddr>) -> Self {
+        Config {
+            binds,
+            io_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            listen: ListenOptions::default(),
+            inherit: Vec::new(),
+            shared_listeners: false,
+            queue_depth: QUEUE_DEPTH,
+            limits: Limits::default(),
+            idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),
+            header_timeout: Duration::from_secs(HEADER_TIMEOUT_SECS),
+            body_timeout: Duration::from_secs(BODY_TIMEOUT_SECS),
+            write_timeout: Duration::from_secs(WRITE_TIMEOUT_SECS),
+            shutdown_timeout: Duration::from_secs(SHUTDOWN_TIMEOUT_SECS),
+        }
+    }
+}
