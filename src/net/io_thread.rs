@@ -315,9 +315,18 @@ impl IoThread {
         }
     }
 
+    /// Stops accepting. Each listener leaves epoll first, then whatever is
+    /// already in its queue is accepted and served: with EPOLLEXCLUSIVE
+    /// this thread may have taken the only wake-up for a connection that
+    /// just arrived, and nobody else would hear of it until the next one.
     fn close_listeners(&mut self) {
+        for (listener, _) in &self.listeners {
+            let _ = self.epoll.delete(listener);
+        }
+        for index in 0..self.listeners.len() {
+            self.accept(index);
+        }
         for (listener, _) in self.listeners.drain(..) {
-            let _ = self.epoll.delete(&listener);
             // Sockets this process alone serves are shut down, so the kernel
             // stops routing new connections to a group member nobody serves.
             // Shared ones (cluster workers) are only closed: the master and
