@@ -36,13 +36,18 @@ module Scenarios
     end
     sockets.each { |s| s.readpartial(4096) }
     loaded, peak = Bench.peak_rss(pid) { Bench.wrk(port, connections: 32, seconds: duration)[:rps] }
-    dropped = sockets.count do |s|
-      s.read_nonblock(1, exception: false) != :wait_readable
-    rescue SystemCallError
-      true
+    # How each connection looks now: open and quiet (:wait_readable), or
+    # closed (nil), reset (an error class), or with unexpected bytes.
+    states = Hash.new(0)
+    sockets.each do |s|
+      state = s.read_nonblock(64, exception: false)
+      states[state.is_a?(String) ? "bytes: #{state[0, 20].inspect}" : state.inspect] += 1
+    rescue SystemCallError => e
+      states[e.class.name] += 1
     end
     sockets.each(&:close)
-    { ratio: loaded / plain, growth: peak - before, dropped: dropped, plain: plain.round, loaded: loaded.round }
+    dropped = count - states[":wait_readable"]
+    { ratio: loaded / plain, growth: peak - before, dropped: dropped, states: states, plain: plain.round, loaded: loaded.round }
   ensure
     Bench.stop(pid) if pid
   end
