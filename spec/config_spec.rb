@@ -48,14 +48,14 @@ RSpec.describe "the config file" do
   end
 
   it "runs hooks, preloads once in the master, and reloads on HUP", timeout: 120 do
-    in_app(<<~RUBY) do |dir|
+    in_app(<<~'RUBY') do |dir|
       workers 2
       threads 2
       io_threads 1
       preload_app!
-      before_fork { File.write("before_fork.#{'#{Process.pid}'}", "") }
-      on_worker_boot { |i| File.write("boot.#{'#{i}'}.#{'#{Process.pid}'}", "") }
-      on_worker_shutdown { |i| File.write("shutdown.#{'#{i}'}.#{'#{Process.pid}'}", "") }
+      before_fork { File.write("before_fork.#{Process.pid}", "") }
+      on_worker_boot { |i| File.write("boot.#{i}.#{Process.pid}", "") }
+      on_worker_shutdown { |i| File.write("shutdown.#{i}.#{Process.pid}", "") }
     RUBY
       File.write(File.join(dir, "config.ru"), <<~RU)
         File.open("loaded", "a") { |f| f.puts Process.pid }
