@@ -9,6 +9,7 @@ require "uri"
 require "rbconfig"
 require "butterflies/version"
 require "butterflies/errors"
+require "butterflies/null_input"
 require "butterflies/butterflies" # the Rust extension: Butterflies::Engine
 require "butterflies/binds"
 require "butterflies/configuration"

@@ -41,6 +41,22 @@ RSpec.describe "Rack behaviour" do
   end
 
   describe "rack.input" do
+    it "gives a request without a body an input at its end, by the same rules" do
+      res = Net::HTTP.start(server.host, server.port) { |h| h.get("/input_ops") }
+      expect(JSON.parse(res.body)).to eq(
+        "read3" => nil, "read_buf" => nil, "buf" => "", "gets" => nil, "rest" => "",
+        "eof_read" => "", "eof_read_n" => nil, "each" => []
+      )
+    end
+
+    it "keeps the next request's input working after an app closed its own" do
+      Net::HTTP.start(server.host, server.port) do |h|
+        3.times { expect(h.get("/close_input").body).to eq('read ""') }
+        expect(h.post("/close_input", "abc").body).to eq('read "abc"')
+        expect(h.get("/close_input").body).to eq('read ""')
+      end
+    end
+
     it "follows the SPEC's read, gets, each, rewind and EOF rules" do
       res = Net::HTTP.start(server.host, server.port) { |h| h.post("/input_ops", "abcdeline\nrest") }
       expect(JSON.parse(res.body)).to eq(

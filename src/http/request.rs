@@ -3,6 +3,7 @@
 //! (RFC 9112 §6). The parsed head owns a copy of its bytes and refers to its
 //! parts by range, so it is one allocation and can cross threads freely.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::error::ParseError;
@@ -13,6 +14,8 @@ pub const MAX_TARGET_BYTES: usize = 16 * 1024;
 pub const MAX_HEADER_FIELDS: usize = 100;
 pub const MAX_FIELD_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Header-field slots kept on the stack while parsing.
+const STACK_FIELDS: usize = 128;
 /// Bodies larger than this are spooled to a temporary file.
 pub const BODY_IN_MEMORY_BYTES: usize = 1024 * 1024;
 
@@ -127,9 +130,19 @@ impl Head {
 /// Returns `Ok(None)` when more bytes are needed, or the head and the number
 /// of bytes it took (any body and pipelined requests follow).
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, ParseError> {
-    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_header_fields];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Field slots are left uninitialised (httparse writes before it
+    // reads), and for the usual limits they live on the stack: parsing a
+    // head allocates nothing but the head itself.
+    let mut on_stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+    let mut on_heap = Vec::new();
+    let fields = if limits.max_header_fields <= STACK_FIELDS {
+        &mut on_stack[..limits.max_header_fields]
+    } else {
+        on_heap.resize_with(limits.max_header_fields, MaybeUninit::uninit);
+        &mut on_heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return check_partial(buf, limits).map(|()| None),
         Err(httparse::Error::TooManyHeaders) => {

@@ -66,6 +66,11 @@ impl ResponseHead {
         })
     }
 
+    /// About how many bytes `write` produces, for sizing its buffer.
+    pub fn len_hint(&self) -> usize {
+        self.fields.len() + 128
+    }
+
     pub fn status(&self) -> u16 {
         self.status
     }
@@ -188,7 +193,7 @@ impl ResponseHead {
         match framing {
             Framing::Length(n) | Framing::HeadLength(n) if self.content_length.is_none() => {
                 out.extend_from_slice(b"Content-Length: ");
-                out.extend_from_slice(n.to_string().as_bytes());
+                push_decimal(out, n);
                 out.extend_from_slice(b"\r\n");
             }
             Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -210,7 +215,8 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    push_hex(out, data.len() as u64);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -226,7 +232,7 @@ pub fn simple(status: u16, body: &str, keep_alive: bool) -> Vec<u8> {
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(&date::now());
     out.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
+    push_decimal(&mut out, body.len() as u64);
     if !keep_alive {
         out.extend_from_slice(b"\r\nConnection: close");
     }
@@ -248,8 +254,38 @@ pub fn service_unavailable(message: &str) -> Vec<u8> {
     out
 }
 
+/// Appends `n` in decimal, without allocating.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `n` in lowercase hexadecimal (a chunk size), without allocating.
+pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 fn push_status(out: &mut Vec<u8>, status: u16) {
-    out.extend_from_slice(status.to_string().as_bytes());
+    push_decimal(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
 }
@@ -310,6 +346,17 @@ mod tests {
 
     fn text(out: &[u8]) -> String {
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_written_like_format_would() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 4096, 65_535, 1 << 20, u64::MAX] {
+            let (mut dec, mut hex) = (Vec::new(), Vec::new());
+            push_decimal(&mut dec, n);
+            push_hex(&mut hex, n);
+            assert_eq!(text(&dec), n.to_string());
+            assert_eq!(text(&hex), format!("{n:x}"));
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub struct Conn {
     pub(crate) hijacked: bool,
     /// Requests dispatched on this connection so far.
     pub(crate) served: u64,
-    /// The last read pass emptied the socket (saw EAGAIN), so its next
+    /// The last read pass emptied the socket (a short read or EAGAIN), so its next
     /// bytes will raise a new epoll edge.
     pub(crate) drained: bool,
     /// Close once `out` is written (an error, `Connection: close`, HTTP/1.0).
@@ -223,7 +223,14 @@ impl Conn {
             if self.request_started.is_none() {
                 self.request_started = Some(self.last_read);
             }
+            let asked = scratch.len() - total;
             total += n;
+            if n < asked {
+                // A short read emptied the socket: with edge-triggered
+                // epoll, whatever arrives next raises a new edge, so a read
+                // that would only say EAGAIN is skipped (as nginx does).
+                break;
+            }
         }
         self.reader.extend(&scratch[..total]);
         self.drained = total < scratch.len();

@@ -113,6 +113,9 @@ impl IoThread {
     /// The loop. Returns once stopped and every connection is done (or the
     /// shutdown timeout passed); dropping `self` drops the job sender.
     pub(crate) fn run(mut self) {
+        if std::env::var_os("BF_BATCH_IO").is_some() {
+            super::sched::batch_this_thread();
+        }
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_tick = Instant::now() + TICK;
         let mut stop_deadline: Option<Instant> = None;
@@ -134,7 +137,7 @@ impl IoThread {
                     data if data & LISTENER_BIT != 0 => {
                         self.accept((data & !LISTENER_BIT) as usize)
                     }
-                    token => self.on_event(token as usize),
+                    token => self.on_event(token as usize, event.events()),
                 }
             }
             if self.shared.stopping.load(Ordering::Acquire) {
@@ -209,10 +212,19 @@ impl IoThread {
         }
     }
 
-    fn on_event(&mut self, token: usize) {
+    /// A connection's socket changed. Write space alone (EPOLLOUT after
+    /// the peer acknowledged a response) matters only to a connection with
+    /// output still queued: reading then would only say EAGAIN.
+    fn on_event(&mut self, token: usize, flags: EpollFlags) {
+        let readable = flags.intersects(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLHUP
+                | EpollFlags::EPOLLERR,
+        );
         match self.slots.get_mut(token) {
-            Some(Slot::Lent { events }) => *events = true,
-            Some(Slot::Present(_)) => self.drive(token),
+            Some(Slot::Lent { events }) => *events |= readable,
+            Some(Slot::Present(conn)) if readable || conn.has_output() => self.drive(token),
             _ => {}
         }
     }

@@ -10,6 +10,7 @@ pub mod handoff;
 mod io_thread;
 pub mod listener;
 pub mod reader;
+pub mod sched;
 
 pub use body::Body;
 pub use config::Config;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use magnus::value::ReprValue;
-use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
+use magnus::{prelude::*, Error, RArray, RHash, RModule, Ruby, Value};
 
 use super::exchange::Waker;
 use super::flusher::Flusher;
@@ -217,12 +217,18 @@ impl RbEngine {
         idle_exit: f64,
     ) -> Result<(), Error> {
         let jobs = rb_self.jobs.clone();
+        if std::env::var_os("BF_BATCH_APP").is_some() {
+            crate::net::sched::batch_this_thread();
+        }
         let _member = Member::new(&rb_self.pool);
         let idle_exit = (idle_exit > 0.0).then(|| Duration::from_secs_f64(idle_exit));
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
         let waker = Arc::new(
             Waker::new().map_err(|e| Error::new(ruby.exception_runtime_error(), e.to_string()))?,
         );
+        let base_env: RArray = base_env
+            .funcall::<_, _, RArray>("to_a", ())?
+            .funcall("flatten", (1,))?;
         let app = request::App {
             app,
             base_env,

@@ -2,8 +2,9 @@
 //! (constant keys set once by the Ruby side) plus this request's keys. Keys
 //! are frozen, interned strings made once.
 
+use magnus::rb_sys::AsRawValue;
 use magnus::value::{Lazy, ReprValue};
-use magnus::{prelude::*, Error, RClass, RHash, RString, Ruby, Value};
+use magnus::{prelude::*, Error, RArray, RClass, RHash, RString, Ruby, Value};
 
 use std::os::fd::IntoRawFd;
 
@@ -64,6 +65,34 @@ static STRING_IO: Lazy<RClass> = Lazy::new(|ruby| {
         .unwrap_or_else(|_| ruby.class_object())
 });
 
+/// `rack.input` of every request without a body (`Butterflies::NullInput`),
+/// or nil when the Ruby side did not define it.
+static NULL_INPUT: Lazy<Value> = Lazy::new(|ruby| {
+    ruby.eval("defined?(Butterflies::NullInput::INSTANCE) && Butterflies::NullInput::INSTANCE")
+        .unwrap_or_else(|_| ruby.qnil().as_value())
+});
+
+/// Common methods as frozen strings made once.
+macro_rules! methods {
+    ($($name:ident = $text:literal;)*) => {
+        keys! { $($name = $text;)* }
+        fn common_method(ruby: &Ruby, method: &[u8]) -> Option<RString> {
+            $(if method == $text.as_bytes() { return Some(ruby.get_inner(&$name)); })*
+            None
+        }
+    };
+}
+
+methods! {
+    M_GET = "GET";
+    M_POST = "POST";
+    M_HEAD = "HEAD";
+    M_PUT = "PUT";
+    M_PATCH = "PATCH";
+    M_DELETE = "DELETE";
+    M_OPTIONS = "OPTIONS";
+}
+
 /// The env and its `rack.input` (a File for a spooled body, which the
 /// caller closes after the response).
 pub struct Built {
@@ -71,45 +100,177 @@ pub struct Built {
     pub spooled_input: Option<Value>,
 }
 
-/// The env for `request`, built on a copy of `base`. A spooled body's file
-/// moves into the env's `rack.input`.
-pub fn build(ruby: &Ruby, base: RHash, request: &mut Request) -> Result<Built, Error> {
-    let env: RHash = base.funcall("dup", ())?;
+/// Key/value pairs gathered on the stack (where the GC sees them) and put
+/// into the env hash in one `rb_hash_bulk_insert`, so the hash is sized
+/// once instead of growing and rehashing key by key.
+struct Pairs {
+    items: [Value; PAIRS],
+    len: usize,
+    env: RHash,
+    /// Pairs already moved into `env` (more fields than fit).
+    spilled: bool,
+}
+
+const PAIRS: usize = 2 * 48;
+
+impl Pairs {
+    fn new(ruby: &Ruby) -> Self {
+        Pairs {
+            items: [ruby.qnil().as_value(); PAIRS],
+            len: 0,
+            env: ruby.hash_new(),
+            spilled: false,
+        }
+    }
+
+    fn push(&mut self, key: impl ReprValue, value: impl ReprValue) -> Result<(), Error> {
+        if self.len == PAIRS {
+            self.spill()?;
+        }
+        self.items[self.len] = key.as_value();
+        self.items[self.len + 1] = value.as_value();
+        self.len += 2;
+        Ok(())
+    }
+
+    /// The value already given for `key` (keys are interned, so identity
+    /// is equality).
+    fn get(&self, key: RString) -> Option<(usize, Value)> {
+        let raw = key.as_value().as_raw();
+        if let Some(at) = (0..self.len)
+            .step_by(2)
+            .find(|&i| self.items[i].as_raw() == raw)
+        {
+            return Some((at + 1, self.items[at + 1]));
+        }
+        if self.spilled {
+            return self.env.get(key).map(|v| (usize::MAX, v));
+        }
+        None
+    }
+
+    fn set_at(&mut self, at: usize, key: RString, value: Value) -> Result<(), Error> {
+        if at == usize::MAX {
+            return self.env.aset(key, value);
+        }
+        self.items[at] = value;
+        Ok(())
+    }
+
+    fn spill(&mut self) -> Result<(), Error> {
+        self.env.bulk_insert(&self.items[..self.len])?;
+        self.len = 0;
+        self.spilled = true;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<RHash, Error> {
+        self.spill()?;
+        Ok(self.env)
+    }
+}
+
+/// A few bytes formatted on the stack (an address, a port).
+struct Small {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Small {
+    fn new() -> Self {
+        Small {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    fn of(value: impl std::fmt::Display) -> Self {
+        use std::fmt::Write;
+        let mut small = Small::new();
+        let _ = write!(small, "{value}");
+        small
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for Small {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// The env for `request`: the pairs of `base` (the server's constant keys,
+/// flattened), this request's keys, and `extra` (the per-exchange
+/// objects). A spooled body's file moves into the env's `rack.input`.
+pub fn build(
+    ruby: &Ruby,
+    base: RArray,
+    extra: &[(RString, Value)],
+    request: &mut Request,
+) -> Result<Built, Error> {
+    let mut pairs = Pairs::new(ruby);
+    // SAFETY: copied at once into `pairs` (on the stack); no Ruby code runs
+    // while the slice is held.
+    for pair in unsafe { base.as_slice() }.chunks_exact(2) {
+        pairs.push(pair[0], pair[1])?;
+    }
+    for (key, value) in extra {
+        pairs.push(*key, *value)?;
+    }
     let head = &request.head;
     let bin = |bytes: &[u8]| ruby.str_from_slice(bytes);
 
-    env.aset(
-        ruby.get_inner(&REQUEST_METHOD),
-        bin(head.method()).to_interned_str(),
-    )?;
-    env.aset(ruby.get_inner(&PATH_INFO), bin(head.path()))?;
-    env.aset(ruby.get_inner(&QUERY_STRING), bin(head.query()))?;
-    env.aset(ruby.get_inner(&REQUEST_URI), bin(head.target()))?;
+    let method = match common_method(ruby, head.method()) {
+        Some(method) => method,
+        None => bin(head.method()).to_interned_str(),
+    };
+    pairs.push(ruby.get_inner(&REQUEST_METHOD), method)?;
+    pairs.push(ruby.get_inner(&PATH_INFO), bin(head.path()))?;
+    pairs.push(ruby.get_inner(&QUERY_STRING), bin(head.query()))?;
+    pairs.push(ruby.get_inner(&REQUEST_URI), bin(head.target()))?;
     let protocol = match head.version {
         crate::http::Version::Http10 => &HTTP_1_0,
         crate::http::Version::Http11 => &HTTP_1_1,
     };
-    env.aset(ruby.get_inner(&SERVER_PROTOCOL), ruby.get_inner(protocol))?;
-    env.aset(
+    pairs.push(ruby.get_inner(&SERVER_PROTOCOL), ruby.get_inner(protocol))?;
+    pairs.push(
         ruby.get_inner(&REMOTE_ADDR),
-        ruby.str_new(&request.peer.ip().to_string()),
+        bin(Small::of(request.peer.ip()).bytes()),
     )?;
 
-    let (name, port) = server_name_and_port(head.authority().or(head.header("host")), request);
-    env.aset(ruby.get_inner(&SERVER_NAME), bin(&name))?;
-    env.aset(ruby.get_inner(&SERVER_PORT), ruby.str_new(&port))?;
+    let (mut local_name, mut local_port) = (Small::new(), Small::new());
+    let (name, port) = server_name_and_port(
+        head.authority().or(head.header("host")),
+        request,
+        &mut local_name,
+        &mut local_port,
+    );
+    pairs.push(ruby.get_inner(&SERVER_NAME), bin(name))?;
+    pairs.push(ruby.get_inner(&SERVER_PORT), bin(port))?;
 
     for (field, value) in head.headers() {
-        set_header(ruby, env, field, value)?;
+        set_header(ruby, &mut pairs, field, value)?;
     }
     if head.body == BodyFraming::Chunked {
-        env.aset(
-            ruby.get_inner(&CONTENT_LENGTH),
-            ruby.str_new(&request.body.len().to_string()),
-        )?;
+        let length = bin(Small::of(request.body.len()).bytes());
+        match pairs.get(ruby.get_inner(&CONTENT_LENGTH)) {
+            Some((at, _)) => {
+                pairs.set_at(at, ruby.get_inner(&CONTENT_LENGTH), length.as_value())?
+            }
+            None => pairs.push(ruby.get_inner(&CONTENT_LENGTH), length)?,
+        }
     }
+    let null_input = ruby.get_inner(&NULL_INPUT);
     let (input, spooled_input) =
         match std::mem::replace(&mut request.body, Body::Memory(Vec::new())) {
+            Body::Memory(bytes) if bytes.is_empty() && !null_input.is_nil() => (null_input, None),
             Body::Memory(bytes) => {
                 let input: Value = ruby.get_inner(&STRING_IO).funcall("new", (bin(&bytes),))?;
                 (input, None)
@@ -124,14 +285,17 @@ pub fn build(ruby: &Ruby, base: RHash, request: &mut Request) -> Result<Built, E
                 (file, Some(file))
             }
         };
-    env.aset(ruby.get_inner(&RACK_INPUT), input)?;
-    Ok(Built { env, spooled_input })
+    pairs.push(ruby.get_inner(&RACK_INPUT), input)?;
+    Ok(Built {
+        env: pairs.finish()?,
+        spooled_input,
+    })
 }
 
 /// One header field as its CGI-style env key. Names with `_` are dropped
 /// (as nginx does), so `X_Forwarded_For` can never pass for
 /// `X-Forwarded-For`. Repeated fields are joined with ", " ("; " for Cookie).
-fn set_header(ruby: &Ruby, env: RHash, field: &[u8], value: &[u8]) -> Result<(), Error> {
+fn set_header(ruby: &Ruby, pairs: &mut Pairs, field: &[u8], value: &[u8]) -> Result<(), Error> {
     if field.contains(&b'_') || field.eq_ignore_ascii_case(b"transfer-encoding") {
         return Ok(());
     }
@@ -153,8 +317,16 @@ fn set_header(ruby: &Ruby, env: RHash, field: &[u8], value: &[u8]) -> Result<(),
         }));
         ruby.str_from_slice(&key).to_interned_str()
     };
-    match env.get(key).and_then(RString::from_value) {
-        Some(previous) if !field.eq_ignore_ascii_case(b"content-length") => {
+    match pairs.get(key) {
+        None => pairs.push(key, ruby.str_from_slice(value)),
+        Some((at, previous)) => {
+            let Some(previous) = RString::from_value(previous) else {
+                return Ok(());
+            };
+            if field.eq_ignore_ascii_case(b"content-length") {
+                // Equal repeats only (the parser refused differing ones).
+                return Ok(());
+            }
             let joined = ruby.str_buf_new(0);
             joined.buf_append(previous)?;
             joined.cat(if field.eq_ignore_ascii_case(b"cookie") {
@@ -163,28 +335,27 @@ fn set_header(ruby: &Ruby, env: RHash, field: &[u8], value: &[u8]) -> Result<(),
                 ", "
             });
             joined.cat(value);
-            env.aset(key, joined)
+            pairs.set_at(at, key, joined.as_value())
         }
-        _ => env.aset(key, ruby.str_from_slice(value)),
     }
 }
 
 /// SERVER_NAME and SERVER_PORT from the Host field (`[::1]:8080` gives
-/// `[::1]` and `8080`), else from the address the connection came in on.
-fn server_name_and_port(host: Option<&[u8]>, request: &Request) -> (Vec<u8>, String) {
-    let default_port = request.local.port().to_string();
+/// `[::1]` and `8080`), else from the address the connection came in on
+/// (formatted into `name` and `port`).
+fn server_name_and_port<'a>(
+    host: Option<&'a [u8]>,
+    request: &Request,
+    name: &'a mut Small,
+    port: &'a mut Small,
+) -> (&'a [u8], &'a [u8]) {
     let Some(host) = host.filter(|h| !h.is_empty()) else {
-        return (request.local.ip().to_string().into_bytes(), default_port);
+        *name = Small::of(request.local.ip());
+        *port = Small::of(request.local.port());
+        return (name.bytes(), port.bytes());
     };
-    let port_at = match host.iter().rposition(|&b| b == b':') {
-        Some(colon) if !host[colon..].contains(&b']') => Some(colon),
-        _ => None,
-    };
-    match port_at {
-        Some(colon) => (
-            host[..colon].to_vec(),
-            String::from_utf8_lossy(&host[colon + 1..]).into_owned(),
-        ),
-        None => (host.to_vec(), "80".to_string()),
+    match host.iter().rposition(|&b| b == b':') {
+        Some(colon) if !host[colon..].contains(&b']') => (&host[..colon], &host[colon + 1..]),
+        _ => (host, b"80"),
     }
 }

@@ -40,30 +40,27 @@ pub fn add_field(
     name: RString,
     value: Value,
 ) -> Result<(), Error> {
-    let name = copy_bytes(name);
-    if name.starts_with(b"rack.") {
+    // SAFETY: compared at once; no Ruby code runs meanwhile.
+    if unsafe { name.as_slice() }.starts_with(b"rack.") {
         return Ok(());
     }
-    let mut add = |value: Value| -> Result<(), Error> {
+    let add = |head: &mut ResponseHead, value: Value| -> Result<(), Error> {
         let value = RString::from_value(value)
             .ok_or_else(|| invalid(ruby, "header values must be Strings"))?;
-        for line in copy_bytes(value).split(|&b| b == b'\n') {
-            head.field(&name, line)
+        // SAFETY: both slices are used at once, and `field` runs no Ruby
+        // code, so neither string can change or move meanwhile; `name` and
+        // `value` are on the stack, where the GC sees them.
+        let (name, value) = unsafe { (name.as_slice(), value.as_slice()) };
+        for line in value.split(|&b| b == b'\n') {
+            head.field(name, line)
                 .map_err(|e| invalid(ruby, &e.to_string()))?;
         }
         Ok(())
     };
     match RArray::from_value(value) {
-        Some(values) => values.into_iter().try_for_each(add),
-        None => add(value),
+        Some(values) => values.into_iter().try_for_each(|v| add(head, v)),
+        None => add(head, value),
     }
-}
-
-/// Copies a Ruby string's bytes into Rust.
-fn copy_bytes(s: RString) -> Vec<u8> {
-    // SAFETY: the slice is copied at once, before any Ruby code can run and
-    // move or free the string; `s` is on the stack, so the GC keeps it.
-    unsafe { s.as_slice() }.to_vec()
 }
 
 pub fn invalid(ruby: &Ruby, message: &str) -> Error {

@@ -36,7 +36,8 @@ keys! {
 /// What every job on this app thread shares.
 pub struct App {
     pub app: Value,
-    pub base_env: RHash,
+    /// The server's constant env pairs, flattened: `[k1, v1, k2, v2, ...]`.
+    pub base_env: RArray,
     pub on_error: Value,
     pub waker: Arc<Waker>,
     pub write_timeout: Duration,
@@ -49,7 +50,19 @@ pub struct App {
 /// Serves one job. Returns `Err` only for what must go up to Ruby.
 pub fn handle(ruby: &Ruby, app: &App, mut job: Job) -> Result<(), Error> {
     let keep_alive_wanted = job.request.head.keep_alive;
-    let built = env::build(ruby, app.base_env, &mut job.request);
+    let nil = ruby.qnil().as_value();
+    // The per-exchange keys go in with the rest, so the env hash is sized
+    // once; the hijack and early-hints objects replace their nil below.
+    let extra = [
+        (
+            ruby.get_inner(&RACK_RESPONSE_FINISHED),
+            ruby.ary_new().as_value(),
+        ),
+        (ruby.get_inner(&RACK_AFTER_REPLY), ruby.ary_new().as_value()),
+        (ruby.get_inner(&RACK_HIJACK), nil),
+        (ruby.get_inner(&RACK_EARLY_HINTS), nil),
+    ];
+    let built = env::build(ruby, app.base_env, &extra, &mut job.request);
     let ex = Arc::new(Exchange::new(job, app.waker.clone(), app.write_timeout));
     if let Some(dog) = &app.watchdog {
         dog.watch(&ex);
@@ -92,8 +105,6 @@ fn call(
     hijack.ivar_set("@env", env)?;
     env.aset(ruby.get_inner(&RACK_HIJACK), hijack)?;
     env.aset(ruby.get_inner(&RACK_EARLY_HINTS), EarlyHints(ex.clone()))?;
-    env.aset(ruby.get_inner(&RACK_RESPONSE_FINISHED), ruby.ary_new())?;
-    env.aset(ruby.get_inner(&RACK_AFTER_REPLY), ruby.ary_new())?;
     let result: Value = app.app.funcall("call", (env,))?;
     *triple = RArray::from_value(result);
     // A stop that came while the app ran still closes this connection.

@@ -19,7 +19,7 @@ use super::exchange::Exchange;
 use super::flusher::Flusher;
 use super::headers::{invalid, read_head};
 use super::stream::{finish_body, hijack_io, Stream};
-use crate::http::response::{Framing, ResponseHead, LAST_CHUNK};
+use crate::http::response::{push_chunk, push_hex, Framing, ResponseHead, LAST_CHUNK};
 
 /// Iterates an `each` body into the stream: Rust cannot hand Ruby a
 /// capturing closure as a block.
@@ -138,42 +138,52 @@ fn send_array(
     chunks: RArray,
     keep_alive: bool,
 ) -> Result<Outcome, Error> {
-    let mut strings = Vec::with_capacity(chunks.len());
     let mut total = 0u64;
     for chunk in chunks.into_iter() {
         let chunk = RString::from_value(chunk)
             .ok_or_else(|| invalid(ruby, "body chunks must be Strings"))?;
         total += chunk.len() as u64;
-        strings.push(chunk);
     }
     let framing = head.framing(ex.version, ex.head_request, Some(total));
-    let mut out = Vec::with_capacity(256);
-    let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
-    ex.set_framing(framing);
     if total < COPY_BELOW_BYTES {
+        // One buffer for head and body: the only allocation of the response.
+        let mut out = Vec::with_capacity(head.len_hint() + total as usize);
+        let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
+        ex.set_framing(framing);
         if ResponseHead::sends_body(framing) {
-            append_body(&mut out, &strings, framing);
+            append_body(&mut out, chunks, framing);
         }
         ex.send(ruby, out)?;
         ex.mark_finished();
         return Ok(Outcome::Sent { keep_alive });
     }
+    let mut out = Vec::with_capacity(head.len_hint());
+    let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
+    ex.set_framing(framing);
+    // Every chunk was checked to be a String above, and no Ruby code ran
+    // since: the array still holds exactly those strings.
+    let strings: Vec<RString> = chunks.into_iter().filter_map(RString::from_value).collect();
     // SAFETY: the slices are used only until send_now returns, and no Ruby
-    // code runs in between: the strings cannot change or move. They are
-    // held by `strings` (on the stack, so the GC sees them) and `chunks`.
+    // code runs in between: the strings cannot change or move. `chunks`,
+    // on the stack where the GC sees it, holds them.
     let bodies: Vec<&[u8]> = strings.iter().map(|s| unsafe { s.as_slice() }).collect();
     let mut parts: Vec<&[u8]> = Vec::with_capacity(bodies.len() * 3 + 2);
     parts.push(&out);
-    let sizes: Vec<String>;
+    let sizes: Vec<Vec<u8>>;
     match framing {
         Framing::None | Framing::HeadLength(_) => {}
         Framing::Chunked => {
             sizes = bodies
                 .iter()
-                .map(|b| format!("{:x}\r\n", b.len()))
+                .map(|b| {
+                    let mut size = Vec::with_capacity(18);
+                    push_hex(&mut size, b.len() as u64);
+                    size.extend_from_slice(b"\r\n");
+                    size
+                })
                 .collect();
             for (size, body) in sizes.iter().zip(&bodies).filter(|(_, b)| !b.is_empty()) {
-                parts.extend_from_slice(&[size.as_bytes(), body, b"\r\n"]);
+                parts.extend_from_slice(&[size, body, b"\r\n"]);
             }
             parts.push(LAST_CHUNK);
         }
@@ -189,18 +199,14 @@ fn send_array(
     Ok(Outcome::Sent { keep_alive })
 }
 
-/// Copies the body after the head, framed.
-fn append_body(out: &mut Vec<u8>, strings: &[RString], framing: Framing) {
-    for s in strings {
+/// Copies the body (chunks already checked to be Strings) after the head,
+/// framed.
+fn append_body(out: &mut Vec<u8>, chunks: RArray, framing: Framing) {
+    for s in chunks.into_iter().filter_map(RString::from_value) {
         // SAFETY: copied at once; no Ruby code runs while we hold the slice.
         let bytes = unsafe { s.as_slice() };
         match framing {
-            Framing::Chunked if !bytes.is_empty() => {
-                out.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
-                out.extend_from_slice(bytes);
-                out.extend_from_slice(b"\r\n");
-            }
-            Framing::Chunked => {}
+            Framing::Chunked => push_chunk(out, bytes),
             _ => out.extend_from_slice(bytes),
         }
     }
