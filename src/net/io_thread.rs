@@ -113,9 +113,11 @@ impl IoThread {
     /// The loop. Returns once stopped and every connection is done (or the
     /// shutdown timeout passed); dropping `self` drops the job sender.
     pub(crate) fn run(mut self) {
-        if std::env::var_os("BF_BATCH_IO").is_some() {
-            super::sched::batch_this_thread();
-        }
+        // An IO thread woken (a new request, a connection handed back)
+        // does not preempt the app thread running Ruby on its core; it runs
+        // when that thread blocks, and then finds more work at once. See
+        // docs/ARCHITECTURE.md "Scheduling".
+        super::sched::batch_this_thread();
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_tick = Instant::now() + TICK;
         let mut stop_deadline: Option<Instant> = None;

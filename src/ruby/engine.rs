@@ -217,9 +217,6 @@ impl RbEngine {
         idle_exit: f64,
     ) -> Result<(), Error> {
         let jobs = rb_self.jobs.clone();
-        if std::env::var_os("BF_BATCH_APP").is_some() {
-            crate::net::sched::batch_this_thread();
-        }
         let _member = Member::new(&rb_self.pool);
         let idle_exit = (idle_exit > 0.0).then(|| Duration::from_secs_f64(idle_exit));
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
