@@ -30,6 +30,9 @@ module Bench
        *extra, app]
     when "butterflies-w2"
       [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-w", "2", "-b", "tcp://127.0.0.1:#{port}", app]
+    when "butterflies-w2-pinned"
+      [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-w", "2", "--pin-workers",
+       "-b", "tcp://127.0.0.1:#{port}", app]
     when "puma" then ["puma", "-q", "-e", "production", "-t", "16:16", "-b", "tcp://127.0.0.1:#{port}", app]
     when "puma-w2" then ["puma", "-q", "-e", "production", "-w", "2", "-t", "8:8", "-b", "tcp://127.0.0.1:#{port}", app]
     when "unicorn"
@@ -121,6 +124,30 @@ module Bench
       0
     end
     kb / 1024.0
+  end
+
+  CLOCK_TICKS = 100.0 # USER_HZ on Linux
+
+  # CPU seconds (user + system, all threads) used so far by the processes
+  # in group `pgid`.
+  def group_cpu_seconds(pgid)
+    Dir.glob("/proc/[0-9]*/stat").sum do |stat|
+      fields = File.read(stat).split(") ").last.split
+      next 0 unless fields[2].to_i == pgid
+
+      (fields[11].to_i + fields[12].to_i) / CLOCK_TICKS
+    rescue Errno::ENOENT, Errno::ESRCH
+      0
+    end
+  end
+
+  # CPU seconds the block's children (wrk) and the server group used.
+  def cpu_used(pgid)
+    server_before = group_cpu_seconds(pgid)
+    children_before = Process.times.then { |t| t.cutime + t.cstime }
+    result = yield
+    children = Process.times.then { |t| t.cutime + t.cstime } - children_before
+    [result, group_cpu_seconds(pgid) - server_before, children]
   end
 
   # Samples the peak RSS of a process group while the block runs.

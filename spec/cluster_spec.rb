@@ -22,6 +22,22 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
   end
 
+  it "pins each worker, with every thread it runs, to its own CPU with --pin-workers" do
+    cpus_of = ->(status) { status[/^Cpus_allowed_list:\s*(\S+)/, 1] }
+    allowed = cpus_of.call(File.read("/proc/self/status")).split(",").flat_map do |range|
+      first, last = range.split("-").map(&:to_i)
+      (first..(last || first)).to_a
+    end
+    server = start_cluster("--pin-workers")
+    ready_workers(server).each do |index, pid|
+      threads = Dir.glob("/proc/#{pid}/task/*/status").map { |f| cpus_of.call(File.read(f)) }
+      expect(threads.size).to be > 3 # main, IO, app threads
+      expect(threads.uniq).to eq([allowed[index % allowed.size].to_s])
+      expect(server.output).to include("worker #{index} (pid #{pid}) pinned to CPU #{allowed[index % allowed.size]}")
+    end
+    expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
+  end
+
   it "stops every worker when the master is killed with -9" do
     server = start_cluster
     pids = ready_workers(server).values

@@ -108,6 +108,7 @@ module Butterflies
           @cli[:max_threads] = [whole("--threads", max || min, min: 1), @cli[:threads]].max
         end
         o.on("--preload", "Load the app in the master before forking workers") { @cli[:preload_app] = true }
+        o.on("--pin-workers", "Pin worker i to CPU i (cluster mode)") { @cli[:pin_workers] = true }
         o.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @cli[:pidfile] = p }
         o.on("--tcp-fastopen [QUEUE]", Integer, "Enable TCP_FASTOPEN (queue length, default 256)") do |q|
           @cli[:tcp_fastopen] = q || 256

@@ -16,6 +16,9 @@ module Butterflies
       io_threads: nil, # number of CPUs
       workers: 0,
       preload_app: false,
+      # Pin worker i (all its threads) to CPU i (wrapping), as nginx's
+      # worker_cpu_affinity: no hand-off between its threads crosses cores.
+      pin_workers: false,
       environment: nil, # RACK_ENV, else development
       rackup: "config.ru",
       quiet: false,

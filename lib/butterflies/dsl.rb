@@ -51,6 +51,12 @@ module Butterflies
       @config[:preload_app] = enabled ? true : false
     end
 
+    # Pin worker i, with all its threads, to CPU i (wrapping around the
+    # CPUs the server may use).  pin_workers
+    def pin_workers(enabled = true)
+      @config[:pin_workers] = enabled ? true : false
+    end
+
     # RACK_ENV.  environment "production"
     def environment(name)
       @config[:environment] = string(:environment, name)

@@ -29,6 +29,7 @@ module Butterflies
       signals = SignalQueue.new
       signals.trap(%w[TERM INT QUIT])
       %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
+      pin if @config[:pin_workers]
       @config.hooks[:on_worker_boot].each { |hook| hook.call(@index) }
       runtime = Runtime.new(@engine, @app || @loader.call, @config, log: @log).start
       beat(READY)
@@ -53,6 +54,13 @@ module Butterflies
     end
 
     private
+
+    def pin
+      cpu = Engine.pin_process(@index)
+      say "* worker #{@index} (pid #{Process.pid}) pinned to CPU #{cpu}" unless @config[:quiet]
+    rescue RuntimeError => e
+      warn "butterflies: worker #{@index}: #{e.message}; running unpinned"
+    end
 
     # A stop signal, or the master's death (EOF on the alive pipe).
     def wait(signals)

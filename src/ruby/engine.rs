@@ -128,6 +128,18 @@ impl RbEngine {
         f(&mut engine)
     }
 
+    /// `Engine.pin_process(index)`: pins this process (every thread, and
+    /// those it starts later) to the `index`-th CPU it may use (wrapping);
+    /// returns that CPU's number. For cluster workers, before they start.
+    pub fn pin_process(ruby: &Ruby, index: usize) -> Result<usize, Error> {
+        crate::net::sched::pin_process(index).map_err(|e| {
+            Error::new(
+                ruby.exception_runtime_error(),
+                format!("cannot pin to a CPU: {e}"),
+            )
+        })
+    }
+
     /// The listening descriptors, made to survive exec (hot restart).
     pub fn listener_fds(ruby: &Ruby, rb_self: &Self) -> Result<Vec<i32>, Error> {
         rb_self
