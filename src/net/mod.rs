@@ -9,6 +9,7 @@ pub mod engine;
 pub mod handoff;
 mod io_thread;
 pub mod listener;
+pub mod malloc;
 pub mod reader;
 pub mod sched;
 

@@ -158,6 +158,7 @@ impl RbEngine {
             Error::new(ruby.exception_runtime_error(), format!("cannot start: {e}"))
         };
         rb_self.with_engine(|e| e.start()).map_err(failed)?;
+        crate::net::malloc::keep_freed_memory();
         let (flusher, _thread) = Flusher::start().map_err(failed)?;
         *rb_self.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(flusher);
         if let Some((timeout, hard)) = rb_self.request_timeouts {
