@@ -107,6 +107,15 @@ RSpec.describe "HTTP/1.1 handling" do
     expect(env["HTTP_X_MULTI"]).to eq("a, b")
   end
 
+  it "joins repeated fields also behind more fields than the env builder gathers at once" do
+    fillers = (1..60).map { |i| "X-Filler-#{i}: #{i}\r\n" }.join
+    response = raw_request(server, "GET /env HTTP/1.1\r\nHost: x\r\nX-Multi: a\r\n#{fillers}X-Multi: b\r\n" \
+                                   "X-Late: 1\r\nX-Late: 2\r\nConnection: close\r\n\r\n")
+    env = JSON.parse(response[/\{.*\}/m])
+    expect(env).to include("HTTP_X_MULTI" => "a, b", "HTTP_X_LATE" => "1, 2", "HTTP_X_FILLER_60" => "60")
+    expect(env.keys.grep(/\AHTTP_X_FILLER_/).size).to eq(60)
+  end
+
   it "takes the server name from an absolute-form target over Host" do
     response = raw_request(server, "GET http://example.com:8080/env HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n")
     env = JSON.parse(response[/\{.*\}/m])

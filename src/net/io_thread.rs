@@ -123,8 +123,14 @@ impl IoThread {
         let mut stop_deadline: Option<Instant> = None;
         let mut stop_started = Instant::now();
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
-            let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::NONE);
+            // Rounded up to whole milliseconds: rounded down, the last
+            // fraction of a millisecond before a tick was spent in
+            // epoll_wait calls that returned at once.
+            let left = next_tick.saturating_duration_since(Instant::now());
+            let millis = left.as_micros().div_ceil(1000);
+            let timeout = u16::try_from(millis)
+                .map(EpollTimeout::from)
+                .unwrap_or(EpollTimeout::from(u16::MAX));
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,

@@ -113,6 +113,14 @@ struct Pairs {
 
 const PAIRS: usize = 2 * 48;
 
+/// Where a key given before is.
+enum Found {
+    /// Its value is at this index of `Pairs::items`.
+    Stack(usize),
+    /// It went into the hash already.
+    Spilled,
+}
+
 impl Pairs {
     fn new(ruby: &Ruby) -> Self {
         Pairs {
@@ -133,28 +141,31 @@ impl Pairs {
         Ok(())
     }
 
-    /// The value already given for `key` (keys are interned, so identity
-    /// is equality).
-    fn get(&self, key: RString) -> Option<(usize, Value)> {
+    /// Where `key` was already given, and its value (keys are interned,
+    /// so identity is equality).
+    fn get(&self, key: RString) -> Option<(Found, Value)> {
         let raw = key.as_value().as_raw();
         if let Some(at) = (0..self.len)
             .step_by(2)
             .find(|&i| self.items[i].as_raw() == raw)
         {
-            return Some((at + 1, self.items[at + 1]));
+            return Some((Found::Stack(at + 1), self.items[at + 1]));
         }
         if self.spilled {
-            return self.env.get(key).map(|v| (usize::MAX, v));
+            return self.env.get(key).map(|v| (Found::Spilled, v));
         }
         None
     }
 
-    fn set_at(&mut self, at: usize, key: RString, value: Value) -> Result<(), Error> {
-        if at == usize::MAX {
-            return self.env.aset(key, value);
+    /// Replaces the value of a key `get` found.
+    fn replace(&mut self, found: Found, key: RString, value: Value) -> Result<(), Error> {
+        match found {
+            Found::Stack(at) => {
+                self.items[at] = value;
+                Ok(())
+            }
+            Found::Spilled => self.env.aset(key, value),
         }
-        self.items[at] = value;
-        Ok(())
     }
 
     fn spill(&mut self) -> Result<(), Error> {
@@ -261,8 +272,8 @@ pub fn build(
     if head.body == BodyFraming::Chunked {
         let length = bin(Small::of(request.body.len()).bytes());
         match pairs.get(ruby.get_inner(&CONTENT_LENGTH)) {
-            Some((at, _)) => {
-                pairs.set_at(at, ruby.get_inner(&CONTENT_LENGTH), length.as_value())?
+            Some((found, _)) => {
+                pairs.replace(found, ruby.get_inner(&CONTENT_LENGTH), length.as_value())?
             }
             None => pairs.push(ruby.get_inner(&CONTENT_LENGTH), length)?,
         }
@@ -319,7 +330,7 @@ fn set_header(ruby: &Ruby, pairs: &mut Pairs, field: &[u8], value: &[u8]) -> Res
     };
     match pairs.get(key) {
         None => pairs.push(key, ruby.str_from_slice(value)),
-        Some((at, previous)) => {
+        Some((found, previous)) => {
             let Some(previous) = RString::from_value(previous) else {
                 return Ok(());
             };
@@ -335,7 +346,7 @@ fn set_header(ruby: &Ruby, pairs: &mut Pairs, field: &[u8], value: &[u8]) -> Res
                 ", "
             });
             joined.cat(value);
-            pairs.set_at(at, key, joined.as_value())
+            pairs.replace(found, key, joined.as_value())
         }
     }
 }

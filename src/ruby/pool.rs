@@ -4,7 +4,8 @@
 //! threads serve more requests, instead of fast requests queueing behind
 //! slow ones. Threads beyond the base count leave again when idle.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -17,6 +18,9 @@ use crate::net::Job;
 const CHECK_EVERY: Duration = Duration::from_millis(2);
 /// Consecutive checks that must all see demand.
 const CHECKS: u32 = 2;
+/// The watcher's longest sleep between looks (a wake-up lost to a race
+/// costs at most this).
+const SLEEP_AT_MOST: Duration = Duration::from_millis(100);
 /// Re-acquiring the GVL faster than this means nobody was holding it.
 const GVL_FREE: Duration = Duration::from_micros(500);
 
@@ -26,6 +30,12 @@ pub struct Pool {
     pub threads: AtomicUsize,
     /// Of those, the ones running a request.
     pub busy: AtomicUsize,
+    /// The demand watcher sleeps until every app thread is busy (instead of
+    /// checking every few milliseconds on an idle server).
+    all_busy: Condvar,
+    all_busy_lock: Mutex<()>,
+    /// The watcher is asleep: the thread that makes all busy wakes it.
+    watcher_asleep: AtomicBool,
 }
 
 /// Counts a thread as busy while alive.
@@ -33,7 +43,14 @@ pub struct Busy<'a>(&'a Pool);
 
 impl<'a> Busy<'a> {
     pub fn new(pool: &'a Pool) -> Self {
-        pool.busy.fetch_add(1, Ordering::AcqRel);
+        let busy = pool.busy.fetch_add(1, Ordering::AcqRel) + 1;
+        if busy >= pool.threads.load(Ordering::Acquire)
+            && pool.watcher_asleep.swap(false, Ordering::AcqRel)
+        {
+            // Taking the lock orders this with the watcher's check-then-wait.
+            drop(pool.all_busy_lock.lock());
+            pool.all_busy.notify_one();
+        }
         Busy(pool)
     }
 }
@@ -67,7 +84,8 @@ impl Pool {
     }
 
     /// Waits up to `timeout` for requests queueing while every app thread is
-    /// busy; true if that happened and the GVL was then free.
+    /// busy; true if that happened and the GVL was then free. Sleeps until
+    /// every thread is busy; only then checks the queue every 2 ms.
     pub fn wait_for_demand(
         &self,
         ruby: &Ruby,
@@ -75,12 +93,23 @@ impl Pool {
         timeout: Duration,
     ) -> Result<bool, Error> {
         let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(1);
+        let woken = AtomicBool::new(false);
         let detected = without_gvl(
             ruby,
             || {
                 let deadline = Instant::now() + timeout;
                 let mut seen = 0;
                 while Instant::now() < deadline {
+                    if woken.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    if !self.all_threads_busy() {
+                        seen = 0;
+                        self.sleep_until_all_busy(deadline, &woken);
+                        continue;
+                    }
+                    // At most one look per CHECK_EVERY: under load the
+                    // watcher runs at most that often.
                     if wake_rx.recv_timeout(CHECK_EVERY).is_ok() {
                         return None;
                     }
@@ -92,12 +121,40 @@ impl Pool {
                 None
             },
             Some(Unblock {
-                func: |wake: &Sender<()>| {
+                func: |(wake, woken, pool): &(Sender<()>, &AtomicBool, &Pool)| {
+                    woken.store(true, Ordering::Release);
                     let _ = wake.try_send(());
+                    pool.wake_watcher();
                 },
-                arg: &wake_tx,
+                arg: &(wake_tx, &woken, self),
             }),
         )?;
         Ok(detected.is_some_and(|at| at.elapsed() < GVL_FREE))
+    }
+
+    fn all_threads_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) >= self.threads.load(Ordering::Acquire)
+    }
+
+    /// Sleeps until every app thread is busy, the deadline, or `woken`.
+    fn sleep_until_all_busy(&self, deadline: Instant, woken: &AtomicBool) {
+        let guard = self.all_busy_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.watcher_asleep.store(true, Ordering::Release);
+        if self.all_threads_busy() || woken.load(Ordering::Acquire) {
+            self.watcher_asleep.store(false, Ordering::Release);
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = self
+            .all_busy
+            .wait_timeout(guard, left.min(SLEEP_AT_MOST))
+            .map(|(guard, _)| drop(guard));
+        self.watcher_asleep.store(false, Ordering::Release);
+    }
+
+    /// Ends a watcher's sleep (its thread is being interrupted).
+    fn wake_watcher(&self) {
+        drop(self.all_busy_lock.lock());
+        self.all_busy.notify_all();
     }
 }
