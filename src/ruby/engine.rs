@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use magnus::value::ReprValue;
-use magnus::{prelude::*, Error, RArray, RHash, RModule, Ruby, Value};
+use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
 
 use super::exchange::Waker;
 use super::flusher::Flusher;
@@ -236,9 +236,6 @@ impl RbEngine {
         let waker = Arc::new(
             Waker::new().map_err(|e| Error::new(ruby.exception_runtime_error(), e.to_string()))?,
         );
-        let base_env: RArray = base_env
-            .funcall::<_, _, RArray>("to_a", ())?
-            .funcall("flatten", (1,))?;
         let app = request::App {
             app,
             base_env,

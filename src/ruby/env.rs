@@ -4,7 +4,7 @@
 
 use magnus::rb_sys::AsRawValue;
 use magnus::value::{Lazy, ReprValue};
-use magnus::{prelude::*, Error, RArray, RClass, RHash, RString, Ruby, Value};
+use magnus::{prelude::*, Error, RClass, RHash, RString, Ruby, Value};
 
 use std::os::fd::IntoRawFd;
 
@@ -122,12 +122,13 @@ enum Found {
 }
 
 impl Pairs {
-    fn new(ruby: &Ruby) -> Self {
+    /// Pairs to go into `env`, which may hold keys already.
+    fn new(ruby: &Ruby, env: RHash) -> Self {
         Pairs {
             items: [ruby.qnil().as_value(); PAIRS],
             len: 0,
-            env: ruby.hash_new(),
-            spilled: false,
+            env,
+            spilled: !env.is_empty(),
         }
     }
 
@@ -217,21 +218,27 @@ impl std::fmt::Write for Small {
     }
 }
 
-/// The env for `request`: the pairs of `base` (the server's constant keys,
-/// flattened), this request's keys, and `extra` (the per-exchange
-/// objects). A spooled body's file moves into the env's `rack.input`.
+/// The env for `request`: a copy of `base` (the server's constant keys),
+/// this request's keys, and `extra` (the per-exchange objects). A spooled
+/// body's file moves into the env's `rack.input`.
 pub fn build(
     ruby: &Ruby,
-    base: RArray,
+    base: RHash,
     extra: &[(RString, Value)],
     request: &mut Request,
 ) -> Result<Built, Error> {
-    let mut pairs = Pairs::new(ruby);
-    // SAFETY: copied at once into `pairs` (on the stack); no Ruby code runs
-    // while the slice is held.
-    for pair in unsafe { base.as_slice() }.chunks_exact(2) {
-        pairs.push(pair[0], pair[1])?;
-    }
+    // A copy keeps the base keys' stored hashes (`dup` by method call would
+    // cost a method lookup; `bulk_insert` of the base pairs rehashed them).
+    let env = magnus::rb_sys::protect(|| {
+        // SAFETY: `base` is a live Hash (held by the app thread's frame);
+        // rb_hash_dup only allocates, and protect catches NoMemoryError.
+        unsafe { rb_sys::rb_hash_dup(base.as_raw()) }
+    })?;
+    // SAFETY: a VALUE Ruby just returned, alive on this stack.
+    let env = unsafe { <Value as magnus::rb_sys::FromRawValue>::from_raw(env) };
+    let env = RHash::from_value(env)
+        .ok_or_else(|| Error::new(ruby.exception_type_error(), "the base env is not a Hash"))?;
+    let mut pairs = Pairs::new(ruby, env);
     for (key, value) in extra {
         pairs.push(*key, *value)?;
     }

@@ -17,6 +17,27 @@ macro_rules! keys {
     };
 }
 
+/// Method names interned once: `ids! { CALL = "call"; }`, then
+/// `id(ruby, &CALL)` where a name is wanted (`funcall`, `respond_to`).
+macro_rules! ids {
+    ($($name:ident = $text:literal;)*) => {
+        $(pub(crate) static $name: magnus::value::LazyId = magnus::value::LazyId::new($text);)*
+    };
+}
+
+ids! {
+    CALL = "call";
+    CLOSE = "close";
+    EACH = "each";
+    TO_ARY = "to_ary";
+    TO_PATH = "to_path";
+}
+
+/// The interned name.
+fn id(ruby: &Ruby, name: &magnus::value::LazyId) -> magnus::value::Id {
+    magnus::value::LazyId::get_inner_with(name, ruby)
+}
+
 mod engine;
 mod env;
 mod exchange;

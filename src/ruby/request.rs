@@ -17,12 +17,12 @@ use std::time::Duration;
 use magnus::value::ReprValue;
 use magnus::{prelude::*, Error, RArray, RHash, Ruby, Value};
 
-use super::env;
 use super::exchange::{is_disconnect, Exchange, Waker};
 use super::flusher::Flusher;
 use super::response::{self, Outcome};
 use super::stream::{EarlyHints, Hijack};
 use super::watchdog::Watchdog;
+use super::{env, id, CALL, CLOSE};
 use crate::http::response::simple;
 use crate::net::Job;
 
@@ -36,8 +36,8 @@ keys! {
 /// What every job on this app thread shares.
 pub struct App {
     pub app: Value,
-    /// The server's constant env pairs, flattened: `[k1, v1, k2, v2, ...]`.
-    pub base_env: RArray,
+    /// The server's constant env keys.
+    pub base_env: RHash,
     pub on_error: Value,
     pub waker: Arc<Waker>,
     pub write_timeout: Duration,
@@ -74,7 +74,7 @@ pub fn handle(ruby: &Ruby, app: &App, mut job: Job) -> Result<(), Error> {
         let spooled = built.spooled_input;
         let result = call(ruby, app, &ex, built.env, keep_alive_wanted, &mut triple);
         if let Some(file) = spooled {
-            let _: Result<Value, Error> = file.funcall("close", ());
+            let _: Result<Value, Error> = file.funcall(id(ruby, &CLOSE), ());
         }
         result
     });
@@ -105,7 +105,7 @@ fn call(
     hijack.ivar_set("@env", env)?;
     env.aset(ruby.get_inner(&RACK_HIJACK), hijack)?;
     env.aset(ruby.get_inner(&RACK_EARLY_HINTS), EarlyHints(ex.clone()))?;
-    let result: Value = app.app.funcall("call", (env,))?;
+    let result: Value = app.app.funcall(id(ruby, &CALL), (env,))?;
     *triple = RArray::from_value(result);
     // A stop that came while the app ran still closes this connection.
     let keep_alive = keep_alive && !ex.stopping();
@@ -186,9 +186,12 @@ fn after_response(
         };
         for callback in callbacks.into_iter() {
             let called: Result<Value, Error> = if with_args {
-                callback.funcall("call", (env, status, headers, error.unwrap_or(nil)))
+                callback.funcall(
+                    id(ruby, &CALL),
+                    (env, status, headers, error.unwrap_or(nil)),
+                )
             } else {
-                callback.funcall("call", ())
+                callback.funcall(id(ruby, &CALL), ())
             };
             if let Err(e) = called {
                 report(ruby, app.on_error, &e, Some(env));

@@ -19,6 +19,7 @@ use super::exchange::Exchange;
 use super::flusher::Flusher;
 use super::headers::{invalid, read_head};
 use super::stream::{finish_body, hijack_io, Stream};
+use super::{id, CALL, CLOSE, EACH, TO_ARY, TO_PATH};
 use crate::http::response::{push_chunk, push_hex, Framing, ResponseHead, LAST_CHUNK};
 
 /// Iterates an `each` body into the stream: Rust cannot hand Ruby a
@@ -62,7 +63,7 @@ pub fn send(
             flusher,
         )
     };
-    let closed = close_body(body);
+    let closed = close_body(ruby, body);
     let outcome = sent?;
     closed?;
     Ok(outcome)
@@ -81,10 +82,10 @@ fn send_parts(
     if let Some(hijack) = hijack {
         return partial_hijack(ruby, ex, &head, hijack);
     }
-    if body.respond_to("to_ary", false)? {
+    if body.respond_to(id(ruby, &TO_ARY), false)? {
         // Rack 2 bodies may answer to_ary with nil (Rails 6.1 does): then
         // they are streamed with each, as Puma does.
-        let array: Value = body.funcall("to_ary", ())?;
+        let array: Value = body.funcall(id(ruby, &TO_ARY), ())?;
         if let Some(chunks) = RArray::from_value(array) {
             return send_array(ruby, ex, &head, chunks, keep_alive);
         }
@@ -97,8 +98,8 @@ fn send_parts(
         ex.mark_finished();
         return Ok(Outcome::Sent { keep_alive });
     }
-    let each = body.respond_to("each", false)?;
-    if !each && !body.respond_to("call", false)? {
+    let each = body.respond_to(id(ruby, &EACH), false)?;
+    if !each && !body.respond_to(id(ruby, &CALL), false)? {
         return Err(invalid(ruby, "the body must respond to each or call"));
     }
     let framing = head.framing(ex.version, ex.head_request, None);
@@ -113,7 +114,7 @@ fn send_parts(
                 .get_inner(&EACH_INTO_STREAM)
                 .funcall("call", (body, stream))?;
         } else {
-            let _: Value = body.funcall("call", (stream,))?;
+            let _: Value = body.funcall(id(ruby, &CALL), (stream,))?;
         }
     }
     finish_body(ruby, ex)?;
@@ -227,11 +228,11 @@ fn file_body(
     if head.status() != 200
         || ex.head_request
         || head.transfer_encoding
-        || !body.respond_to("to_path", false)?
+        || !body.respond_to(id(ruby, &TO_PATH), false)?
     {
         return Ok(None);
     }
-    let path: String = body.funcall("to_path", ())?;
+    let path: String = body.funcall(id(ruby, &TO_PATH), ())?;
     let Ok(file) = std::fs::File::open(&path) else {
         return Ok(None);
     };
@@ -263,9 +264,9 @@ fn partial_hijack(
 }
 
 /// Calls `body.close` if the body has one.
-fn close_body(body: Value) -> Result<(), Error> {
-    if body.respond_to("close", false)? {
-        let _: Value = body.funcall("close", ())?;
+fn close_body(ruby: &Ruby, body: Value) -> Result<(), Error> {
+    if body.respond_to(id(ruby, &CLOSE), false)? {
+        let _: Value = body.funcall(id(ruby, &CLOSE), ())?;
     }
     Ok(())
 }
