@@ -6,7 +6,7 @@ module Butterflies
   # nothing, since the next request gets the same object (Puma's NullIO
   # does the same).
   class NullInput
-    def gets
+    def gets(*)
       nil
     end
 
@@ -18,7 +18,11 @@ module Butterflies
       buffer || "".b
     end
 
-    def each; end
+    def each
+      return enum_for(:each) unless block_given?
+
+      self
+    end
 
     def rewind
       0
@@ -34,6 +38,18 @@ module Butterflies
 
     def external_encoding
       Encoding::ASCII_8BIT
+    end
+
+    def string
+      "".b
+    end
+
+    def set_encoding(*)
+      self
+    end
+
+    def binmode
+      self
     end
 
     def close; end
