@@ -9,6 +9,7 @@ module Scenarios
 
   def run_all(servers, duration:)
     {
+      ceiling_pair: ceiling_pair(duration: duration),
       idle: idle(duration: duration),
       mixed: (servers & %w[butterflies puma]).to_h { |s| [s, mixed(s, duration: duration)] },
       slowloris: slowloris(duration: duration)
@@ -17,6 +18,24 @@ module Scenarios
 
   def hello
     File.join(Bench::APPS, "hello.ru")
+  end
+
+  # Butterflies and the ceiling started side by side (both on CPU 0), then
+  # wrk (CPU 1) alternating between them, hello c=32: the two measured
+  # seconds apart instead of minutes apart, so a slow or fast phase of this
+  # shared machine hits both. Returns each round's ratio and the median.
+  def ceiling_pair(duration:, rounds: 5)
+    ports = [Bench.free_port, Bench.free_port]
+    pids = [Bench.start("butterflies", hello, ports[0]), Bench.start("ceiling", hello, ports[1])]
+    ports.each { |port| Bench.wait_ready(port) }
+    ports.each { |port| Bench.wrk(port, connections: 32, seconds: 1) }
+    ratios = Array.new(rounds) do
+      ours, ceiling = ports.map { |port| Bench.wrk(port, connections: 32, seconds: duration)[:rps] }
+      ours / ceiling
+    end
+    { ratios: ratios.map { |r| r.round(3) }, median: ratios.sort[rounds / 2] }
+  ensure
+    pids&.each { |pid| Bench.stop(pid) }
   end
 
   # 10,000 keep-alive connections opened, used once and left idle while wrk
