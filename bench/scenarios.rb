@@ -20,6 +20,14 @@ module Scenarios
     File.join(Bench::APPS, "hello.ru")
   end
 
+  # Alternates wrk runs (hello, c=32) between two ports, `rounds` each:
+  # the medians, measured a few seconds apart so that a slow or fast phase
+  # of this shared machine hits both.
+  def alternate(ports, duration:, rounds: 3)
+    runs = Array.new(rounds) { ports.map { |port| Bench.wrk(port, connections: 32, seconds: duration)[:rps] } }
+    runs.transpose.map { |list| list.sort[list.size / 2] }
+  end
+
   # Butterflies and the ceiling started side by side (both on CPU 0), then
   # wrk (CPU 1) alternating between them, hello c=32: the two measured
   # seconds apart instead of minutes apart, so a slow or fast phase of this
@@ -38,27 +46,27 @@ module Scenarios
     pids&.each { |pid| Bench.stop(pid) }
   end
 
-  # 10,000 keep-alive connections opened, used once and left idle while wrk
-  # measures hello: throughput against plain, RSS growth, and whether any of
+  # 10,000 keep-alive connections opened, used once and left idle on one
+  # server while wrk measures hello on it and on a twin without them,
+  # alternately: throughput against plain, RSS growth, and whether any of
   # them was dropped. Opening them and the runs take longer than the default
-  # 20 s idle timeout, so the server runs with a 120 s one: any drop is a
+  # 20 s idle timeout, so both servers run with a 120 s one: any drop is a
   # real one.
   def idle(duration:, count: 10_000)
-    port = Bench.free_port
-    pid = Bench.start("butterflies", hello, port, extra: ["--idle-timeout", "120"])
-    Bench.wait_ready(port)
-    Bench.wrk(port, connections: 32, seconds: 1)
-    plain = Bench.wrk(port, connections: 32, seconds: duration)[:rps]
-    before = Bench.group_rss_mb(pid)
+    ports = [Bench.free_port, Bench.free_port]
+    pids = ports.map { |port| Bench.start("butterflies", hello, port, extra: ["--idle-timeout", "120"]) }
+    ports.each { |port| Bench.wait_ready(port) }
+    ports.each { |port| Bench.wrk(port, connections: 32, seconds: 1) }
+    before = Bench.group_rss_mb(pids[1])
     # Opened 500 at a time: 10,000 requests at once would overflow the
     # request queue (1024) and get 503s, by design.
     sockets = []
     (count / 500).times do
-      batch = Array.new(500) { TCPSocket.new("127.0.0.1", port).tap { |s| s.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n") } }
+      batch = Array.new(500) { TCPSocket.new("127.0.0.1", ports[1]).tap { |s| s.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n") } }
       batch.each { |s| s.readpartial(4096).start_with?("HTTP/1.1 200") or raise "idle: a connection was not served" }
       sockets.concat(batch)
     end
-    loaded, peak = Bench.peak_rss(pid) { Bench.wrk(port, connections: 32, seconds: duration)[:rps] }
+    (plain, loaded), peak = Bench.peak_rss(pids[1]) { alternate(ports, duration: duration) }
     # How each connection looks now: open and quiet (:wait_readable), or
     # closed (nil), reset (an error class), or with unexpected bytes.
     states = Hash.new(0)
@@ -72,7 +80,7 @@ module Scenarios
     dropped = count - states[":wait_readable"]
     { ratio: loaded / plain, growth: peak - before, dropped: dropped, states: states, plain: plain.round, loaded: loaded.round }
   ensure
-    Bench.stop(pid) if pid
+    pids&.each { |pid| Bench.stop(pid) }
   end
 
   # 64 connections, each sending 9 hello requests then one 50 ms request,
@@ -89,14 +97,15 @@ module Scenarios
   end
 
   # hello throughput with 200 connections trickling a head one byte a second,
-  # as a share of plain hello.
+  # as a share of plain hello on a twin server measured alternately.
   def slowloris(duration:)
-    port = Bench.free_port
-    pid = Bench.start("butterflies", hello, port)
-    Bench.wait_ready(port)
-    Bench.wrk(port, connections: 32, seconds: 1)
-    plain = Bench.wrk(port, connections: 32, seconds: duration)[:rps]
-    sockets = Array.new(200) { TCPSocket.new("127.0.0.1", port) }
+    ports = [Bench.free_port, Bench.free_port]
+    # Both with a 120 s header timeout, so the tricklers stay for all the
+    # rounds instead of getting their 408 after the default 20 s.
+    pids = ports.map { |port| Bench.start("butterflies", hello, port, extra: ["--header-timeout", "120"]) }
+    ports.each { |port| Bench.wait_ready(port) }
+    ports.each { |port| Bench.wrk(port, connections: 32, seconds: 1) }
+    sockets = Array.new(200) { TCPSocket.new("127.0.0.1", ports[1]) }
     head = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: #{'p' * 200}\r\n"
     trickle = Thread.new do
       head.each_char do |char|
@@ -104,11 +113,11 @@ module Scenarios
         sleep 1
       end
     end
-    loaded = Bench.wrk(port, connections: 32, seconds: duration)[:rps]
+    plain, loaded = alternate(ports, duration: duration)
     trickle.kill
     sockets.each(&:close)
     loaded / plain
   ensure
-    Bench.stop(pid) if pid
+    pids&.each { |pid| Bench.stop(pid) }
   end
 end
