@@ -101,9 +101,7 @@ fn call(
     keep_alive: bool,
     triple: &mut Option<RArray>,
 ) -> Result<Outcome, Error> {
-    let hijack = ruby.obj_wrap(Hijack(ex.clone()));
-    hijack.ivar_set("@env", env)?;
-    env.aset(ruby.get_inner(&RACK_HIJACK), hijack)?;
+    env.aset(ruby.get_inner(&RACK_HIJACK), Hijack::new(ex.clone(), env))?;
     env.aset(ruby.get_inner(&RACK_EARLY_HINTS), EarlyHints(ex.clone()))?;
     let result: Value = app.app.funcall(id(ruby, &CALL), (env,))?;
     *triple = RArray::from_value(result);

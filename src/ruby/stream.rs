@@ -10,7 +10,9 @@ use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
 use magnus::typed_data::Obj;
+use magnus::value::Opaque;
 use magnus::value::ReprValue;
+use magnus::{gc, DataTypeFunctions};
 use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
 
 use super::exchange::Exchange;
@@ -112,23 +114,46 @@ pub fn finish_body(ruby: &Ruby, ex: &Exchange) -> Result<(), Error> {
     Ok(())
 }
 
-#[magnus::wrap(class = "Butterflies::Hijack", free_immediately, size)]
-pub struct Hijack(pub Arc<Exchange>);
+/// `env["rack.hijack"]`. It holds its env (marked for the GC) to set
+/// `rack.hijack_io` there: a field, not an instance variable, which would
+/// cost a generic-ivar table entry for every request.
+#[derive(magnus::TypedData)]
+#[magnus(class = "Butterflies::Hijack", free_immediately, size, mark)]
+pub struct Hijack {
+    ex: Arc<Exchange>,
+    env: Opaque<RHash>,
+}
+
+impl DataTypeFunctions for Hijack {
+    fn mark(&self, marker: &gc::Marker) {
+        marker.mark(self.env);
+    }
+}
+
+keys! {
+    RACK_HIJACK_IO = "rack.hijack_io";
+}
 
 impl Hijack {
+    pub fn new(ex: Arc<Exchange>, env: RHash) -> Self {
+        Hijack {
+            ex,
+            env: env.into(),
+        }
+    }
+
     /// Takes the socket over: returns it as a Ruby socket, and sets
     /// `env["rack.hijack_io"]`. Later calls return the same socket.
-    pub fn call(ruby: &Ruby, rb_self: Obj<Self>) -> Result<Value, Error> {
-        let io: Value = rb_self.ivar_get("@io")?;
-        if !io.is_nil() {
-            return Ok(io);
+    pub fn call(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
+        let env = ruby.get_inner(rb_self.env);
+        let key = ruby.get_inner(&RACK_HIJACK_IO);
+        if let Some(io) = env.get(key).filter(|io| !io.is_nil()) {
+            if rb_self.ex.hijacked() {
+                return Ok(io);
+            }
         }
-        let io = hijack_io(ruby, &rb_self.0)?;
-        rb_self.ivar_set("@io", io)?;
-        let env: Value = rb_self.ivar_get("@env")?;
-        if let Some(env) = RHash::from_value(env) {
-            env.aset("rack.hijack_io", io)?;
-        }
+        let io = hijack_io(ruby, &rb_self.ex)?;
+        env.aset(key, io)?;
         Ok(io)
     }
 }
