@@ -95,12 +95,25 @@ RSpec.describe "cluster mode", timeout: 120 do
         end
       end
     end
-    wait_until(message: "requests before the restart") { successes.size > 20 }
+    # On a timeout, say what the clients saw (a flake hunt needs it).
+    explain = lambda do |what|
+      yield_failures = failures.size.positive? ? failures.pop.inspect : "none"
+      "#{what}: #{successes.size} succeeded, #{failures.size + (failures.empty? ? 0 : 1)} failed (#{yield_failures})"
+    end
+    begin
+      wait_until(message: "requests before the restart") { successes.size > 20 }
+    rescue RuntimeError => e
+      raise explain.call(e.message)
+    end
     server.signal("USR2")
     expect(server.wait_for_matches(/Listening on/, 2, timeout: 30)).to be(true)
     expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 4, timeout: 30)).to be(true)
     before = successes.size
-    wait_until(message: "requests after the restart") { successes.size > before + 20 }
+    begin
+      wait_until(message: "requests after the restart") { successes.size > before + 20 }
+    rescue RuntimeError => e
+      raise explain.call("#{e.message}\n#{server.output}")
+    end
     stop = true
     clients.each(&:join)
     expect(failures.size).to eq(0), failures.size.positive? ? failures.pop.inspect : ""

@@ -157,6 +157,8 @@ impl RbEngine {
         let failed = |e: std::io::Error| {
             Error::new(ruby.exception_runtime_error(), format!("cannot start: {e}"))
         };
+        super::env::warm(ruby);
+        super::response::warm(ruby);
         rb_self.with_engine(|e| e.start()).map_err(failed)?;
         crate::net::malloc::keep_freed_memory();
         let (flusher, _thread) = Flusher::start().map_err(failed)?;

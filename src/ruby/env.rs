@@ -72,6 +72,16 @@ static NULL_INPUT: Lazy<Value> = Lazy::new(|ruby| {
         .unwrap_or_else(|_| ruby.qnil().as_value())
 });
 
+/// Makes the lazily made values whose making runs Ruby code (a constant
+/// lookup, an eval). Called once, before any app thread runs: made on first
+/// use instead, two app threads could race for one, the first switch
+/// threads inside Ruby code, and the second wait for it while holding the
+/// GVL, a deadlock (seen in the cluster USR2 spec: 1 start in 10 hung).
+pub fn warm(ruby: &Ruby) {
+    Lazy::force(&STRING_IO, ruby);
+    Lazy::force(&NULL_INPUT, ruby);
+}
+
 /// Common methods as frozen strings made once.
 macro_rules! methods {
     ($($name:ident = $text:literal;)*) => {

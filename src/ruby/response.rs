@@ -29,6 +29,17 @@ static EACH_INTO_STREAM: Lazy<Value> = Lazy::new(|ruby| {
         .unwrap_or_else(|_| ruby.qnil().as_value())
 });
 
+/// Makes `EACH_INTO_STREAM` (an eval) and the classes of the wrapped
+/// objects an exchange hands out (a constant lookup each) before any app
+/// thread runs; see `env::warm`.
+pub fn warm(ruby: &Ruby) {
+    use magnus::TypedData;
+    Lazy::force(&EACH_INTO_STREAM, ruby);
+    let _ = Stream::class(ruby);
+    let _ = super::stream::Hijack::class(ruby);
+    let _ = super::stream::EarlyHints::class(ruby);
+}
+
 /// How an exchange ended.
 pub enum Outcome {
     /// The response is out (or queued for the IO thread).
