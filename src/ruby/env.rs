@@ -132,13 +132,15 @@ enum Found {
 }
 
 impl Pairs {
-    /// Pairs to go into `env`, which may hold keys already.
+    /// Pairs to go into `env`. Its keys (the server's constant ones) are
+    /// never looked up: no request key can repeat them, so only pairs
+    /// spilled past the stack array are searched in the hash.
     fn new(ruby: &Ruby, env: RHash) -> Self {
         Pairs {
             items: [ruby.qnil().as_value(); PAIRS],
             len: 0,
             env,
-            spilled: !env.is_empty(),
+            spilled: false,
         }
     }
 

@@ -79,8 +79,7 @@ impl Drop for Member<'_> {
 
 impl Pool {
     fn saturated(&self, jobs: &Receiver<Job>) -> bool {
-        !jobs.is_empty()
-            && self.busy.load(Ordering::Acquire) >= self.threads.load(Ordering::Acquire)
+        !jobs.is_empty() && self.all_threads_busy()
     }
 
     /// Waits up to `timeout` for requests queueing while every app thread is
