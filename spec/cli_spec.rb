@@ -20,6 +20,15 @@ RSpec.describe "the butterflies command" do
     expect(err).to eq("butterflies: --threads needs a whole number, got \"zero\" (see butterflies --help)\n")
   end
 
+  it "refuses a negative idle spin and takes 0 to turn it off" do
+    _out, err, status = run_cli("--idle-spin", "-5", ServerHelpers::APP)
+    expect(status.exitstatus).to eq(2)
+    expect(err).to start_with("butterflies: --idle-spin must be at least 0, got -5")
+    out, _err, status = run_cli("--idle-spin", "0", "--dry-run", ServerHelpers::APP)
+    expect(status.exitstatus).to eq(0)
+    expect(out).to include("idle_spin: 0\n")
+  end
+
   it "says when the rackup file is missing" do
     _out, err, status = run_cli("missing.ru")
     expect(status.exitstatus).to eq(1)

@@ -22,6 +22,7 @@ RSpec.describe "the config file" do
       expect(status.exitstatus).to eq(0)
       expect(out).to include("workers: 2\n", "threads: 7\n", 'binds: ["tcp://127.0.0.1:4000"]', "preload_app: true\n",
                              "request_timeout: 12.0\n", "config file: config/butterflies.rb")
+      expect(out).to include("idle_spin: 50\n")
     end
   end
 

@@ -132,4 +132,16 @@ RSpec.describe "butterflies serving a config.ru" do
     expect(data).to start_with("HTTP/1.1 400 Bad Request\r\n")
     expect(Net::HTTP.get_response(URI(server.url("/"))).code).to eq("200")
   end
+
+  # The IO threads poll for up to idle_spin (50 us) after their last event
+  # before they sleep; nothing may keep polling once the server is idle.
+  it "uses no CPU once idle after a burst of requests" do
+    http { |h| 200.times { expect(h.get("/").code).to eq("200") } }
+    ticks = -> { File.read("/proc/#{server.pid}/stat").split(") ").last.split[11, 2].sum(&:to_i) }
+    before = ticks.call
+    sleep 1 # the measuring window
+    used = ticks.call - before
+    hz = Integer(`getconf CLK_TCK`)
+    expect(used).to be <= hz / 20, "idle server used #{used} clock ticks (of #{hz}/s) in one second"
+  end
 end

@@ -28,6 +28,9 @@ module Butterflies
       request_timeout: nil,
       request_hard_timeout: nil,
       queue_depth: 1024,
+      # Microseconds an IO thread keeps polling after its last event before
+      # it sleeps: a halted core is slow to wake (0: sleep at once).
+      idle_spin: 50,
       backlog: 1024,
       tcp_fastopen: 0,
       idle_timeout: 20.0,

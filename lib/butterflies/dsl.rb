@@ -86,6 +86,11 @@ module Butterflies
       define_method(name) { |value| @config[name] = integer(name, value, min: 1) }
     end
 
+    # Microseconds an IO thread polls before it sleeps (0: off).  idle_spin 0
+    def idle_spin(micros)
+      @config[:idle_spin] = integer(:idle_spin, micros, min: 0)
+    end
+
     # TCP_FASTOPEN on TCP listeners, with this queue length (opt-in).
     def tcp_fastopen(queue = 256)
       queue = { true => 256, false => 0 }.fetch(queue, queue)

@@ -17,6 +17,8 @@ pub const BODY_TIMEOUT_SECS: u64 = 30;
 pub const WRITE_TIMEOUT_SECS: u64 = 30;
 /// After `stop`, connections still busy after this long are dropped.
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// An IO thread with nothing to do polls this long before it sleeps.
+pub const IDLE_SPIN_MICROS: u64 = 50;
 /// Requests waiting for an app thread before new ones get a 503.
 pub const QUEUE_DEPTH: usize = 1024;
 
@@ -38,6 +40,9 @@ pub struct Config {
     pub body_timeout: Duration,
     pub write_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// How long an IO thread keeps polling once out of work, before it
+    /// sleeps (zero: sleep at once). See `IoThread::spin`.
+    pub idle_spin: Duration,
 }
 
 impl Config {
@@ -57,6 +62,7 @@ impl Config {
             body_timeout: Duration::from_secs(BODY_TIMEOUT_SECS),
             write_timeout: Duration::from_secs(WRITE_TIMEOUT_SECS),
             shutdown_timeout: Duration::from_secs(SHUTDOWN_TIMEOUT_SECS),
+            idle_spin: Duration::from_micros(IDLE_SPIN_MICROS),
         }
     }
 }

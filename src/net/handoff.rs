@@ -4,7 +4,7 @@
 //! reads.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -19,6 +19,8 @@ pub struct Shared {
     pub stopping: AtomicBool,
     pub requests: AtomicU64,
     pub rejected_full: AtomicU64,
+    /// Requests lent to app threads and not yet handed back.
+    pub in_flight: AtomicUsize,
 }
 
 /// Where app threads send a connection back to its IO thread.
