@@ -7,9 +7,10 @@ require_relative "lib"
 module Scenarios
   module_function
 
-  def run_all(servers, duration:)
+  def run_all(servers, apps:, duration:)
     {
       ceiling_pair: ceiling_pair(duration: duration),
+      puma_pairs: servers.include?("puma") ? puma_pairs(apps: apps) : {},
       idle: idle(duration: duration),
       mixed: (servers & %w[butterflies puma]).to_h { |s| [s, mixed(s, duration: duration)] },
       slowloris: slowloris(duration: duration)
@@ -28,22 +29,48 @@ module Scenarios
     runs.transpose.map { |list| list.sort[list.size / 2] }
   end
 
-  # Butterflies and the ceiling started side by side (both on CPU 0), then
-  # wrk (CPU 1) alternating between them, hello c=32: the two measured
+  # Butterflies and `other` started side by side (both on CPU 0), then wrk
+  # (CPU 1) alternating between them, `rounds` each: the two measured
   # seconds apart instead of minutes apart, so a slow or fast phase of this
-  # shared machine hits both. Returns each round's ratio and the median.
-  def ceiling_pair(duration:, rounds: 5)
+  # shared machine hits both. Returns each round's ratio (Butterflies /
+  # other) and the median.
+  def pair(other, duration:, app: "hello", conns: 32, close: false, rounds: 5)
+    spec = PAIR_APPS.fetch(app)
+    file = File.join(Bench::APPS, "#{app}.ru")
     ports = [Bench.free_port, Bench.free_port]
-    pids = [Bench.start("butterflies", hello, ports[0]), Bench.start("ceiling", hello, ports[1])]
-    ports.each { |port| Bench.wait_ready(port) }
-    ports.each { |port| Bench.wrk(port, connections: 32, seconds: 1) }
+    pids = [Bench.start("butterflies", file, ports[0]), Bench.start(other, file, ports[1])]
+    ports.each { |port| Bench.wait_ready(port, post: spec[:post]) }
+    run = ->(port, seconds) { Bench.wrk(port, connections: conns, seconds: seconds, script: spec[:script], close: close)[:rps] }
+    ports.each { |port| run.call(port, 1) }
     ratios = Array.new(rounds) do
-      ours, ceiling = ports.map { |port| Bench.wrk(port, connections: 32, seconds: duration)[:rps] }
-      ours / ceiling
+      ours, theirs = ports.map { |port| run.call(port, duration) }
+      ours / theirs
     end
     { ratios: ratios.map { |r| r.round(3) }, median: ratios.sort[rounds / 2] }
   ensure
     pids&.each { |pid| Bench.stop(pid) }
+  end
+
+  PAIR_APPS = {
+    "hello" => {}, "json" => {}, "big" => {}, "stream" => {}, "sinatra" => {},
+    "post" => { post: "a" * 65_536, script: File.join(__dir__, "post.lua") }
+  }.freeze
+
+  # hello c=32 against the ceiling.
+  def ceiling_pair(duration:)
+    pair("ceiling", duration: duration)
+  end
+
+  # Every target that is a ratio to Puma, measured as an alternating pair
+  # (3 s rounds): keyed like the targets, "app c=N" ("hello close c=32").
+  def puma_pairs(apps:, rounds: 5, duration: 3)
+    runs = [["hello", 1, false], ["hello", 32, false], ["hello", 256, false], ["hello", 32, true]]
+    runs += (apps & %w[post stream big json sinatra]).map { |app| [app, 32, false] }
+    runs.select { |app, _, _| apps.include?(app) }.to_h do |app, conns, close|
+      key = "#{app}#{close ? ' close' : ''} c=#{conns}"
+      warn "  pair with puma: #{key}"
+      [key, pair("puma", app: app, conns: conns, close: close, rounds: rounds, duration: duration)]
+    end
   end
 
   # 10,000 keep-alive connections opened, used once and left idle on one
