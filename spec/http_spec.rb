@@ -93,6 +93,33 @@ RSpec.describe "HTTP/1.1 handling" do
     expect(none).not_to match(/Content-Length|Transfer-Encoding/)
   end
 
+  # The app thread that answered a keep-alive request reads the next one
+  # itself for a moment (idle_spin), then gives the connection back to its
+  # IO thread, which must still see whatever comes later or in pieces.
+  it "serves a keep-alive connection's next request at once, late, in pieces, and after a bad one" do
+    socket = TCPSocket.new(server.host, server.port)
+    ask = lambda do |path, pause: nil|
+      request = "GET #{path} HTTP/1.1\r\nHost: x\r\n\r\n"
+      if pause
+        socket.write(request[0, 10])
+        sleep pause # the rest comes after the kept connection went home
+        socket.write(request[10..])
+      else
+        socket.write(request)
+      end
+      read_response(socket, read_until: /\r\n\r\nHello world!\z/)
+    end
+    expect(ask.call("/array")).to start_with("HTTP/1.1 200 OK")
+    expect(ask.call("/array")).to start_with("HTTP/1.1 200 OK")
+    sleep 0.1 # longer than the app thread keeps it
+    expect(ask.call("/array")).to start_with("HTTP/1.1 200 OK")
+    expect(ask.call("/array", pause: 0.1)).to start_with("HTTP/1.1 200 OK")
+    socket.write("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+    expect(read_response(socket)).to start_with("HTTP/1.1 400 Bad Request")
+  ensure
+    socket&.close
+  end
+
   it "closes after Connection: close, ignoring what was pipelined behind it" do
     request = "GET /array HTTP/1.1\r\nHost: x\r\nConnection: X-Foo, CLOSE\r\n\r\nGET /array HTTP/1.1\r\nHost: x\r\n\r\n"
     response = raw_request(server, request)

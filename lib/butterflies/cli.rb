@@ -85,7 +85,7 @@ module Butterflies
     COUNT_FLAGS = {
       "--io-threads" => [:io_threads, "Rust IO threads per process (default: number of CPUs)", 1],
       "--queue-depth" => [:queue_depth, "Requests waiting for an app thread before 503 (default 1024)", 1],
-      "--idle-spin" => [:idle_spin, "Microseconds an IO thread polls before it sleeps (default 50, 0: off)", 0],
+      "--idle-spin" => [:idle_spin, "Microseconds to poll for more work before sleeping (default 50, 0: off)", 0],
       "--backlog" => [:backlog, "listen(2) backlog (default 1024)", 1],
       "--max-body-bytes" => [:max_body_bytes, "413 for larger request bodies (default 1 GiB)", 1]
     }.freeze

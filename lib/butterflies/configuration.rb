@@ -29,7 +29,9 @@ module Butterflies
       request_hard_timeout: nil,
       queue_depth: 1024,
       # Microseconds an IO thread keeps polling after its last event before
-      # it sleeps: a halted core is slow to wake (0: sleep at once).
+      # it sleeps, and an app thread reads the connection it just answered
+      # for its next request before handing it back: a halted core is slow
+      # to wake (0: neither).
       idle_spin: 50,
       backlog: 1024,
       tcp_fastopen: 0,

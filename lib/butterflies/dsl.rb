@@ -86,7 +86,7 @@ module Butterflies
       define_method(name) { |value| @config[name] = integer(name, value, min: 1) }
     end
 
-    # Microseconds an IO thread polls before it sleeps (0: off).  idle_spin 0
+    # Microseconds to poll for the next request before sleeping (0: off).  idle_spin 0
     def idle_spin(micros)
       @config[:idle_spin] = integer(:idle_spin, micros, min: 0)
     end

@@ -40,8 +40,9 @@ pub struct Config {
     pub body_timeout: Duration,
     pub write_timeout: Duration,
     pub shutdown_timeout: Duration,
-    /// How long an IO thread keeps polling once out of work, before it
-    /// sleeps (zero: sleep at once). See `IoThread::spin`.
+    /// How long an IO thread keeps polling once out of work before it
+    /// sleeps, and an app thread reads a kept connection for its next
+    /// request (zero: neither). See `IoThread::spin` and `Kept`.
     pub idle_spin: Duration,
 }
 

@@ -57,6 +57,9 @@ pub struct Conn {
     pub(crate) close_after_write: bool,
     /// The peer is gone or the socket failed: close without writing more.
     pub(crate) dead: bool,
+    /// Registered in epoll without read events, while an app thread reads
+    /// it (`Kept`).
+    pub(crate) disarmed: bool,
     /// When the request now being read started (its first byte).
     pub(crate) request_started: Option<Instant>,
     /// When the last byte was read.
@@ -94,6 +97,7 @@ impl Conn {
             drained: false,
             close_after_write: false,
             dead: false,
+            disarmed: false,
             request_started: None,
             last_read: Instant::now(),
             last_write: Instant::now(),

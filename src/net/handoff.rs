@@ -6,11 +6,14 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::conn::{Conn, Request};
+use super::conn::{Conn, Fill, Progress, Request};
+use crate::http::Limits;
 
 /// State every thread of the engine shares.
 #[derive(Debug, Default)]
@@ -23,9 +26,18 @@ pub struct Shared {
     pub in_flight: AtomicUsize,
 }
 
-/// Where app threads send a connection back to its IO thread.
+/// The epoll events a connection is registered for while its IO thread
+/// owns it.
+pub(crate) const CONN_EVENTS: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLOUT)
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLET);
+
+/// An IO thread's face to the app threads: its epoll instance, and where
+/// they send a connection back.
 #[derive(Debug)]
 pub struct Mailbox {
+    pub(crate) epoll: Epoll,
     tx: Sender<Box<Conn>>,
     pub(crate) rx: Receiver<Box<Conn>>,
     pub(crate) wake: EventFd,
@@ -39,6 +51,7 @@ impl Mailbox {
         let wake =
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         Ok(Mailbox {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             tx,
             rx,
             wake,
@@ -52,6 +65,30 @@ impl Mailbox {
         if !self.notified.swap(true, Ordering::AcqRel) {
             self.poke();
         }
+    }
+
+    /// Stops epoll from waking the IO thread when a connection an app
+    /// thread reads itself becomes readable. It is armed again when it
+    /// comes back (`IoThread::take_mail`), which reports it if readable.
+    fn disarm(&self, conn: &mut Conn) {
+        if conn.disarmed {
+            return;
+        }
+        let mut event = EpollEvent::new(
+            EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET,
+            conn.token as u64,
+        );
+        conn.disarmed = self.epoll.modify(&conn.stream, &mut event).is_ok();
+    }
+
+    /// The IO thread has events waiting (other connections, the mailbox):
+    /// polled without taking them, as an epoll instance is readable while
+    /// its ready list is not empty.
+    fn io_pending(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.epoll.0.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
     }
 
     /// Wakes the IO thread. A full eventfd counter is still a wake-up.
@@ -104,6 +141,33 @@ impl Job {
         self.home.send(conn);
     }
 
+    /// Like [`Job::finish`], but a connection left quiet (all written,
+    /// kept alive, nothing read ahead) while it is the only one lent to an
+    /// app thread stays with this thread as a [`Kept`], to read its next
+    /// request itself.
+    pub fn finish_or_keep(mut self, keep_alive: bool, broken: bool) -> Option<Kept> {
+        let mut conn = self.conn.take()?;
+        conn.close_after_write |= !keep_alive;
+        conn.dead |= broken;
+        let quiet = self.shared.in_flight.load(Ordering::Relaxed) == 1
+            && !conn.has_output()
+            && !conn.close_after_write
+            && !conn.dead
+            && !conn.hijacked
+            && !conn.has_buffered_input()
+            && !self.stopping();
+        if !quiet {
+            self.home.send(conn);
+            return None;
+        }
+        self.home.disarm(&mut conn);
+        Some(Kept {
+            conn: Some(conn),
+            home: self.home.clone(),
+            shared: self.shared.clone(),
+        })
+    }
+
     /// The connection, for writing a response in parts (streaming bodies,
     /// early hints). `None` once answered.
     pub fn conn_mut(&mut self) -> Option<&mut Conn> {
@@ -140,6 +204,85 @@ impl Job {
     }
 }
 
+/// A connection an app thread kept after answering on it. A keep-alive
+/// client's next request usually follows within microseconds; reading it
+/// here saves both hand-offs (to the IO thread and back) that it would
+/// otherwise cost. Dropped, it goes home to its IO thread.
+#[derive(Debug)]
+pub struct Kept {
+    /// Always `Some` until it goes home or becomes a job.
+    conn: Option<Box<Conn>>,
+    home: Arc<Mailbox>,
+    shared: Arc<Shared>,
+}
+
+impl Kept {
+    /// Reads the connection (without blocking, yielding the CPU between
+    /// tries) until a complete request is there, for at most `spin`, until
+    /// its IO thread has other work (it would wait for this core: a yield
+    /// does not guarantee it a turn), or until `give_up` says so (requests
+    /// are queued, Ruby wants the thread). Anything else (a partial
+    /// request, a bad one, the peer closing) goes home to the IO thread,
+    /// which deals with it as usual.
+    pub fn next_request(
+        mut self,
+        spin: Duration,
+        limits: &Limits,
+        scratch: &mut [u8],
+        mut give_up: impl FnMut() -> bool,
+    ) -> Option<Job> {
+        let mut conn = self.conn.take()?;
+        let until = Instant::now() + spin;
+        loop {
+            let fill = match conn.fill(scratch) {
+                Ok(fill) => fill,
+                Err(_) => {
+                    conn.dead = true;
+                    break;
+                }
+            };
+            match conn.advance(limits) {
+                Ok(Progress::Request(request)) => {
+                    conn.served += 1;
+                    self.shared.requests.fetch_add(1, Ordering::Relaxed);
+                    return Some(Job::new(
+                        request,
+                        conn,
+                        self.home.clone(),
+                        self.shared.clone(),
+                    ));
+                }
+                Ok(Progress::Pending) if fill == Fill::Full => continue,
+                Ok(Progress::Pending) => {}
+                Err(e) => {
+                    conn.queue_error(e.status(), &format!("{e}\n"));
+                    break;
+                }
+            }
+            if fill == Fill::Eof
+                || conn.has_output()
+                || Instant::now() >= until
+                || self.shared.stopping.load(Ordering::Relaxed)
+                || give_up()
+                || self.home.io_pending()
+            {
+                break;
+            }
+            let _ = nix::sched::sched_yield();
+        }
+        self.home.send(conn);
+        None
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.home.send(conn);
+        }
+    }
+}
+
 impl Drop for Job {
     /// A job dropped unanswered (the app thread was killed, a panic) closes
     /// its connection, and its IO thread forgets it.
@@ -148,5 +291,148 @@ impl Drop for Job {
             conn.dead = true;
             self.home.send(conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// A server-side connection registered in a mailbox's epoll as its IO
+    /// thread would, and the client end.
+    fn setup() -> (Box<Conn>, TcpStream, Arc<Mailbox>, Arc<Shared>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let local = server.local_addr().unwrap();
+        let mailbox = Arc::new(Mailbox::new().unwrap());
+        mailbox
+            .epoll
+            .add(&server, EpollEvent::new(CONN_EVENTS, 7))
+            .unwrap();
+        let conn = Box::new(Conn::new(server, 7, peer, local));
+        (conn, client, mailbox, Arc::new(Shared::default()))
+    }
+
+    /// Reads until a complete request is parsed (it may take more than
+    /// one pass for the bytes to arrive).
+    fn request(conn: &mut Conn) -> Request {
+        let mut scratch = vec![0; 4096];
+        let until = Instant::now() + DEADLINE;
+        loop {
+            conn.fill(&mut scratch).unwrap();
+            if let Progress::Request(r) = conn.advance(&Limits::default()).unwrap() {
+                return r;
+            }
+            assert!(Instant::now() < until, "no request came");
+        }
+    }
+
+    /// epoll events pending now.
+    fn pending_events(mailbox: &Mailbox) -> usize {
+        let mut events = [EpollEvent::empty(); 8];
+        mailbox
+            .epoll
+            .wait(&mut events, nix::sys::epoll::EpollTimeout::ZERO)
+            .unwrap()
+    }
+
+    /// A first request answered on a connection that is the only one lent
+    /// out: the connection stays as a `Kept`.
+    fn kept() -> (Kept, TcpStream, Arc<Mailbox>) {
+        let (mut conn, mut client, mailbox, shared) = setup();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let first = request(&mut conn);
+        while pending_events(&mailbox) > 0 {}
+        shared.in_flight.store(1, Ordering::Relaxed);
+        let job = Job::new(first, conn, mailbox.clone(), shared);
+        let kept = job
+            .finish_or_keep(true, false)
+            .expect("a quiet connection is kept");
+        (kept, client, mailbox)
+    }
+
+    #[test]
+    fn a_kept_connection_reads_the_next_request_without_waking_its_io_thread() {
+        let (kept, mut client, mailbox) = kept();
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut scratch = vec![0; 4096];
+        let job = kept
+            .next_request(DEADLINE, &Limits::default(), &mut scratch, || false)
+            .expect("the next request");
+        assert_eq!(job.request.head.path(), b"/b");
+        assert_eq!(pending_events(&mailbox), 0, "epoll woke the IO thread");
+        assert!(mailbox.rx.try_recv().is_err(), "nothing went home");
+    }
+
+    #[test]
+    fn a_kept_connection_goes_home_disarmed_when_nothing_comes() {
+        let (kept, _client, mailbox) = kept();
+        let mut scratch = vec![0; 4096];
+        let next = kept.next_request(
+            Duration::from_millis(20),
+            &Limits::default(),
+            &mut scratch,
+            || false,
+        );
+        assert!(next.is_none());
+        let conn = mailbox.rx.try_recv().expect("the connection went home");
+        assert!(conn.disarmed, "its IO thread must arm it again");
+        assert!(!conn.has_buffered_input() && !conn.dead);
+    }
+
+    #[test]
+    fn a_kept_connection_goes_home_at_once_when_told_to() {
+        let (kept, _client, mailbox) = kept();
+        let mut scratch = vec![0; 4096];
+        let started = Instant::now();
+        let next = kept.next_request(
+            Duration::from_secs(60),
+            &Limits::default(),
+            &mut scratch,
+            || true,
+        );
+        assert!(next.is_none() && started.elapsed() < DEADLINE);
+        assert!(mailbox.rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_partial_request_goes_home_with_its_bytes() {
+        let (kept, mut client, mailbox) = kept();
+        client.write_all(b"GET /c HTTP/1.1\r\nHo").unwrap();
+        let mut scratch = vec![0; 4096];
+        let next = kept.next_request(
+            Duration::from_millis(50),
+            &Limits::default(),
+            &mut scratch,
+            || false,
+        );
+        assert!(next.is_none());
+        let mut conn = mailbox.rx.try_recv().expect("the connection went home");
+        client.write_all(b"st: x\r\n\r\n").unwrap();
+        assert_eq!(request(&mut conn).head.path(), b"/c");
+    }
+
+    #[test]
+    fn a_connection_is_not_kept_while_others_are_lent() {
+        let (mut conn, mut client, mailbox, shared) = setup();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let first = request(&mut conn);
+        shared.in_flight.store(2, Ordering::Relaxed);
+        let job = Job::new(first, conn, mailbox.clone(), shared);
+        assert!(job.finish_or_keep(true, false).is_none());
+        let conn = mailbox.rx.try_recv().expect("the connection went home");
+        assert!(!conn.disarmed);
     }
 }

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{accept4, getpeername, SockFlag, SockaddrStorage};
 
 use super::config::Config;
 use super::conn::{Conn, Fill, Progress};
-use super::handoff::{Job, Mailbox, Shared};
+use super::handoff::{Job, Mailbox, Shared, CONN_EVENTS};
 use crate::http::Limits;
 
 const WAKER: u64 = u64::MAX;
@@ -45,7 +45,6 @@ enum Slot {
 }
 
 pub(crate) struct IoThread {
-    epoll: Epoll,
     /// Each listener with the local address its connections report.
     listeners: Vec<(TcpListener, SocketAddr)>,
     shared_listeners: bool,
@@ -71,7 +70,7 @@ impl IoThread {
         mailbox: Arc<Mailbox>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Self> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let epoll = &mailbox.epoll;
         epoll.add(
             mailbox.wake.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, WAKER),
@@ -90,7 +89,6 @@ impl IoThread {
             })
             .collect();
         Ok(IoThread {
-            epoll,
             listeners,
             shared_listeners: config.shared_listeners,
             slots: Vec::new(),
@@ -134,7 +132,7 @@ impl IoThread {
                 .map(EpollTimeout::from)
                 .unwrap_or(EpollTimeout::from(u16::MAX));
             let n = match self.spin(&mut events) {
-                0 => self.epoll.wait(&mut events, timeout),
+                0 => self.mailbox.epoll.wait(&mut events, timeout),
                 n => Ok(n),
             };
             let n = match n {
@@ -185,7 +183,7 @@ impl IoThread {
         }
         let until = Instant::now() + self.idle_spin;
         loop {
-            match self.epoll.wait(events, EpollTimeout::ZERO) {
+            match self.mailbox.epoll.wait(events, EpollTimeout::ZERO) {
                 Ok(0) => {}
                 Ok(n) => return n,
                 Err(_) => return 0,
@@ -234,13 +232,10 @@ impl IoThread {
                 self.slots.push(Slot::Free);
                 self.slots.len() - 1
             });
-            let flags = EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLOUT
-                | EpollFlags::EPOLLRDHUP
-                | EpollFlags::EPOLLET;
             if self
+                .mailbox
                 .epoll
-                .add(&stream, EpollEvent::new(flags, token as u64))
+                .add(&stream, EpollEvent::new(CONN_EVENTS, token as u64))
                 .is_err()
             {
                 self.free.push(token);
@@ -279,6 +274,13 @@ impl IoThread {
             self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             let token = conn.token;
             conn.idle_since = Instant::now();
+            if conn.disarmed {
+                // Read events again; epoll reports the socket now if it is
+                // readable already.
+                let mut event = EpollEvent::new(CONN_EVENTS, token as u64);
+                conn.dead |= self.mailbox.epoll.modify(&conn.stream, &mut event).is_err();
+                conn.disarmed = false;
+            }
             let events = matches!(self.slots[token], Slot::Lent { events: true });
             let quiet = !events
                 && !conn.has_output()
@@ -357,7 +359,7 @@ impl IoThread {
 
     fn close(&mut self, token: usize) {
         if let Slot::Present(conn) = std::mem::replace(&mut self.slots[token], Slot::Free) {
-            let _ = self.epoll.delete(&conn.stream);
+            let _ = self.mailbox.epoll.delete(&conn.stream);
             if conn.has_output() && !conn.hijacked {
                 // Unsent bytes to a peer that stopped reading: reset rather
                 // than leave the kernel an orphan socket that retries for
@@ -375,7 +377,7 @@ impl IoThread {
     /// just arrived, and nobody else would hear of it until the next one.
     fn close_listeners(&mut self) {
         for (listener, _) in &self.listeners {
-            let _ = self.epoll.delete(listener);
+            let _ = self.mailbox.epoll.delete(listener);
         }
         for index in 0..self.listeners.len() {
             self.accept(index);

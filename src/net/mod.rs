@@ -17,5 +17,5 @@ pub use body::Body;
 pub use config::Config;
 pub use conn::Request;
 pub use engine::Engine;
-pub use handoff::{Job, Shared};
+pub use handoff::{Job, Kept, Shared};
 pub use listener::{BindAddr, ListenOptions};

@@ -16,12 +16,15 @@ use super::gvl::{check_interrupts, without_gvl, Unblock};
 use super::pool::{Busy, Member, Pool};
 use super::request;
 use super::watchdog::Watchdog;
-use crate::net::{BindAddr, Config, Engine, Job, Shared};
+use crate::http::Limits;
+use crate::net::{BindAddr, Config, Engine, Job, Kept, Shared};
 
 #[magnus::wrap(class = "Butterflies::Engine", free_immediately, size)]
 pub struct RbEngine {
     engine: Mutex<Engine>,
     write_timeout: Duration,
+    limits: Limits,
+    idle_spin: Duration,
     /// The per-request timeout, when one is configured: (timeout, hard limit).
     request_timeouts: Option<(Duration, Option<Duration>)>,
     watchdog: Mutex<Option<Arc<Watchdog>>>,
@@ -117,6 +120,8 @@ impl RbEngine {
             flusher: Mutex::new(None),
             pool: Pool::default(),
             write_timeout: engine.config().write_timeout,
+            limits: engine.config().limits,
+            idle_spin: engine.config().idle_spin,
             jobs: engine.jobs(),
             shared: engine.shared(),
             engine: Mutex::new(engine),
@@ -253,7 +258,12 @@ impl RbEngine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            jobs: jobs.clone(),
+            keep_spin: rb_self.idle_spin,
         };
+        // Where a kept connection's next request is read.
+        let mut scratch = vec![0u8; KEPT_READ_BYTES];
+        let mut skip_keeps = 0u32;
         loop {
             let job = match jobs.try_recv() {
                 Ok(job) => job,
@@ -269,8 +279,26 @@ impl RbEngine {
                     }
                 }
             };
-            let _busy = Busy::new(&rb_self.pool);
-            request::handle(ruby, &app, job)?;
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                let may_keep = skip_keeps == 0;
+                skip_keeps = skip_keeps.saturating_sub(1);
+                let kept = {
+                    let _busy = Busy::new(&rb_self.pool);
+                    request::handle(ruby, &app, job, may_keep)?
+                };
+                let Some(connection) = kept else { break };
+                let waited =
+                    next_request(ruby, rb_self, connection, &mut scratch, &wake_tx, &wake_rx)?;
+                match waited {
+                    Waited::Job(job) => next = Some(job),
+                    Waited::Woken => check_interrupts()?,
+                    // No request came in time, or other work came first:
+                    // with several clients at once keeping costs more
+                    // than it saves, so the next few are not kept.
+                    Waited::Closed | Waited::Idle => skip_keeps = KEEP_BACKOFF,
+                }
+            }
         }
     }
 
@@ -324,6 +352,47 @@ fn wait_for_job(
             arg: wake_tx,
         }),
     )
+}
+
+/// Bytes read per pass from a kept connection.
+const KEPT_READ_BYTES: usize = 16 * 1024;
+/// After a kept connection brought no request, this many requests are
+/// answered without keeping their connection.
+const KEEP_BACKOFF: u32 = 16;
+
+/// Reads a kept connection's next request without the GVL, for at most
+/// `idle_spin`; gives the connection back to its IO thread as soon as
+/// another request waits in the queue or Ruby wants this thread.
+fn next_request(
+    ruby: &Ruby,
+    rb_self: &RbEngine,
+    kept: Kept,
+    scratch: &mut [u8],
+    wake_tx: &Sender<()>,
+    wake_rx: &Receiver<()>,
+) -> Result<Waited, Error> {
+    let jobs = &rb_self.jobs;
+    let mut woken = false;
+    let job = without_gvl(
+        ruby,
+        || {
+            kept.next_request(rb_self.idle_spin, &rb_self.limits, scratch, || {
+                woken = wake_rx.try_recv().is_ok();
+                woken || !jobs.is_empty()
+            })
+        },
+        Some(Unblock {
+            func: |wake: &Sender<()>| {
+                let _ = wake.try_send(());
+            },
+            arg: wake_tx,
+        }),
+    )?;
+    Ok(match job {
+        Some(job) => Waited::Job(job),
+        None if woken => Waited::Woken,
+        None => Waited::Idle,
+    })
 }
 
 fn option<T: magnus::TryConvert>(

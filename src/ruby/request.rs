@@ -24,7 +24,7 @@ use super::stream::{EarlyHints, Hijack};
 use super::watchdog::Watchdog;
 use super::{env, id, CALL, CLOSE};
 use crate::http::response::simple;
-use crate::net::Job;
+use crate::net::{Job, Kept};
 
 keys! {
     RACK_HIJACK = "rack.hijack";
@@ -45,10 +45,18 @@ pub struct App {
     pub watchdog: Option<Arc<Watchdog>>,
     /// Writes streamed pieces an app paused on.
     pub flusher: Option<Flusher>,
+    /// The request queue: a connection is kept for its next request only
+    /// while nothing waits in it.
+    pub jobs: crossbeam_channel::Receiver<Job>,
+    /// How long a kept connection is read for its next request (zero:
+    /// never kept).
+    pub keep_spin: Duration,
 }
 
-/// Serves one job. Returns `Err` only for what must go up to Ruby.
-pub fn handle(ruby: &Ruby, app: &App, mut job: Job) -> Result<(), Error> {
+/// Serves one job. Returns the connection when it stays with this thread
+/// for its next request ([`Kept`]), `Err` only for what must go up to Ruby.
+/// `may_keep`: the connection may stay with this thread.
+pub fn handle(ruby: &Ruby, app: &App, mut job: Job, may_keep: bool) -> Result<Option<Kept>, Error> {
     let keep_alive_wanted = job.request.head.keep_alive;
     let nil = ruby.qnil().as_value();
     // The per-exchange keys go in with the rest, so the env hash is sized
@@ -78,10 +86,11 @@ pub fn handle(ruby: &Ruby, app: &App, mut job: Job) -> Result<(), Error> {
         }
         result
     });
+    let mut kept = None;
     let error = match result {
         Ok(Outcome::Hijacked) => None,
         Ok(Outcome::Sent { keep_alive }) => {
-            finish(&ex, keep_alive);
+            kept = finish_or_keep(app, &ex, keep_alive, may_keep);
             None
         }
         Err(error) => Some(fail(ruby, app, &ex, error, env, keep_alive_wanted)?),
@@ -89,7 +98,19 @@ pub fn handle(ruby: &Ruby, app: &App, mut job: Job) -> Result<(), Error> {
     if let Some(env) = env {
         after_response(ruby, app, env, triple, error.flatten());
     }
-    Ok(())
+    Ok(kept)
+}
+
+/// Hands the connection back to its IO thread, or keeps it for its next
+/// request while no other request waits for an app thread.
+fn finish_or_keep(app: &App, ex: &Exchange, keep_alive: bool, may_keep: bool) -> Option<Kept> {
+    if !may_keep || app.keep_spin.is_zero() || !app.jobs.is_empty() {
+        finish(ex, keep_alive);
+        return None;
+    }
+    let job = ex.take_job()?;
+    let broken = ex.broken();
+    job.finish_or_keep(keep_alive && !broken, broken)
 }
 
 /// Adds the per-exchange objects to the env and calls the app.
