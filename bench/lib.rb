@@ -41,6 +41,8 @@ module Bench
       ["unicorn", "-E", "production", "-c", conf, "-l", "127.0.0.1:#{port}", app]
     when "thin" then ["thin", "-q", "-e", "production", "-a", "127.0.0.1", "-p", port.to_s, "-R", app, "start"]
     when "ceiling" then [File.join(ROOT, "target/release/examples/ceiling"), "127.0.0.1:#{port}"]
+    # The ceiling polling 50 us before it sleeps, as Butterflies' idle_spin.
+    when "ceiling-spin" then [File.join(ROOT, "target/release/examples/ceiling"), "127.0.0.1:#{port}", "50"]
     else raise ArgumentError, "unknown server #{name}"
     end
   end

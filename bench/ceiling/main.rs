@@ -2,7 +2,11 @@
 //! response, keep-alive, pipelining). No Rack server can beat it on the same
 //! core; the benchmark suite reports every figure against it.
 //!
-//!   cargo run --release --example ceiling -- 127.0.0.1:9000
+//!   cargo run --release --example ceiling -- 127.0.0.1:9000 [SPIN_MICROS]
+//!
+//! With SPIN_MICROS, it polls (epoll_wait with no timeout, sched_yield
+//! between polls) that long before it sleeps, as Butterflies' idle_spin
+//! does; the suite measures it without.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -18,6 +22,12 @@ fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9000".into());
+    let spin = std::time::Duration::from_micros(
+        std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    );
     let listener = TcpListener::bind(&addr)?;
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new(EpollCreateFlags::empty())?;
@@ -26,7 +36,18 @@ fn main() -> std::io::Result<()> {
     let mut events = vec![EpollEvent::empty(); 256];
     let mut buf = vec![0u8; 65536];
     loop {
-        let n = epoll.wait(&mut events, EpollTimeout::NONE)?;
+        let mut n = 0;
+        let until = std::time::Instant::now() + spin;
+        while !spin.is_zero() && std::time::Instant::now() < until {
+            n = epoll.wait(&mut events, EpollTimeout::ZERO)?;
+            if n > 0 {
+                break;
+            }
+            let _ = nix::sched::sched_yield();
+        }
+        if n == 0 {
+            n = epoll.wait(&mut events, EpollTimeout::NONE)?;
+        }
         for event in &events[..n] {
             if event.data() == 0 {
                 while let Ok((stream, _)) = listener.accept() {
