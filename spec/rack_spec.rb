@@ -143,6 +143,18 @@ RSpec.describe "Rack behaviour" do
       expect(data).to eq("HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhijacked")
     end
 
+    # One rack.hijack object serves every request of its app thread.
+    it "raises when rack.hijack is called after its request instead of acting on another" do
+      expect(Net::HTTP.get_response(URI(server.url("/late_hijack"))).body).to eq("ok")
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 5
+      log = "[]"
+      while log == "[]" && Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
+        log = Net::HTTP.get(URI(server.url("/late_log")))
+      end
+      expect(log).to eq('["rack.hijack called after its request"]')
+      expect(Net::HTTP.get_response(URI(server.url("/"))).code).to eq("200")
+    end
+
     it "sends the head and gives the socket to the proc with a partial hijack" do
       data = raw_request(server, "GET /partial_hijack HTTP/1.1\r\nHost: x\r\n\r\n")
       expect(data).to start_with("HTTP/1.1 200 OK\r\n")

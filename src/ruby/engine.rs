@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use magnus::value::ReprValue;
+use magnus::value::{BoxValue, ReprValue};
 use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
 
 use super::exchange::Waker;
@@ -15,6 +15,7 @@ use super::flusher::Flusher;
 use super::gvl::{check_interrupts, without_gvl, Unblock};
 use super::pool::{Busy, Member, Pool};
 use super::request;
+use super::stream::{Current, EarlyHints, Hijack};
 use super::watchdog::Watchdog;
 use crate::http::Limits;
 use crate::net::{BindAddr, Config, Engine, Job, Kept, Shared};
@@ -246,6 +247,11 @@ impl RbEngine {
         let waker = Arc::new(
             Waker::new().map_err(|e| Error::new(ruby.exception_runtime_error(), e.to_string()))?,
         );
+        // This thread's rack.hijack and rack.early_hints, kept from the GC
+        // by the boxes for as long as the thread serves.
+        let current = Arc::new(Current::default());
+        let hijack = BoxValue::new(ruby.obj_wrap(Hijack(current.clone())).as_value());
+        let early_hints = BoxValue::new(ruby.obj_wrap(EarlyHints(current.clone())).as_value());
         let app = request::App {
             app,
             base_env,
@@ -260,6 +266,9 @@ impl RbEngine {
                 .clone(),
             jobs: jobs.clone(),
             keep_spin: rb_self.idle_spin,
+            current,
+            hijack: *hijack,
+            early_hints: *early_hints,
         };
         // Where a kept connection's next request is read.
         let mut scratch = vec![0u8; KEPT_READ_BYTES];

@@ -20,7 +20,7 @@ use magnus::{prelude::*, Error, RArray, RHash, Ruby, Value};
 use super::exchange::{is_disconnect, Exchange, Waker};
 use super::flusher::Flusher;
 use super::response::{self, Outcome};
-use super::stream::{EarlyHints, Hijack};
+use super::stream::Current;
 use super::watchdog::Watchdog;
 use super::{env, id, CALL, CLOSE};
 use crate::http::response::simple;
@@ -51,6 +51,11 @@ pub struct App {
     /// How long a kept connection is read for its next request (zero:
     /// never kept).
     pub keep_spin: Duration,
+    /// What this thread's `rack.hijack` and `rack.early_hints` act on.
+    pub current: Arc<Current>,
+    /// This thread's `rack.hijack` and `rack.early_hints` objects.
+    pub hijack: Value,
+    pub early_hints: Value,
 }
 
 /// Serves one job. Returns the connection when it stays with this thread
@@ -58,17 +63,16 @@ pub struct App {
 /// `may_keep`: the connection may stay with this thread.
 pub fn handle(ruby: &Ruby, app: &App, mut job: Job, may_keep: bool) -> Result<Option<Kept>, Error> {
     let keep_alive_wanted = job.request.head.keep_alive;
-    let nil = ruby.qnil().as_value();
     // The per-exchange keys go in with the rest, so the env hash is sized
-    // once; the hijack and early-hints objects replace their nil below.
+    // once.
     let extra = [
         (
             ruby.get_inner(&RACK_RESPONSE_FINISHED),
             ruby.ary_new().as_value(),
         ),
         (ruby.get_inner(&RACK_AFTER_REPLY), ruby.ary_new().as_value()),
-        (ruby.get_inner(&RACK_HIJACK), nil),
-        (ruby.get_inner(&RACK_EARLY_HINTS), nil),
+        (ruby.get_inner(&RACK_HIJACK), app.hijack),
+        (ruby.get_inner(&RACK_EARLY_HINTS), app.early_hints),
     ];
     let built = env::build(ruby, app.base_env, &extra, &mut job.request);
     let ex = Arc::new(Exchange::new(job, app.waker.clone(), app.write_timeout));
@@ -80,6 +84,7 @@ pub fn handle(ruby: &Ruby, app: &App, mut job: Job, may_keep: bool) -> Result<Op
     let result = built.and_then(|built| {
         env = Some(built.env);
         let spooled = built.spooled_input;
+        let _serving = app.current.serve(ex.clone(), built.env);
         let result = call(ruby, app, &ex, built.env, keep_alive_wanted, &mut triple);
         if let Some(file) = spooled {
             let _: Result<Value, Error> = file.funcall(id(ruby, &CLOSE), ());
@@ -113,7 +118,7 @@ fn finish_or_keep(app: &App, ex: &Exchange, keep_alive: bool, may_keep: bool) ->
     job.finish_or_keep(keep_alive && !broken, broken)
 }
 
-/// Adds the per-exchange objects to the env and calls the app.
+/// Calls the app and sends its response.
 fn call(
     ruby: &Ruby,
     app: &App,
@@ -122,8 +127,6 @@ fn call(
     keep_alive: bool,
     triple: &mut Option<RArray>,
 ) -> Result<Outcome, Error> {
-    env.aset(ruby.get_inner(&RACK_HIJACK), Hijack::new(ex.clone(), env))?;
-    env.aset(ruby.get_inner(&RACK_EARLY_HINTS), EarlyHints(ex.clone()))?;
     let result: Value = app.app.funcall(id(ruby, &CALL), (env,))?;
     *triple = RArray::from_value(result);
     // A stop that came while the app ran still closes this connection.

@@ -5,9 +5,13 @@
 //!   what `each` bodies are written through, chunk by chunk, as produced.
 //! - `Butterflies::Hijack`: `env["rack.hijack"]`.
 //! - `Butterflies::EarlyHints`: `env["rack.early_hints"]`.
+//!
+//! The last two are made once per app thread and act on the exchange that
+//! thread is serving ([`Current`]): two Ruby objects made and freed for
+//! every request cost about 10% of hello's throughput.
 
 use std::os::fd::IntoRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use magnus::typed_data::Obj;
 use magnus::value::Opaque;
@@ -114,19 +118,54 @@ pub fn finish_body(ruby: &Ruby, ex: &Exchange) -> Result<(), Error> {
     Ok(())
 }
 
-/// `env["rack.hijack"]`. It holds its env (marked for the GC) to set
-/// `rack.hijack_io` there: a field, not an instance variable, which would
-/// cost a generic-ivar table entry for every request.
+/// The exchange an app thread is serving, with its env, for the objects
+/// that thread puts in every env. Set for the app call and the response,
+/// empty otherwise.
+#[derive(Default)]
+pub struct Current(Mutex<Option<(Arc<Exchange>, Opaque<RHash>)>>);
+
+impl Current {
+    fn slot(&self) -> MutexGuard<'_, Option<(Arc<Exchange>, Opaque<RHash>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serving `ex` now, with `env`, until the returned guard is dropped.
+    pub fn serve(&self, ex: Arc<Exchange>, env: RHash) -> Serving<'_> {
+        *self.slot() = Some((ex, env.into()));
+        Serving(self)
+    }
+
+    fn get(&self) -> Option<(Arc<Exchange>, Opaque<RHash>)> {
+        self.slot().clone()
+    }
+}
+
+/// Empties [`Current`] when the exchange is over, however it ended.
+pub struct Serving<'a>(&'a Current);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        *self.0.slot() = None;
+    }
+}
+
+/// `env["rack.hijack"]`: takes over the socket of the request its app
+/// thread is serving. Called outside one (kept past the request), it
+/// raises instead of touching another request.
 #[derive(magnus::TypedData)]
 #[magnus(class = "Butterflies::Hijack", free_immediately, size, mark)]
-pub struct Hijack {
-    ex: Arc<Exchange>,
-    env: Opaque<RHash>,
-}
+pub struct Hijack(pub Arc<Current>);
 
 impl DataTypeFunctions for Hijack {
     fn mark(&self, marker: &gc::Marker) {
-        marker.mark(self.env);
+        // The env is on the app thread's stack too; this is belt and braces,
+        // and never waits (the slot is only held for a moment, with no Ruby
+        // code running, so the GC cannot run inside it).
+        if let Ok(slot) = self.0 .0.try_lock() {
+            if let Some((_, env)) = slot.as_ref() {
+                marker.mark(*env);
+            }
+        }
     }
 }
 
@@ -135,24 +174,23 @@ keys! {
 }
 
 impl Hijack {
-    pub fn new(ex: Arc<Exchange>, env: RHash) -> Self {
-        Hijack {
-            ex,
-            env: env.into(),
-        }
-    }
-
     /// Takes the socket over: returns it as a Ruby socket, and sets
     /// `env["rack.hijack_io"]`. Later calls return the same socket.
     pub fn call(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
-        let env = ruby.get_inner(rb_self.env);
+        let Some((ex, env)) = rb_self.0.get() else {
+            return Err(Error::new(
+                ruby.exception_io_error(),
+                "rack.hijack called after its request",
+            ));
+        };
+        let env = ruby.get_inner(env);
         let key = ruby.get_inner(&RACK_HIJACK_IO);
         if let Some(io) = env.get(key).filter(|io| !io.is_nil()) {
-            if rb_self.ex.hijacked() {
+            if ex.hijacked() {
                 return Ok(io);
             }
         }
-        let io = hijack_io(ruby, &rb_self.ex)?;
+        let io = hijack_io(ruby, &ex)?;
         env.aset(key, io)?;
         Ok(io)
     }
@@ -171,14 +209,17 @@ pub fn hijack_io(ruby: &Ruby, ex: &Exchange) -> Result<Value, Error> {
     }
 }
 
+/// `env["rack.early_hints"]`, for the request its app thread is serving.
 #[magnus::wrap(class = "Butterflies::EarlyHints", free_immediately, size)]
-pub struct EarlyHints(pub Arc<Exchange>);
+pub struct EarlyHints(pub Arc<Current>);
 
 impl EarlyHints {
     /// Sends `103 Early Hints` with the given headers (HTTP/1.1 only,
     /// and only before the response itself).
     pub fn call(ruby: &Ruby, rb_self: &Self, headers: RHash) -> Result<(), Error> {
-        let ex = &rb_self.0;
+        let Some((ex, _)) = rb_self.0.get() else {
+            return Ok(()); // after its request: too late for hints
+        };
         if ex.version != Version::Http11 || ex.head_sent() || ex.is_finished() {
             return Ok(());
         }
