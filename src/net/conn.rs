@@ -115,6 +115,16 @@ impl Conn {
         self.reader.has_buffered() || !self.drained
     }
 
+    /// Answered and ready for its next request with nothing left to do:
+    /// all written, kept alive, usable, nothing read ahead.
+    pub fn is_quiet(&self) -> bool {
+        !self.has_output()
+            && !self.close_after_write
+            && !self.dead
+            && !self.hijacked
+            && !self.has_buffered_input()
+    }
+
     /// A head was parsed and its body is being read.
     pub fn reading_body(&self) -> bool {
         self.reader.reading_body()

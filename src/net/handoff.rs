@@ -150,11 +150,7 @@ impl Job {
         conn.close_after_write |= !keep_alive;
         conn.dead |= broken;
         let quiet = self.shared.in_flight.load(Ordering::Relaxed) == 1
-            && !conn.has_output()
-            && !conn.close_after_write
-            && !conn.dead
-            && !conn.hijacked
-            && !conn.has_buffered_input()
+            && conn.is_quiet()
             && !self.stopping();
         if !quiet {
             self.home.send(conn);

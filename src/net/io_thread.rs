@@ -282,12 +282,7 @@ impl IoThread {
                 conn.disarmed = false;
             }
             let events = matches!(self.slots[token], Slot::Lent { events: true });
-            let quiet = !events
-                && !conn.has_output()
-                && !conn.dead
-                && !conn.hijacked
-                && !conn.close_after_write
-                && !conn.has_buffered_input();
+            let quiet = !events && conn.is_quiet();
             self.slots[token] = Slot::Present(conn);
             if !quiet || self.shared.stopping.load(Ordering::Relaxed) {
                 self.drive(token);
