@@ -3,6 +3,7 @@
 //! - [`gvl`]: releasing the GVL, safely (the one unsafe boundary).
 //! - [`env`]: a parsed request to a Rack env.
 //! - [`response`]: the app's `[status, headers, body]`, sent by body kind.
+//! - [`snapshot`]: frozen snapshots of body strings, readable without the GVL.
 //! - [`headers`]: status and headers as a response head.
 //! - [`engine`]: the `Butterflies::Engine` class and the app-thread loop.
 //! - [`request`]: one job: env, app call, response, after-response hooks.
@@ -47,6 +48,7 @@ mod headers;
 mod pool;
 mod request;
 mod response;
+mod snapshot;
 mod stream;
 mod watchdog;
 

@@ -18,6 +18,7 @@ use magnus::{Error, RArray, RString, Ruby, Value};
 use super::exchange::Exchange;
 use super::flusher::Flusher;
 use super::headers::{invalid, read_head};
+use super::snapshot::Snapshot;
 use super::stream::{finish_body, hijack_io, Stream};
 use super::{id, CALL, CLOSE, EACH, TO_ARY, TO_PATH};
 use crate::http::response::{push_chunk, push_hex, Framing, ResponseHead, LAST_CHUNK};
@@ -141,8 +142,9 @@ const COPY_BELOW_BYTES: u64 = 64 * 1024;
 /// also lets the next app thread in (holding the GVL from one request to
 /// the next made requests that another thread had already taken wait a
 /// whole time slice: hello c=256 p99 went from 9 ms to 100 ms). A large one
-/// goes out with one `writev(2)` straight from the Ruby strings, nothing
-/// copied unless the socket does not take it all.
+/// goes out with one `writev(2)` straight from frozen snapshots of the
+/// Ruby strings ([`Snapshot`]), nothing copied unless the socket does not
+/// take it all.
 fn send_array(
     ruby: &Ruby,
     ex: &Exchange,
@@ -172,13 +174,10 @@ fn send_array(
     let mut out = Vec::with_capacity(head.len_hint());
     let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
     ex.set_framing(framing);
-    // Every chunk was checked to be a String above, and no Ruby code ran
-    // since: the array still holds exactly those strings.
-    let strings: Vec<RString> = chunks.into_iter().filter_map(RString::from_value).collect();
-    // SAFETY: the slices are used only until send_now returns, and no Ruby
-    // code runs in between: the strings cannot change or move. `chunks`,
-    // on the stack where the GC sees it, holds them.
-    let bodies: Vec<&[u8]> = strings.iter().map(|s| unsafe { s.as_slice() }).collect();
+    // The writes below may release the GVL (a slow client): the body is
+    // read from frozen snapshots that no other thread can change or free.
+    let snapshot = Snapshot::take(ruby, chunks);
+    let bodies = snapshot.parts();
     let mut parts: Vec<&[u8]> = Vec::with_capacity(bodies.len() * 3 + 2);
     parts.push(&out);
     let sizes: Vec<Vec<u8>>;
