@@ -39,7 +39,7 @@ module Butterflies
       fail_with("#{e.message} (see butterflies --help)", USAGE_ERROR)
     rescue ConfigError => e
       fail_with(e.message, USAGE_ERROR)
-    rescue AppLoadError, BindError => e
+    rescue AppLoadError, BindError, EngineFault => e
       fail_with(e.message, FAILURE)
     end
 

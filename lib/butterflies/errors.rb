@@ -15,6 +15,10 @@ module Butterflies
   # streamed body, a Rack 3 stream). Not logged as an app error.
   class ClientDisconnected < IOError; end
 
+  # A Rust thread of the engine panicked or failed: the process stopped
+  # (gracefully) and exits non-zero.
+  class EngineFault < Error; end
+
   # The rackup file is missing or does not load.
   class AppLoadError < Error; end
 end

@@ -7,11 +7,14 @@ module Butterflies
   class Runtime
     attr_reader :engine
 
-    def initialize(engine, app, config, log:)
+    # on_fault: called (from a thread of its own) with a message when a Rust
+    # thread of the engine panicked or failed; the owner must then stop.
+    def initialize(engine, app, config, log:, on_fault: nil)
       @engine = engine
       @app = app
       @config = config
       @log = log
+      @on_fault = on_fault
       @stopping = false
     end
 
@@ -27,6 +30,7 @@ module Butterflies
       @lock = Mutex.new
       @threads = Array.new(@config[:threads]) { |i| app_thread(i, idle_exit: 0) }
       @grower = Thread.new { grow } if max_threads > @config[:threads]
+      @sentinel = Thread.new { watch_faults } if @on_fault
       self
     end
 
@@ -35,6 +39,7 @@ module Butterflies
     def stop
       @stopping = true
       @grower&.kill
+      @sentinel&.kill
       @engine.stop
       timeout = @config[:shutdown_timeout]
       deadline = monotonic + timeout + 1
@@ -83,6 +88,12 @@ module Butterflies
           @threads << app_thread(@threads.size, idle_exit: EXTRA_THREAD_IDLE_SECONDS) if @threads.size < max_threads
         end
       end
+    end
+
+    # Waits for a Rust thread to panic or fail, and reports it once.
+    def watch_faults
+      fault = @engine.wait_for_fault(1.0) until fault || @stopping
+      @on_fault.call(fault) if fault
     end
 
     def serve(idle_exit)

@@ -29,7 +29,8 @@ module Butterflies
       @signals.trap(STOP_SIGNALS + %w[USR2])
       start
       signal = @signals.pop until signal
-      shutdown(restart: signal == "USR2")
+      shutdown(restart: signal == "USR2" && !@fault)
+      raise EngineFault, "stopped: #{@fault}" if @fault
     end
 
     # Binds the listening sockets. Raises BindError (port in use, ...).
@@ -40,7 +41,7 @@ module Butterflies
 
     # Starts the IO threads and the app threads.
     def start
-      @runtime = Runtime.new(@engine, @app, @config, log: @log).start
+      @runtime = Runtime.new(@engine, @app, @config, log: @log, on_fault: method(:fault)).start
       banner
     end
 
@@ -54,6 +55,12 @@ module Butterflies
     end
 
     private
+
+    # A Rust thread panicked or failed: stop as on TERM, then fail.
+    def fault(message)
+      @fault = message
+      @signals.push("FAULT")
+    end
 
     def shutdown(restart: false)
       say(restart ? "Hot restart: finishing requests in flight" : "Stopping (waiting up to #{@config[:shutdown_timeout].round(1)}s for requests in flight)")

@@ -9,6 +9,8 @@ module Butterflies
     READY = "R"
     BEAT = "."
     STUCK = "S"
+    # Pushed on the signal queue when a Rust thread panicked or failed.
+    FAULT = "an engine thread failed"
 
     # heartbeat: the write end of this worker's pipe to the master.
     # alive: a pipe whose write end only the master holds (EOF: it died).
@@ -31,7 +33,8 @@ module Butterflies
       %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
       pin if @config[:pin_workers]
       @config.hooks[:on_worker_boot].each { |hook| hook.call(@index) }
-      runtime = Runtime.new(@engine, @app || @loader.call, @config, log: @log).start
+      runtime = Runtime.new(@engine, @app || @loader.call, @config, log: @log,
+                                                       on_fault: ->(_message) { signals.push(FAULT) }).start
       beat(READY)
       beater = Thread.new do
         loop do
@@ -41,13 +44,13 @@ module Butterflies
       end
       reason = wait(signals)
       beater.kill
-      say "worker #{@index} (pid #{Process.pid}) stopping: #{reason}" if reason == "master died"
+      say "worker #{@index} (pid #{Process.pid}) stopping: #{reason}" if ["master died", FAULT].include?(reason)
       runtime.stop
       stats = runtime.stats
       say "* worker #{@index} (pid #{Process.pid}) served #{stats[:requests]} requests" \
           "#{", refused #{stats[:rejected]} (queue full)" if stats[:rejected].positive?}"
       @config.hooks[:on_worker_shutdown].each { |hook| hook.call(@index) }
-      finish(0)
+      finish(reason == FAULT ? 1 : 0)
     rescue Exception => e # rubocop:disable Lint/RescueException
       warn "butterflies: worker #{@index} failed: #{e.class}: #{e.message}"
       finish(1)

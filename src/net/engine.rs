@@ -97,9 +97,11 @@ impl Engine {
                 mailbox.clone(),
                 self.shared.clone(),
             )?;
-            let handle = std::thread::Builder::new()
-                .name(format!("butterflies-io-{index}"))
-                .spawn(move || thread.run())?;
+            let handle = super::supervise::spawn(
+                format!("butterflies-io-{index}"),
+                self.shared.faults.clone(),
+                move || thread.run(),
+            )?;
             self.mailboxes.push(mailbox);
             self.threads.push(handle);
         }

@@ -24,6 +24,8 @@ pub struct Shared {
     pub rejected_full: AtomicU64,
     /// Requests lent to app threads and not yet handed back.
     pub in_flight: AtomicUsize,
+    /// A thread of the engine that panicked or failed.
+    pub faults: Arc<super::supervise::Faults>,
 }
 
 /// The epoll events a connection is registered for while its IO thread

@@ -112,7 +112,7 @@ impl IoThread {
 
     /// The loop. Returns once stopped and every connection is done (or the
     /// shutdown timeout passed); dropping `self` drops the job sender.
-    pub(crate) fn run(mut self) {
+    pub(crate) fn run(mut self) -> std::io::Result<()> {
         // An IO thread woken (a new request, a connection handed back)
         // does not preempt the app thread running Ruby on its core; it runs
         // when that thread blocks, and then finds more work at once. See
@@ -138,10 +138,7 @@ impl IoThread {
             let n = match n {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
-                Err(e) => {
-                    eprintln!("butterflies: epoll_wait failed: {e}");
-                    return;
-                }
+                Err(e) => return Err(std::io::Error::other(format!("epoll_wait: {e}"))),
             };
             for event in &events[..n] {
                 match event.data() {
@@ -160,7 +157,7 @@ impl IoThread {
                 });
                 self.close_idle(stop_started.elapsed() > FRESH_GRACE);
                 if self.live == 0 || Instant::now() >= deadline {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() >= next_tick {

@@ -12,6 +12,7 @@ pub mod listener;
 pub mod malloc;
 pub mod reader;
 pub mod sched;
+pub mod supervise;
 
 pub use body::Body;
 pub use config::Config;

@@ -170,10 +170,11 @@ impl RbEngine {
         super::response::warm(ruby);
         rb_self.with_engine(|e| e.start()).map_err(failed)?;
         crate::net::malloc::keep_freed_memory();
-        let (flusher, _thread) = Flusher::start().map_err(failed)?;
+        let faults = rb_self.shared.faults.clone();
+        let (flusher, _thread) = Flusher::start(faults.clone()).map_err(failed)?;
         *rb_self.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(flusher);
         if let Some((timeout, hard)) = rb_self.request_timeouts {
-            let (dog, _thread) = Watchdog::start(timeout, hard).map_err(failed)?;
+            let (dog, _thread) = Watchdog::start(timeout, hard, faults).map_err(failed)?;
             *rb_self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(dog);
         }
         Ok(())
@@ -211,6 +212,27 @@ impl RbEngine {
             },
             None::<Unblock<'_, ()>>,
         )
+    }
+
+    /// Waits (GVL released, interruptible) up to `timeout` seconds for a
+    /// Rust thread of the engine to panic or fail; returns what happened,
+    /// or nil. The process must then stop: it is missing a thread.
+    pub fn wait_for_fault(
+        ruby: &Ruby,
+        rb_self: &Self,
+        timeout: f64,
+    ) -> Result<Option<String>, Error> {
+        let faults = &rb_self.shared.faults;
+        let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
+        let fault = without_gvl(
+            ruby,
+            || faults.wait(timeout),
+            Some(Unblock {
+                func: |faults: &Arc<crate::net::supervise::Faults>| faults.interrupt(),
+                arg: faults,
+            }),
+        )?;
+        Ok(fault.map(|f| f.to_string()))
     }
 
     /// Counters: requests taken, requests refused because the queue was full.

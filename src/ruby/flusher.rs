@@ -11,6 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::exchange::Exchange;
+use crate::net::supervise::{self, Faults};
 
 /// How old gathered pieces may get before this thread writes them.
 pub const MAX_DELAY: Duration = Duration::from_millis(5);
@@ -21,11 +22,12 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    pub fn start() -> std::io::Result<(Self, JoinHandle<()>)> {
+    pub fn start(faults: Arc<Faults>) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let handle = std::thread::Builder::new()
-            .name("butterflies-flusher".into())
-            .spawn(move || run(rx))?;
+        let handle = supervise::spawn("butterflies-flusher".into(), faults, move || {
+            run(rx);
+            Ok(())
+        })?;
         Ok((Flusher { tx }, handle))
     }
 

@@ -65,6 +65,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_method("start", method!(engine::RbEngine::start, 0))?;
     class.define_method("stop", method!(engine::RbEngine::stop, 0))?;
     class.define_method("join", method!(engine::RbEngine::join, 0))?;
+    class.define_method(
+        "wait_for_fault",
+        method!(engine::RbEngine::wait_for_fault, 1),
+    )?;
     class.define_method("stats", method!(engine::RbEngine::stats, 0))?;
     class.define_method("stuck?", method!(engine::RbEngine::is_stuck, 0))?;
     class.define_method("serve", method!(engine::RbEngine::serve, 4))?;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::exchange::Exchange;
 use crate::http::response::service_unavailable;
+use crate::net::supervise::{self, Faults};
 
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 
@@ -35,6 +36,7 @@ impl Watchdog {
     pub fn start(
         timeout: Duration,
         hard_timeout: Option<Duration>,
+        faults: Arc<Faults>,
     ) -> std::io::Result<(Arc<Self>, JoinHandle<()>)> {
         let dog = Arc::new(Watchdog {
             timeout,
@@ -44,9 +46,10 @@ impl Watchdog {
             stop: AtomicBool::new(false),
         });
         let watcher = dog.clone();
-        let handle = std::thread::Builder::new()
-            .name("butterflies-watchdog".into())
-            .spawn(move || watcher.run())?;
+        let handle = supervise::spawn("butterflies-watchdog".into(), faults, move || {
+            watcher.run();
+            Ok(())
+        })?;
         Ok((dog, handle))
     }
 
