@@ -4,9 +4,9 @@
 # body whose strings another thread rewrites and frees while a slow client
 # reads must come out as the app's bytes, chunk by chunk.
 RSpec.describe "memory safety of response bodies", timeout: 120 do
-  FAULTY = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
-  CHUNKS = 600
-  CHUNK_BYTES = 20_000
+  faulty = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
+  chunks = 600
+  chunk_bytes = 20_000
 
   # A client with a 4 KiB receive buffer: the server's writes block and it
   # releases the GVL mid-body, which is when the rewriting thread runs.
@@ -22,18 +22,18 @@ RSpec.describe "memory safety of response bodies", timeout: 120 do
   end
 
   it "sends only bytes the app wrote when its Array body's strings are rewritten during the send" do
-    server = start_butterflies("-t", "2", rackup: FAULTY)
+    server = start_butterflies("-t", "2", rackup: faulty)
     3.times do
       head, body = slow_get(server, "/rewritten")
       expect(head).to start_with("HTTP/1.1 200")
-      expect(body.bytesize).to eq(CHUNKS * CHUNK_BYTES)
-      foreign = (0...CHUNKS).reject do |i|
-        piece = body.byteslice(i * CHUNK_BYTES, CHUNK_BYTES)
+      expect(body.bytesize).to eq(chunks * chunk_bytes)
+      foreign = (0...chunks).reject do |i|
+        piece = body.byteslice(i * chunk_bytes, chunk_bytes)
         letter = (97 + (i % 26)).chr
-        piece == letter * CHUNK_BYTES || piece == "Z" * CHUNK_BYTES
+        piece == letter * chunk_bytes || piece == "Z" * chunk_bytes
       end
       expect(foreign).to be_empty, "#{foreign.size} chunks carried bytes the app never wrote, " \
-                                   "e.g. chunk #{foreign.first}: #{body.byteslice(foreign.first.to_i * CHUNK_BYTES, 40).inspect}"
+                                   "e.g. chunk #{foreign.first}: #{body.byteslice(foreign.first.to_i * chunk_bytes, 40).inspect}"
     end
   end
 end
