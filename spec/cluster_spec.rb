@@ -162,7 +162,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     queued&.close
   end
 
-  it "answers 503 to a request past request_timeout while others keep succeeding" do
+  it "answers 503 to a request past request_timeout while others keep succeeding", timing: true do
     server = start_cluster("--request-timeout", "1")
     started = now
     slow = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=5"))) }

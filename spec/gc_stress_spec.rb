@@ -23,4 +23,11 @@ RSpec.describe "serving under GC.stress", timeout: 300 do
     end
     expect(server.stop&.exitstatus).to eq(0)
   end
+
+  it "reaches every server the suite starts in GC stress mode (BUTTERFLIES_SPEC_GC_STRESS)" do
+    skip "the suite is not in GC stress mode" unless GcStressMode.on?
+
+    server = start_butterflies
+    expect(Net::HTTP.get(URI(server.url("/gc")))).to start_with("stress=#{Integer(GcStressMode::FLAGS)} ")
+  end
 end

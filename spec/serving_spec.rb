@@ -96,7 +96,7 @@ RSpec.describe "butterflies serving a config.ru" do
     expect(bodies).to eq(["Hello world!"] * 50)
   end
 
-  it "does not let a slow request delay another connection" do
+  it "does not let a slow request delay another connection", timing: true do
     slow = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=1"))) }
     # Proceed only once the slow request is in the app (a real condition).
     expect(server.wait_for_output(/app: sleeping 1.0/)).to be(true)
@@ -135,7 +135,7 @@ RSpec.describe "butterflies serving a config.ru" do
 
   # The IO threads poll for up to idle_spin (50 us) after their last event
   # before they sleep; nothing may keep polling once the server is idle.
-  it "uses no CPU once idle after a burst of requests" do
+  it "uses no CPU once idle after a burst of requests", timing: true do
     http { |h| 200.times { expect(h.get("/").code).to eq("200") } }
     ticks = -> { File.read("/proc/#{server.pid}/stat").split(") ").last.split[11, 2].sum(&:to_i) }
     before = ticks.call

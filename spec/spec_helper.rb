@@ -20,8 +20,11 @@ RSpec.configure do |config|
   end
   # No example may hang the suite.
   config.around do |example|
-    Timeout.timeout(example.metadata.fetch(:timeout, 90)) { example.run }
+    Timeout.timeout(GcStressMode.scale(example.metadata.fetch(:timeout, 90))) { example.run }
   end
+  # Examples that measure time mean nothing when the GC runs at every
+  # allocation (spec/support/gc_stress_mode.rb).
+  config.filter_run_excluding(timing: true) if GcStressMode.on?
 end
 
 module ServerHelpers
@@ -50,6 +53,7 @@ module ServerHelpers
 
   # Reads from `socket` until `read_until` matches, or EOF, within timeout.
   def read_response(socket, read_until: nil, timeout: 10)
+    timeout = GcStressMode.scale(timeout)
     data = +""
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
     loop do

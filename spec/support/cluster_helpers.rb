@@ -23,6 +23,7 @@ module ClusterHelpers
   end
 
   def wait_until(timeout: 10, message: "condition")
+    timeout = GcStressMode.scale(timeout)
     deadline = now + timeout
     until (result = yield)
       raise "timed out waiting for #{message}" if now > deadline

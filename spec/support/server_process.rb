@@ -2,6 +2,7 @@
 
 require "socket"
 require "timeout"
+require_relative "gc_stress_mode"
 
 # A server under test: a real process in its own process group, started
 # from a command line. Ready once it printed "Listening on http://HOST:PORT";
@@ -25,12 +26,13 @@ class ServerProcess
     @ready = ready
     @output = +""
     @reader, writer = IO.pipe
-    @pid = Process.spawn(env, *command, chdir: chdir, out: writer, err: writer, pgroup: true, in: File::NULL)
+    @pid = Process.spawn(GcStressMode.server_env.merge(env), *command, chdir: chdir, out: writer, err: writer, pgroup: true, in: File::NULL)
     writer.close
     @status = nil
   end
 
   def wait_until_listening(timeout: BOOT_TIMEOUT)
+    timeout = GcStressMode.scale(timeout)
     return wait_for_output(@ready, timeout: timeout) || raise("not ready:\n#{@output}") if @ready
 
     deadline = now + timeout
@@ -46,6 +48,7 @@ class ServerProcess
 
   # Reads more output until `pattern` appears (or the deadline passes).
   def wait_for_output(pattern, timeout: 10)
+    timeout = GcStressMode.scale(timeout)
     deadline = now + timeout
     read_some(deadline) until @output.match?(pattern) || now > deadline || (exited? && !readable?)
     @output.match?(pattern)
@@ -53,6 +56,7 @@ class ServerProcess
 
   # Reads until `pattern` has matched `count` times in all output so far.
   def wait_for_matches(pattern, count, timeout: 10)
+    timeout = GcStressMode.scale(timeout)
     deadline = now + timeout
     read_some(deadline) until @output.scan(pattern).size >= count || now > deadline || (exited? && !readable?)
     @output.scan(pattern).size >= count
@@ -64,6 +68,7 @@ class ServerProcess
 
   # Waits for the process to exit; returns its Process::Status or nil.
   def wait(timeout: 10)
+    timeout = GcStressMode.scale(timeout)
     deadline = now + timeout
     until exited?
       return nil if now > deadline

@@ -12,6 +12,17 @@ use crate::http::{response, Head, Limits, ParseError};
 
 /// Size of each IO thread's read scratch buffer: bytes read per pass.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The most a connection buffers of what its client sent and no request
+/// has used yet: one head at its limit plus one read. Past it the
+/// connection is not read (the client's pipelined requests wait in the
+/// kernel's socket buffers, and then in the client), so a client that
+/// pipelines without reading its responses costs a bounded amount of
+/// memory. Content-Length bodies go straight into the request's body and
+/// do not count.
+pub fn input_cap(limits: &Limits) -> usize {
+    limits.max_head_bytes.saturating_add(READ_CHUNK_BYTES)
+}
 /// Sent before the body to a client that sent `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -53,6 +64,10 @@ pub struct Conn {
     /// The last read pass emptied the socket (a short read or EAGAIN), so its next
     /// bytes will raise a new epoll edge.
     pub(crate) drained: bool,
+    /// The peer shut its sending side (EPOLLRDHUP, possibly in the same
+    /// edge as its last data): reads go on to the end of stream instead of
+    /// stopping at a short read, so the FIN is seen now, not never.
+    pub(crate) peer_shut: bool,
     /// Close once `out` is written (an error, `Connection: close`, HTTP/1.0).
     pub(crate) close_after_write: bool,
     /// The peer is gone or the socket failed: close without writing more.
@@ -79,6 +94,9 @@ pub enum Fill {
     Full,
     /// The peer closed its side.
     Eof,
+    /// Nothing read: the connection buffers as much as it may
+    /// ([`input_cap`]) until a request uses it.
+    Capped,
 }
 
 impl Conn {
@@ -95,6 +113,7 @@ impl Conn {
             hijacked: false,
             served: 0,
             drained: false,
+            peer_shut: false,
             close_after_write: false,
             dead: false,
             disarmed: false,
@@ -123,6 +142,11 @@ impl Conn {
             && !self.dead
             && !self.hijacked
             && !self.has_buffered_input()
+    }
+
+    /// Bytes read and not yet used by a request.
+    pub fn buffered_len(&self) -> usize {
+        self.reader.buffered_len()
     }
 
     /// A head was parsed and its body is being read.
@@ -216,10 +240,19 @@ impl Conn {
         }
     }
 
-    /// Reads what the socket has, up to one scratch buffer's worth. The IO
-    /// thread lends its scratch buffer, so an idle connection holds no read
-    /// buffer of its own.
-    pub fn fill(&mut self, scratch: &mut [u8]) -> io::Result<Fill> {
+    /// Reads what the socket has, up to one scratch buffer's worth, and no
+    /// more than keeps the unused input within `cap`. The IO thread lends
+    /// its scratch buffer, so an idle connection holds no read buffer of
+    /// its own.
+    pub fn fill(&mut self, scratch: &mut [u8], cap: usize) -> io::Result<Fill> {
+        let room = cap.saturating_sub(self.reader.buffered_len());
+        if room == 0 {
+            // The socket may hold more: read it once a request used some.
+            self.drained = false;
+            return Ok(Fill::Capped);
+        }
+        let len = room.min(scratch.len());
+        let scratch = &mut scratch[..len];
         let mut total = 0;
         while total < scratch.len() {
             let n = match self.stream.read(&mut scratch[total..]) {
@@ -239,7 +272,7 @@ impl Conn {
             }
             let asked = scratch.len() - total;
             total += n;
-            if n < asked {
+            if n < asked && !self.peer_shut {
                 // A short read emptied the socket: with edge-triggered
                 // epoll, whatever arrives next raises a new edge, so a read
                 // that would only say EAGAIN is skipped (as nginx does).
@@ -385,5 +418,78 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let local = server.local_addr().unwrap();
+        (Conn::new(server, 0, peer, local), client)
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[test]
+    fn pipelined_input_is_buffered_only_up_to_the_cap() {
+        let (mut conn, mut client) = pair();
+        client.write_all(&GET.repeat(4000)).unwrap();
+        let mut scratch = vec![0; READ_CHUNK_BYTES];
+        let cap = 10 * GET.len() + 5;
+        let mut fills = Vec::new();
+        for _ in 0..4 {
+            fills.push(conn.fill(&mut scratch, cap).unwrap());
+            assert!(
+                conn.buffered_len() <= cap,
+                "{} > {cap}",
+                conn.buffered_len()
+            );
+        }
+        assert_eq!(
+            fills,
+            [Fill::Full, Fill::Capped, Fill::Capped, Fill::Capped]
+        );
+        assert!(!conn.drained, "more is waiting in the socket");
+        // A request used makes room for exactly that much more.
+        let limits = Limits::default();
+        assert!(matches!(conn.advance(&limits), Ok(Progress::Request(_))));
+        assert_eq!(conn.buffered_len(), cap - GET.len());
+        assert_eq!(conn.fill(&mut scratch, cap).unwrap(), Fill::Full);
+        assert_eq!(conn.buffered_len(), cap);
+    }
+
+    #[test]
+    fn the_default_cap_holds_a_head_at_its_limit() {
+        let limits = Limits::default();
+        assert!(input_cap(&limits) > limits.max_head_bytes);
+        assert!(input_cap(&limits) <= 2 * (limits.max_head_bytes + READ_CHUNK_BYTES));
+    }
+
+    #[test]
+    fn a_fin_that_came_with_the_data_is_seen_once_the_peer_shut() {
+        for peer_shut in [false, true] {
+            let (mut conn, mut client) = pair();
+            client.write_all(GET).unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            conn.peer_shut = peer_shut;
+            let mut scratch = vec![0; READ_CHUNK_BYTES];
+            let mut fill = conn.fill(&mut scratch, usize::MAX).unwrap();
+            while fill == Fill::Full {
+                fill = conn.fill(&mut scratch, usize::MAX).unwrap();
+            }
+            // Without the hang-up flag the short read stops the pass and
+            // the FIN is never read: epoll raises no new edge for it.
+            let expected = if peer_shut { Fill::Eof } else { Fill::Drained };
+            assert_eq!(fill, expected);
+            assert_eq!(conn.buffered_len(), GET.len());
+        }
     }
 }

@@ -232,7 +232,7 @@ impl Kept {
         let mut conn = self.conn.take()?;
         let until = Instant::now() + spin;
         loop {
-            let fill = match conn.fill(scratch) {
+            let fill = match conn.fill(scratch, super::conn::input_cap(limits)) {
                 Ok(fill) => fill,
                 Err(_) => {
                     conn.dead = true;
@@ -323,7 +323,7 @@ mod tests {
         let mut scratch = vec![0; 4096];
         let until = Instant::now() + DEADLINE;
         loop {
-            conn.fill(&mut scratch).unwrap();
+            conn.fill(&mut scratch, usize::MAX).unwrap();
             if let Progress::Request(r) = conn.advance(&Limits::default()).unwrap() {
                 return r;
             }

@@ -38,9 +38,11 @@ enum Slot {
     Present(Box<Conn>),
     /// Lent to an app thread with a request; comes back by the mailbox.
     /// `events`: epoll reported the socket while it was away (its edge is
-    /// gone, so it must be read when it comes back).
+    /// gone, so it must be read when it comes back); `hangup`: one of those
+    /// reports said the peer shut its side.
     Lent {
         events: bool,
+        hangup: bool,
     },
 }
 
@@ -247,15 +249,20 @@ impl IoThread {
     /// the peer acknowledged a response) matters only to a connection with
     /// output still queued: reading then would only say EAGAIN.
     fn on_event(&mut self, token: usize, flags: EpollFlags) {
-        let readable = flags.intersects(
-            EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLRDHUP
-                | EpollFlags::EPOLLHUP
-                | EpollFlags::EPOLLERR,
-        );
+        let shut =
+            flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+        let readable = shut || flags.contains(EpollFlags::EPOLLIN);
         match self.slots.get_mut(token) {
-            Some(Slot::Lent { events }) => *events |= readable,
-            Some(Slot::Present(conn)) if readable || conn.has_output() => self.drive(token),
+            Some(Slot::Lent { events, hangup }) => {
+                *events |= readable;
+                *hangup |= shut;
+            }
+            Some(Slot::Present(conn)) if readable || conn.has_output() => {
+                // The FIN may have come with the last data, in the same
+                // edge: read on to it rather than stop at a short read.
+                conn.peer_shut |= shut;
+                self.drive(token)
+            }
             _ => {}
         }
     }
@@ -278,7 +285,11 @@ impl IoThread {
                 conn.dead |= self.mailbox.epoll.modify(&conn.stream, &mut event).is_err();
                 conn.disarmed = false;
             }
-            let events = matches!(self.slots[token], Slot::Lent { events: true });
+            let (events, hangup) = match self.slots[token] {
+                Slot::Lent { events, hangup } => (events, hangup),
+                _ => (false, false),
+            };
+            conn.peer_shut |= hangup;
             let quiet = !events && conn.is_quiet();
             self.slots[token] = Slot::Present(conn);
             if !quiet || self.shared.stopping.load(Ordering::Relaxed) {
@@ -288,10 +299,16 @@ impl IoThread {
     }
 
     /// Moves one present connection as far as it can go without blocking.
+    /// A request already buffered (pipelined) is dispatched before anything
+    /// more is read, and nothing is read while a response is still being
+    /// written or past the input cap: a client that sends and never reads
+    /// is held back by its own socket buffers, not by our memory.
     fn drive(&mut self, token: usize) {
+        let cap = super::conn::input_cap(&self.limits);
         let Some(Slot::Present(conn)) = self.slots.get_mut(token) else {
             return;
         };
+        let mut last_fill = None;
         loop {
             if conn.dead || conn.hijacked {
                 return self.close(token);
@@ -302,19 +319,26 @@ impl IoThread {
                 Ok(false) => return,
                 Err(_) => return self.close(token),
             }
-            let fill = match conn.fill(&mut self.scratch) {
-                Ok(fill) => fill,
-                Err(_) => return self.close(token),
-            };
             match conn.advance(&self.limits) {
                 Ok(Progress::Request(request)) => return self.dispatch(token, request),
                 Ok(Progress::Pending) if conn.has_output() => continue,
-                Ok(Progress::Pending) => match fill {
-                    Fill::Full => continue,
-                    Fill::Drained => return,
-                    Fill::Eof => return self.close(token),
+                Ok(Progress::Pending) => match last_fill {
+                    None | Some(Fill::Full) => {}
+                    Some(Fill::Eof) => return self.close(token),
+                    // Drained: the next bytes raise a new edge. Capped
+                    // cannot happen with a head pending (the head limit is
+                    // below the cap, so it failed as too large first);
+                    // should it, the header timeout ends it.
+                    Some(Fill::Drained | Fill::Capped) => return,
                 },
-                Err(e) => conn.queue_error(e.status(), &format!("{e}\n")),
+                Err(e) => {
+                    conn.queue_error(e.status(), &format!("{e}\n"));
+                    continue;
+                }
+            }
+            match conn.fill(&mut self.scratch, cap) {
+                Ok(fill) => last_fill = Some(fill),
+                Err(_) => return self.close(token),
             }
         }
     }
@@ -324,9 +348,13 @@ impl IoThread {
         if let Slot::Present(conn) = &mut self.slots[token] {
             conn.served += 1;
         }
-        let Slot::Present(conn) =
-            std::mem::replace(&mut self.slots[token], Slot::Lent { events: false })
-        else {
+        let Slot::Present(conn) = std::mem::replace(
+            &mut self.slots[token],
+            Slot::Lent {
+                events: false,
+                hangup: false,
+            },
+        ) else {
             return;
         };
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -518,7 +546,7 @@ mod tests {
         client.write_all(b"GET / HT").unwrap();
         let mut scratch = vec![0; 1024];
         while c.request_started.is_none() {
-            c.fill(&mut scratch).unwrap();
+            c.fill(&mut scratch, usize::MAX).unwrap();
         }
         let started = c.request_started.unwrap();
         assert!(matches!(
@@ -540,7 +568,7 @@ mod tests {
             .unwrap();
         let mut scratch = vec![0; 1024];
         while !c.reading_body() {
-            c.fill(&mut scratch).unwrap();
+            c.fill(&mut scratch, usize::MAX).unwrap();
             assert!(matches!(
                 c.advance(&Limits::default()),
                 Ok(Progress::Pending)

@@ -40,16 +40,69 @@ enum BodyLeft {
     Chunked(ChunkedDecoder),
 }
 
+/// Bytes read and not yet used. Requests are consumed by moving `pos`,
+/// not by shifting the rest of the buffer down once per request (which
+/// cost time quadratic in a pipelined backlog); the used front is dropped
+/// when more bytes are added.
+#[derive(Debug, Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    pos: usize,
+}
+
+impl Buffer {
+    fn unparsed(&self) -> &[u8] {
+        &self.bytes[self.pos..]
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.bytes.len());
+        if self.pos == self.bytes.len() {
+            self.bytes.clear();
+            self.pos = 0;
+        }
+    }
+
+    fn extend(&mut self, data: &[u8]) {
+        if self.pos > 0 {
+            self.bytes.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.bytes.extend_from_slice(data);
+    }
+
+    fn take(&mut self, max: usize) -> Vec<u8> {
+        let n = self.len().min(max);
+        let taken = self.unparsed()[..n].to_vec();
+        self.consume(n);
+        taken
+    }
+
+    fn release_if_large(&mut self) {
+        if self.is_empty() && self.bytes.capacity() > KEEP_BUFFER_BYTES {
+            *self = Buffer::default();
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct RequestReader {
-    buf: Vec<u8>,
+    buf: Buffer,
     input: Input,
 }
 
 impl Default for RequestReader {
     fn default() -> Self {
         RequestReader {
-            buf: Vec::new(),
+            buf: Buffer::default(),
             input: Input::Head,
         }
     }
@@ -76,7 +129,7 @@ impl RequestReader {
                 }
             }
         }
-        self.buf.extend_from_slice(data);
+        self.buf.extend(data);
     }
 
     /// Between requests with nothing buffered.
@@ -89,29 +142,36 @@ impl RequestReader {
         !self.buf.is_empty()
     }
 
+    /// How many bytes are buffered and not yet used by a request.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn reading_body(&self) -> bool {
         matches!(self.input, Input::Body { .. })
     }
 
     /// Takes up to `max` buffered bytes that no request has claimed.
     pub fn take_buffered(&mut self, max: usize) -> Vec<u8> {
-        let n = self.buf.len().min(max);
-        self.buf.drain(..n).collect()
+        self.buf.take(max)
     }
 
     /// Forgets everything (after an error, nothing more is read).
     pub fn clear(&mut self) {
-        self.buf = Vec::new();
+        self.buf = Buffer::default();
         self.input = Input::Head;
     }
 
     /// Advances the request being read with the buffered bytes.
     pub fn advance(&mut self, limits: &Limits) -> Result<Step, ParseError> {
         if let Input::Head = self.input {
-            let Some((head, used)) = parse_head(&self.buf, limits)? else {
+            if self.buf.is_empty() {
+                return Ok(Step::Pending);
+            }
+            let Some((head, used)) = parse_head(self.buf.unparsed(), limits)? else {
                 return Ok(Step::Pending);
             };
-            self.buf.drain(..used);
+            self.buf.consume(used);
             let (left, expected) = match head.body {
                 BodyFraming::Length(0) => return Ok(self.complete(head, Body::Memory(Vec::new()))),
                 BodyFraming::Length(n) => (BodyLeft::Length(n), Some(n)),
@@ -140,16 +200,17 @@ impl RequestReader {
                     .buf
                     .len()
                     .min(usize::try_from(*n).unwrap_or(usize::MAX));
-                body.push(&self.buf[..take]).map_err(spool_error)?;
-                self.buf.drain(..take);
+                body.push(&self.buf.unparsed()[..take])
+                    .map_err(spool_error)?;
+                self.buf.consume(take);
                 *n -= take as u64;
                 *n == 0
             }
             BodyLeft::Chunked(decoder) => {
                 let mut decoded = Vec::new();
-                let used = decoder.decode(&self.buf, &mut decoded)?;
+                let used = decoder.decode(self.buf.unparsed(), &mut decoded)?;
                 body.push(&decoded).map_err(spool_error)?;
-                self.buf.drain(..used);
+                self.buf.consume(used);
                 decoder.is_done()
             }
         };
@@ -164,9 +225,7 @@ impl RequestReader {
     }
 
     fn complete(&mut self, head: Head, body: Body) -> Step {
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER_BYTES {
-            self.buf = Vec::new();
-        }
+        self.buf.release_if_large();
         Step::Request(head, body)
     }
 }

@@ -1,0 +1,78 @@
+# frozen_string_literal: true
+
+# Clients that try to make the server hold memory or sockets it should not.
+RSpec.describe "hostile clients", timeout: 120 do
+  faulty = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
+
+  def rss_kib(pid)
+    File.read("/proc/#{pid}/status")[/VmRSS:\s+(\d+)/, 1].to_i
+  end
+
+  # Writes `bytes` over and over until the server stops taking them (no
+  # progress for `stall` seconds) or `limit` bytes went out; returns the
+  # total written.
+  def push_until_stalled(socket, bytes, limit:, stall:)
+    written = 0
+    while written < limit
+      n = socket.write_nonblock(bytes, exception: false)
+      if n == :wait_writable
+        break unless socket.wait_writable(stall)
+
+        next
+      end
+      written += n
+    end
+    written
+  end
+
+  it "stops reading a pipelining client that never reads its responses" do
+    server = start_butterflies("-t", "2", "--io-threads", "1", rackup: faulty)
+    expect(Net::HTTP.get(URI(server.url("/bytes?n=10")))).to eq("x" * 10)
+    before = rss_kib(server.pid)
+    socket = Socket.new(:INET, :STREAM)
+    socket.setsockopt(Socket::SOL_SOCKET, Socket::SO_RCVBUF, 4096)
+    socket.connect(Socket.sockaddr_in(server.port, server.host))
+    requests = "GET /bytes?n=1 HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+    limit = 256 << 20
+    # Nobody reads the responses, so only so many fit in the socket buffers
+    # (a few MB: some 10^4 responses); the server must then stop reading
+    # requests, having read about as many as it answered plus its input
+    # cap. Without a bound it read 64 KiB more per response it sent, and
+    # took in all 256 MB.
+    written = push_until_stalled(socket, requests, limit: limit, stall: 3)
+    expect(written).to be < 32 << 20
+    grown = rss_kib(server.pid) - before
+    expect(grown).to be < 32 * 1024, "RSS grew by #{grown} KiB"
+    # Other clients are served meanwhile.
+    expect(Net::HTTP.get(URI(server.url("/bytes?n=5")))).to eq("xxxxx")
+  ensure
+    socket&.close
+  end
+
+  it "closes a connection at once when the client's FIN came with its request" do
+    server = start_butterflies("-t", "2", "--io-threads", "1", "--idle-timeout", "60", rackup: faulty)
+    20.times do |i|
+      socket = TCPSocket.new(server.host, server.port)
+      socket.write("GET /bytes?n=#{i + 1} HTTP/1.1\r\nHost: x\r\n\r\n")
+      socket.close_write
+      # read_response returns at EOF; without it, it raises after 5 s (the
+      # connection would sit in CLOSE-WAIT until the 60 s idle timeout).
+      response = read_response(socket, timeout: 5)
+      expect(response).to start_with("HTTP/1.1 200").and end_with("x" * (i + 1))
+    ensure
+      socket&.close
+    end
+  end
+
+  it "closes a connection at once when the client hangs up in the middle of a head" do
+    server = start_butterflies("-t", "2", "--io-threads", "1", "--header-timeout", "60", rackup: faulty)
+    20.times do
+      socket = TCPSocket.new(server.host, server.port)
+      socket.write("GET /bytes HTTP/1.1\r\nHo")
+      socket.close_write
+      expect(read_response(socket, timeout: 5)).to eq("")
+    ensure
+      socket&.close
+    end
+  end
+end
