@@ -76,3 +76,32 @@ RSpec.describe "hostile clients", timeout: 120 do
     end
   end
 end
+
+RSpec.describe "running out of file descriptors", timeout: 120 do
+  faulty = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
+
+  it "accepts again once descriptors free up, even after the backlog filled" do
+    server = start_butterflies("-t", "1", "--io-threads", "1", "--backlog", "8", rackup: faulty,
+                                                                                spawn: { rlimit_nofile: 64 })
+    expect(Net::HTTP.get(URI(server.url("/bytes?n=2")))).to eq("xx")
+    # More connections than the server has descriptors: it accepts until
+    # EMFILE, 9 more wait in the backlog, the kernel drops the rest's SYNs.
+    sockets = Array.new(150) do
+      socket = Socket.new(:INET, :STREAM)
+      socket.connect_nonblock(Socket.sockaddr_in(server.port, server.host), exception: false)
+      socket
+    end
+    expect(server.wait_for_output(/accept failed: EMFILE.*; retrying every/)).to be(true), server.output
+    sockets.each(&:close)
+    # Served again: the server closes what it had, then must go back to
+    # the backlog by itself (no new edge comes for a full one).
+    response = nil
+    wait_until(timeout: 20, message: "the server to accept again") do
+      response = Net::HTTP.start(server.host, server.port, open_timeout: 2, read_timeout: 2) { |h| h.get("/bytes?n=3") }
+    rescue Net::OpenTimeout, Net::ReadTimeout, SystemCallError, EOFError
+      nil
+    end
+    expect(response.body).to eq("xxx")
+    expect(server.output.scan("accept failed").size).to be <= 30, "logged more than about once a second"
+  end
+end

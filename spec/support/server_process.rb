@@ -22,11 +22,13 @@ class ServerProcess
   # `command` is an argv array; env vars are added to ours.
   # ready: the line that says it is listening (for Unix sockets, which
   # have no port to parse).
-  def initialize(command, env: {}, chdir: ROOT, ready: nil)
+  # spawn: more Process.spawn options (e.g. rlimit_nofile: 64).
+  def initialize(command, env: {}, chdir: ROOT, ready: nil, spawn: {})
     @ready = ready
     @output = +""
     @reader, writer = IO.pipe
-    @pid = Process.spawn(GcStressMode.server_env.merge(env), *command, chdir: chdir, out: writer, err: writer, pgroup: true, in: File::NULL)
+    @pid = Process.spawn(GcStressMode.server_env.merge(env), *command, chdir: chdir, out: writer, err: writer, pgroup: true, in: File::NULL,
+                                                         **spawn)
     writer.close
     @status = nil
   end

@@ -62,6 +62,41 @@ pub(crate) struct IoThread {
     idle_spin: Duration,
     /// Read buffer lent to whichever connection is being read.
     scratch: Vec<u8>,
+    /// Listeners whose accept failed for want of resources.
+    accept_paused: AcceptPaused,
+}
+
+/// Listeners to accept on again later, because accept failed for want of
+/// descriptors or memory; and when that was last logged.
+#[derive(Debug, Default)]
+struct AcceptPaused {
+    listeners: Vec<usize>,
+    logged: Option<Instant>,
+}
+
+/// Accept failures are logged at most this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl AcceptPaused {
+    fn pause(&mut self, index: usize, error: nix::errno::Errno) {
+        if !self.listeners.contains(&index) {
+            self.listeners.push(index);
+        }
+        if self
+            .logged
+            .is_none_or(|at| at.elapsed() >= ACCEPT_LOG_EVERY)
+        {
+            self.logged = Some(Instant::now());
+            eprintln!(
+                "butterflies: accept failed: {error}; retrying every {} ms",
+                TICK.as_millis()
+            );
+        }
+    }
+
+    fn take(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.listeners)
+    }
 }
 
 impl IoThread {
@@ -109,6 +144,7 @@ impl IoThread {
             shutdown_timeout: config.shutdown_timeout,
             idle_spin: config.idle_spin,
             scratch: vec![0; super::conn::READ_CHUNK_BYTES],
+            accept_paused: AcceptPaused::default(),
         })
     }
 
@@ -163,6 +199,9 @@ impl IoThread {
                 }
             }
             if Instant::now() >= next_tick {
+                for index in self.accept_paused.take() {
+                    self.accept(index);
+                }
                 self.enforce_timeouts();
                 next_tick = Instant::now() + TICK;
             }
@@ -208,8 +247,11 @@ impl IoThread {
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog.
-                    eprintln!("butterflies: accept failed: {e}");
+                    // Out of descriptors or memory (EMFILE, ENFILE,
+                    // ENOBUFS, ENOMEM): the rest stays in the backlog. Its
+                    // edge is spent, and once the backlog is full no new
+                    // one comes, so the tick retries (as nginx does).
+                    self.accept_paused.pause(index, e);
                     return;
                 }
             };
@@ -388,6 +430,10 @@ impl IoThread {
             }
             self.free.push(token);
             self.live -= 1;
+            // A descriptor is free again: take what waits in the backlog.
+            for index in self.accept_paused.take() {
+                self.accept(index);
+            }
         }
     }
 
