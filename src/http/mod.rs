@@ -7,6 +7,7 @@ pub mod date;
 pub mod error;
 pub mod request;
 pub mod response;
+pub mod syntax;
 
 pub use error::ParseError;
 pub use request::{parse_head, Head, Limits, Version};

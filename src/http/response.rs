@@ -2,6 +2,7 @@
 //! value can never split the response), `Date`, and how the body is delimited.
 //! The Ruby side feeds header fields in as it reads them from the app's hash.
 
+use super::syntax::is_tchar;
 use thiserror::Error;
 
 use super::date;
@@ -329,11 +330,6 @@ pub fn reason(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         _ => "Unknown",
     }
-}
-
-/// RFC 9110 token characters.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn lossy(b: &[u8]) -> String {

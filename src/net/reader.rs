@@ -175,10 +175,7 @@ impl RequestReader {
             let (left, expected) = match head.body {
                 BodyFraming::Length(0) => return Ok(self.complete(head, Body::Memory(Vec::new()))),
                 BodyFraming::Length(n) => (BodyLeft::Length(n), Some(n)),
-                BodyFraming::Chunked => (
-                    BodyLeft::Chunked(ChunkedDecoder::new(limits.max_body_bytes)),
-                    None,
-                ),
+                BodyFraming::Chunked => (BodyLeft::Chunked(ChunkedDecoder::new(limits)), None),
             };
             let send_continue = head.expect_continue && self.buf.is_empty();
             let body = BodyBuf::new(limits.body_in_memory_bytes, expected).map_err(spool_error)?;
