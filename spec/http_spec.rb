@@ -143,10 +143,39 @@ RSpec.describe "HTTP/1.1 handling" do
     expect(env.keys.grep(/\AHTTP_X_FILLER_/).size).to eq(60)
   end
 
-  it "takes the server name from an absolute-form target over Host" do
+  it "takes SERVER_NAME, SERVER_PORT and HTTP_HOST from an absolute-form target, never its scheme" do
     response = raw_request(server, "GET http://example.com:8080/env HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n")
     env = JSON.parse(response[/\{.*\}/m])
-    expect(env).to include("SERVER_NAME" => "example.com", "SERVER_PORT" => "8080", "PATH_INFO" => "/env")
+    expect(env).to include("SERVER_NAME" => "example.com", "SERVER_PORT" => "8080", "PATH_INFO" => "/env",
+                           "HTTP_HOST" => "example.com:8080", "rack.url_scheme" => "http")
+    # A plaintext client cannot make the request look like HTTPS, and a
+    # missing port is the connection scheme's default.
+    response = raw_request(server, "GET https://secure.example/env HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n")
+    env = JSON.parse(response[/\{.*\}/m])
+    expect(env).to include("SERVER_NAME" => "secure.example", "SERVER_PORT" => "80",
+                           "HTTP_HOST" => "secure.example", "rack.url_scheme" => "http")
+    expect(env).not_to include("HTTPS")
+  end
+
+  it "refuses two Host lines in HTTP/1.0, chunked applied twice, and a fragment in the target" do
+    [
+      "GET /env HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      "GET /env#top HTTP/1.1\r\nHost: x\r\n\r\n"
+    ].each do |request|
+      expect(raw_request(server, request)).to start_with("HTTP/1.1 400 Bad Request\r\n"), request.inspect
+    end
+  end
+
+  it "bounds chunk extensions and trailers, and checks chunk-size lines" do
+    post = "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    extensions = "1;#{'e' * 2000}\r\nx\r\n" * 9
+    expect(raw_request(server, "#{post}#{extensions}0\r\n\r\n")).to start_with("HTTP/1.1 400 Bad Request\r\n")
+    trailers = (0..200).map { |i| "T#{i}: v\r\n" }.join
+    expect(raw_request(server, "#{post}1\r\nx\r\n0\r\n#{trailers}\r\n")).to start_with("HTTP/1.1 431 ")
+    expect(raw_request(server, "#{post}1 \r\nx\r\n0\r\n\r\n")).to start_with("HTTP/1.1 400 Bad Request\r\n")
+    expect(raw_request(server, "#{post}1 ;a=b\r\nx\r\n0\r\nT: v\r\n\r\n")).to start_with("HTTP/1.1 200 OK\r\n")
   end
 
   it "spools a large body to a file that the app reads as rack.input" do

@@ -231,6 +231,11 @@ fn split_target(
     method: &[u8],
 ) -> Result<TargetParts, ParseError> {
     let bytes = &buf[target.clone()];
+    if bytes.contains(&b'#') {
+        // A fragment is never sent (RFC 9110 §7.1); a proxy or a cache
+        // could read the target differently from us.
+        return Err(ParseError::Malformed("fragment in request-target"));
+    }
     let origin_or_asterisk = bytes.starts_with(b"/") || (bytes == b"*" && method == b"OPTIONS");
     let (authority, path_start) = if origin_or_asterisk {
         (None, target.start)
@@ -293,6 +298,7 @@ pub fn valid_host(host: &[u8]) -> bool {
 fn check_fields(head: &mut Head, limits: &Limits) -> Result<(), ParseError> {
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
+    let mut chunked_count = 0;
     let mut hosts = 0;
     let mut connection_close = false;
     let mut connection_keep_alive = false;
@@ -306,7 +312,7 @@ fn check_fields(head: &mut Head, limits: &Limits) -> Result<(), ParseError> {
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
-            check_transfer_encoding(value)?;
+            chunked_count += check_transfer_encoding(value)?;
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
             if !valid_host(value) {
@@ -322,10 +328,17 @@ fn check_fields(head: &mut Head, limits: &Limits) -> Result<(), ParseError> {
             expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
     }
+    if hosts > 1 {
+        return Err(ParseError::Malformed("more than one Host field"));
+    }
     if head.version == Version::Http11 && hosts != 1 {
         return Err(ParseError::Malformed(
             "HTTP/1.1 needs exactly one Host field",
         ));
+    }
+    if chunked_count > 1 {
+        // RFC 9112 §6.1: a sender must not apply chunked more than once.
+        return Err(ParseError::Malformed("chunked applied more than once"));
     }
     if transfer_encoding {
         if content_length.is_some() {
@@ -365,17 +378,24 @@ fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
     })
 }
 
-/// Only `chunked` is implemented, and it must be the final (here: only) coding.
-fn check_transfer_encoding(value: &[u8]) -> Result<(), ParseError> {
+/// Only `chunked` is implemented, and it must be the final (here: only)
+/// coding. Returns how many times this field line applies `chunked`, so
+/// that `chunked` twice (on one line or over several) is refused.
+fn check_transfer_encoding(value: &[u8]) -> Result<usize, ParseError> {
     let codings: Vec<&[u8]> = value
         .split(|&b| b == b',')
         .map(|c| c.trim_ascii())
         .collect();
+    let chunked = codings
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case(b"chunked"))
+        .count();
     match codings.as_slice() {
-        [one] if one.eq_ignore_ascii_case(b"chunked") => Ok(()),
         [.., last] if !last.eq_ignore_ascii_case(b"chunked") => Err(ParseError::Malformed(
             "chunked is not the final transfer coding",
         )),
+        _ if chunked > 1 => Err(ParseError::Malformed("chunked applied more than once")),
+        [_] => Ok(chunked),
         _ => Err(ParseError::UnsupportedTransferCoding(
             String::from_utf8_lossy(value).into_owned(),
         )),
@@ -480,6 +500,31 @@ mod tests {
             400
         );
         assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
+        // Two Host lines are refused in any request (RFC 9112 §3.2).
+        assert_eq!(
+            parse("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n")
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn chunked_applied_twice_is_refused() {
+        for te in [
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: CHUNKED\r\ntransfer-encoding: chunked\r\n",
+        ] {
+            let req = format!("POST / HTTP/1.1\r\nHost: h\r\n{te}\r\n");
+            let err = parse(&req).unwrap_err();
+            assert_eq!(err.status(), 400, "{te:?}");
+            assert!(err.to_string().contains("more than once"), "{err}");
+        }
+        let gzip = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(parse(gzip).unwrap_err().status(), 501);
+        let last = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert_eq!(parse(last).unwrap_err().status(), 400);
     }
 
     #[test]
@@ -521,6 +566,9 @@ mod tests {
             "GET a/b HTTP/1.1",
             "GET http:///p HTTP/1.1",
             "GET ftp://h/ HTTP/1.1",
+            "GET /a#frag HTTP/1.1",
+            "GET /a?q=1#f HTTP/1.1",
+            "GET http://h/#x HTTP/1.1",
         ] {
             let req = format!("{bad}\r\nHost: h\r\n\r\n");
             assert_eq!(parse(&req).unwrap_err().status(), 400, "{bad}");

@@ -288,6 +288,16 @@ pub fn build(
     for (field, value) in head.headers() {
         set_header(ruby, &mut pairs, field, value)?;
     }
+    if let Some(authority) = head.authority() {
+        // An absolute-form target's authority wins over the Host field
+        // (RFC 9112 §3.2.2), for HTTP_HOST as for SERVER_NAME/PORT. Its
+        // scheme is ignored: rack.url_scheme is the connection's.
+        let key = ruby.get_inner(&H_HOST);
+        match pairs.get(key) {
+            Some((found, _)) => pairs.replace(found, key, bin(authority).as_value())?,
+            None => pairs.push(key, bin(authority))?,
+        }
+    }
     if head.body == BodyFraming::Chunked {
         let length = bin(Small::of(request.body.len()).bytes());
         match pairs.get(ruby.get_inner(&CONTENT_LENGTH)) {
