@@ -17,6 +17,8 @@ pub enum ResponseError {
     HeaderName(String),
     #[error("invalid value for response header {0:?}")]
     HeaderValue(String),
+    #[error("more than one content-length")]
+    RepeatedContentLength,
 }
 
 /// How the body follows the head.
@@ -26,9 +28,14 @@ pub enum Framing {
     Length(u64),
     /// `Transfer-Encoding: chunked`, chunks framed by us.
     Chunked,
-    /// The app framed the body itself (its own Transfer-Encoding header).
-    AppFramed,
-    /// No length: the body ends when the connection closes (HTTP/1.0).
+    /// The app chunked the body itself (its Transfer-Encoding ends in
+    /// chunked): its framing is checked and passed on (HTTP/1.1).
+    AppChunked,
+    /// The app chunked the body itself, for an HTTP/1.0 client: decoded and
+    /// sent close-delimited, without Transfer-Encoding.
+    Dechunked,
+    /// No length: the body ends when the connection closes (HTTP/1.0, or an
+    /// app Transfer-Encoding that does not end in chunked).
     UntilClose,
     /// No body at all (1xx, 204, 304, HEAD of an unknown length).
     None,
@@ -41,10 +48,11 @@ pub enum Framing {
 pub struct ResponseHead {
     status: u16,
     fields: Vec<u8>,
-    /// A Content-Length the app set itself.
+    /// A Content-Length the app set itself (sent only when it frames the
+    /// body: never beside a Transfer-Encoding, RFC 9112 §6.2).
     pub content_length: Option<u64>,
-    /// The app set Transfer-Encoding itself (e.g. Rack::Chunked).
-    pub transfer_encoding: bool,
+    /// The app's own Transfer-Encoding value (e.g. Rack::Chunked's).
+    app_coding: Option<Vec<u8>>,
     /// The app asked for the connection to be closed.
     pub connection_close: bool,
     /// The app's own Connection value (sent only with 101 and hijacks).
@@ -61,7 +69,7 @@ impl ResponseHead {
             status,
             fields: Vec::with_capacity(256),
             content_length: None,
-            transfer_encoding: false,
+            app_coding: None,
             connection_close: false,
             connection: None,
         })
@@ -105,14 +113,28 @@ impl ResponseHead {
             return Ok(());
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(value)
+            // 1*DIGIT (RFC 9110 §8.6), once: "+5" or two values could
+            // frame the body differently from what a client reads.
+            let digits = value.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(ResponseError::HeaderValue(lossy(name)));
+            }
+            let n = std::str::from_utf8(digits)
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| ResponseError::HeaderValue(lossy(name)))?;
-            self.content_length = Some(n);
+            if self.content_length.replace(n).is_some() {
+                return Err(ResponseError::RepeatedContentLength);
+            }
+            return Ok(());
         }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.transfer_encoding = true;
+            let coding = self.app_coding.get_or_insert_with(Vec::new);
+            if !coding.is_empty() {
+                coding.extend_from_slice(b", ");
+            }
+            coding.extend_from_slice(value.trim_ascii());
+            return Ok(());
         }
         self.fields.extend_from_slice(name);
         self.fields.extend_from_slice(b": ");
@@ -128,18 +150,31 @@ impl ResponseHead {
         if self.bodyless_status() {
             return Framing::None;
         }
-        let app_framed = self.transfer_encoding;
-        let length = self
-            .content_length
-            .or(if app_framed { None } else { body_len });
-        match (length, head_request) {
+        if let Some(coding) = &self.app_coding {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
+            let chunked = coding
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            return match (head_request, chunked, version) {
+                (true, _, _) => Framing::None,
+                (false, true, Version::Http11) => Framing::AppChunked,
+                (false, true, Version::Http10) => Framing::Dechunked,
+                (false, false, _) => Framing::UntilClose,
+            };
+        }
+        match (self.content_length.or(body_len), head_request) {
             (Some(n), true) => Framing::HeadLength(n),
             (None, true) => Framing::None,
             (Some(n), false) => Framing::Length(n),
-            (None, false) if app_framed => Framing::AppFramed,
             (None, false) if version == Version::Http11 => Framing::Chunked,
             (None, false) => Framing::UntilClose,
         }
+    }
+
+    /// The app set its own Transfer-Encoding.
+    pub fn app_transfer_encoding(&self) -> bool {
+        self.app_coding.is_some()
     }
 
     /// Whether bytes of the body follow the head.
@@ -189,15 +224,30 @@ impl ResponseHead {
         framing: Framing,
         keep_alive: bool,
     ) -> bool {
-        let keep_alive = keep_alive && !self.connection_close && framing != Framing::UntilClose;
+        let close_delimited = matches!(framing, Framing::UntilClose | Framing::Dechunked);
+        let keep_alive = keep_alive && !self.connection_close && !close_delimited;
         self.write_start(out, version);
-        match framing {
-            Framing::Length(n) | Framing::HeadLength(n) if self.content_length.is_none() => {
-                out.extend_from_slice(b"Content-Length: ");
-                push_decimal(out, n);
+        let length = match framing {
+            Framing::Length(n) | Framing::HeadLength(n) => Some(n),
+            // A 304 may say the length of what a 200 would have sent.
+            Framing::None if self.status == 304 && self.app_coding.is_none() => self.content_length,
+            _ => None,
+        };
+        if let Some(n) = length {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        match (framing, &self.app_coding) {
+            (Framing::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            // Never a Transfer-Encoding to an HTTP/1.0 client.
+            (Framing::AppChunked | Framing::UntilClose, Some(coding))
+                if version == Version::Http11 =>
+            {
+                out.extend_from_slice(b"Transfer-Encoding: ");
+                out.extend_from_slice(coding);
                 out.extend_from_slice(b"\r\n");
             }
-            Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
             _ => {}
         }
         match (keep_alive, version) {
@@ -399,7 +449,50 @@ mod tests {
         te.field(b"Transfer-Encoding", b"chunked").unwrap();
         assert_eq!(
             te.framing(Version::Http11, false, Some(9)),
-            Framing::AppFramed
+            Framing::AppChunked
+        );
+    }
+
+    #[test]
+    fn a_transfer_encoding_drops_the_length_and_never_reaches_http_1_0() {
+        let mut head = ResponseHead::new(200).unwrap();
+        head.field(b"Content-Length", b"5").unwrap();
+        head.field(b"Transfer-Encoding", b"gzip, chunked").unwrap();
+        let framing = head.framing(Version::Http11, false, Some(5));
+        assert_eq!(framing, Framing::AppChunked);
+        let mut out = Vec::new();
+        assert!(head.write(&mut out, Version::Http11, framing, true));
+        let s = text(&out);
+        assert!(!s.contains("Content-Length"), "{s}");
+        assert!(s.contains("Transfer-Encoding: gzip, chunked\r\n"), "{s}");
+        let framing = head.framing(Version::Http10, false, Some(5));
+        assert_eq!(framing, Framing::Dechunked);
+        let mut out = Vec::new();
+        assert!(!head.write(&mut out, Version::Http10, framing, true));
+        let s = text(&out);
+        assert!(
+            !s.contains("Transfer-Encoding") && !s.contains("Content-Length"),
+            "{s}"
+        );
+        let mut gzip = ResponseHead::new(200).unwrap();
+        gzip.field(b"Transfer-Encoding", b"gzip").unwrap();
+        assert_eq!(
+            gzip.framing(Version::Http11, false, None),
+            Framing::UntilClose
+        );
+    }
+
+    #[test]
+    fn content_length_is_digits_and_once() {
+        for bad in [&b"+5"[..], b"-1", b"5 6", b"0x5", b""] {
+            let mut head = ResponseHead::new(200).unwrap();
+            assert!(head.field(b"Content-Length", bad).is_err(), "{bad:?}");
+        }
+        let mut head = ResponseHead::new(200).unwrap();
+        head.field(b"content-length", b" 5 ").unwrap();
+        assert_eq!(
+            head.field(b"Content-Length", b"6"),
+            Err(ResponseError::RepeatedContentLength)
         );
     }
 

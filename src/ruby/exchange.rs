@@ -15,6 +15,7 @@ use magnus::{Error, Ruby};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::gvl::{check_interrupts, without_gvl, Unblock};
+use crate::http::body_framer::{BodyFault, BodyFramer, Framed};
 use crate::http::response::Framing;
 use crate::http::Version;
 use crate::net::Job;
@@ -45,6 +46,12 @@ struct Inner {
     job: Option<Job>,
     /// How body bytes are framed, once the head is sent.
     framing: Option<Framing>,
+    /// Keeps the body true to that framing (streamed bodies).
+    framer: Option<BodyFramer>,
+    /// The connection must close after this response: the body did not
+    /// match its framing, or the app read from the connection (a Rack 3
+    /// stream), so what follows on it is no request of ours.
+    close_after: bool,
     /// The app took the socket (full or partial hijack).
     hijacked: bool,
     /// A write failed or timed out: the client is gone.
@@ -103,10 +110,6 @@ impl Exchange {
         self.lock().framing.is_some()
     }
 
-    pub fn framing(&self) -> Option<Framing> {
-        self.lock().framing
-    }
-
     pub fn hijacked(&self) -> bool {
         self.lock().hijacked
     }
@@ -118,7 +121,43 @@ impl Exchange {
 
     /// Records that the head went out with this framing.
     pub fn set_framing(&self, framing: Framing) {
-        self.lock().framing = Some(framing);
+        let mut inner = self.lock();
+        inner.framing = Some(framing);
+        inner.framer = Some(BodyFramer::new(framing));
+    }
+
+    /// Frames one piece of a streamed body (see [`BodyFramer`]); a fault
+    /// is logged here, once, and closes the connection after the response.
+    pub fn frame<'a>(&self, data: &'a [u8]) -> Framed<'a> {
+        let mut inner = self.lock();
+        let Some(framer) = inner.framer.as_mut() else {
+            return BodyFramer::new(Framing::None).frame(data).0;
+        };
+        let (framed, fault) = framer.frame(data);
+        if let Some(fault) = fault {
+            inner.close_after = true;
+            report_fault(&inner, &fault);
+        }
+        framed
+    }
+
+    /// The body ended: what ends it on the wire (the last chunk).
+    pub fn finish_framing(&self) -> &'static [u8] {
+        let mut inner = self.lock();
+        let Some(framer) = inner.framer.as_mut() else {
+            return b"";
+        };
+        let (last, fault) = framer.finish();
+        if let Some(fault) = fault {
+            inner.close_after = true;
+            report_fault(&inner, &fault);
+        }
+        last
+    }
+
+    /// Whether the connection may carry another request after this one.
+    pub fn must_close(&self) -> bool {
+        self.lock().close_after
     }
 
     pub fn mark_finished(&self) {
@@ -323,7 +362,10 @@ impl Exchange {
 
     /// Reads up to `max` bytes the client sent after the request (a Rack 3
     /// stream's `read`), waiting without the GVL. `None` at end of stream.
+    /// The connection then closes after the response: what the app left
+    /// unread is not a request.
     pub fn read(&self, ruby: &Ruby, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        self.lock().close_after = true;
         loop {
             let mut job = self.lock().job.take().ok_or_else(|| disconnected(ruby))?;
             let waker = self.waker.clone();
@@ -367,6 +409,18 @@ impl Exchange {
         let job = job.ok_or_else(|| disconnected(ruby))?;
         job.hijack()
             .map_err(|e| Error::new(ruby.exception_io_error(), format!("cannot hijack: {e}")))
+    }
+}
+
+/// Logs an app body that did not match its framing, naming the request.
+fn report_fault(inner: &Inner, fault: &BodyFault) {
+    match inner.job.as_ref().map(|job| &job.request.head) {
+        Some(head) => eprintln!(
+            "butterflies: app error handling {} {}: {fault}; closing the connection",
+            String::from_utf8_lossy(head.method()),
+            String::from_utf8_lossy(head.target()),
+        ),
+        None => eprintln!("butterflies: app error: {fault}; closing the connection"),
     }
 }
 

@@ -3,6 +3,7 @@
 //! `rack.hijack` proc is handed back), anything that could split a response
 //! refused. Shared by the response and by `rack.early_hints`.
 
+use magnus::value::ReprValue;
 use magnus::{Error, RArray, RHash, RString, Ruby, Value};
 
 use crate::http::response::ResponseHead;
@@ -13,9 +14,7 @@ pub fn read_head(
     status: Value,
     headers: Value,
 ) -> Result<(ResponseHead, Option<Value>), Error> {
-    let status = magnus::Integer::from_value(status)
-        .and_then(|i| i.to_i64().ok())
-        .ok_or_else(|| invalid(ruby, "the status must be an Integer"))?;
+    let status = status_code(ruby, status)?;
     let mut head = ResponseHead::new(status).map_err(|e| invalid(ruby, &e.to_string()))?;
     let headers =
         RHash::from_value(headers).ok_or_else(|| invalid(ruby, "the headers must be a Hash"))?;
@@ -29,7 +28,30 @@ pub fn read_head(
         }
         Ok(magnus::r_hash::ForEach::Continue)
     })?;
+    // An interim status is never a final response: the client would wait
+    // for the real one (101 only with a hijack, which takes the socket).
+    if (100..200).contains(&status) && !(status == 101 && hijack.is_some()) {
+        return Err(invalid(
+            ruby,
+            &format!("status {status} is interim, not a final response"),
+        ));
+    }
     Ok((head, hijack))
+}
+
+/// The status: an Integer, or (Rack 2) a String whose `to_i` is a status
+/// (`"200"`).
+fn status_code(ruby: &Ruby, status: Value) -> Result<i64, Error> {
+    if let Some(i) = magnus::Integer::from_value(status).and_then(|i| i.to_i64().ok()) {
+        return Ok(i);
+    }
+    if RString::from_value(status).is_some() {
+        let code: i64 = status.funcall("to_i", ())?;
+        if (100..=599).contains(&code) {
+            return Ok(code);
+        }
+    }
+    Err(invalid(ruby, "the status must be an Integer"))
 }
 
 /// One header: Rack 2 joins several values with "\n", Rack 3 gives an Array.

@@ -115,7 +115,7 @@ fn finish_or_keep(app: &App, ex: &Exchange, keep_alive: bool, may_keep: bool) ->
     }
     let job = ex.take_job()?;
     let broken = ex.broken();
-    job.finish_or_keep(keep_alive && !broken, broken)
+    job.finish_or_keep(keep_alive && !broken && !ex.must_close(), broken)
 }
 
 /// Calls the app and sends its response.
@@ -185,7 +185,7 @@ fn fail(
 fn finish(ex: &Exchange, keep_alive: bool) {
     if let Some(job) = ex.take_job() {
         let broken = ex.broken();
-        job.finish(keep_alive && !broken, broken);
+        job.finish(keep_alive && !broken && !ex.must_close(), broken);
     }
 }
 

@@ -21,7 +21,7 @@ use super::headers::{invalid, read_head};
 use super::snapshot::Snapshot;
 use super::stream::{finish_body, hijack_io, Stream};
 use super::{id, CALL, CLOSE, EACH, TO_ARY, TO_PATH};
-use crate::http::response::{push_chunk, push_hex, Framing, ResponseHead, LAST_CHUNK};
+use crate::http::response::{Framing, ResponseHead};
 
 /// Iterates an `each` body into the stream: Rust cannot hand Ruby a
 /// capturing closure as a block.
@@ -94,12 +94,18 @@ fn send_parts(
     if let Some(hijack) = hijack {
         return partial_hijack(ruby, ex, &head, hijack);
     }
+    let mut body = body;
     if body.respond_to(id(ruby, &TO_ARY), false)? {
         // Rack 2 bodies may answer to_ary with nil (Rails 6.1 does): then
         // they are streamed with each, as Puma does.
         let array: Value = body.funcall(id(ruby, &TO_ARY), ())?;
         if let Some(chunks) = RArray::from_value(array) {
-            return send_array(ruby, ex, &head, chunks, keep_alive);
+            if let Some(outcome) = send_array(ruby, ex, &head, chunks, keep_alive)? {
+                return Ok(outcome);
+            }
+            // A length the app set that the Array does not match, or a
+            // Transfer-Encoding of its own: framed piece by piece below.
+            body = array;
         }
     }
     if let Some((file, len)) = file_body(ruby, ex, &head, body)? {
@@ -145,13 +151,17 @@ const COPY_BELOW_BYTES: u64 = 64 * 1024;
 /// goes out with one `writev(2)` straight from frozen snapshots of the
 /// Ruby strings ([`Snapshot`]), nothing copied unless the socket does not
 /// take it all.
+///
+/// Only when the body's length is what the head says; otherwise (an app
+/// Content-Length that does not match, the app's own Transfer-Encoding)
+/// returns `None`, and the Array is framed piece by piece like any body.
 fn send_array(
     ruby: &Ruby,
     ex: &Exchange,
     head: &ResponseHead,
     chunks: RArray,
     keep_alive: bool,
-) -> Result<Outcome, Error> {
+) -> Result<Option<Outcome>, Error> {
     let mut total = 0u64;
     for chunk in chunks.into_iter() {
         let chunk = RString::from_value(chunk)
@@ -159,17 +169,22 @@ fn send_array(
         total += chunk.len() as u64;
     }
     let framing = head.framing(ex.version, ex.head_request, Some(total));
+    match framing {
+        Framing::Length(n) if n == total => {}
+        Framing::None | Framing::HeadLength(_) => {}
+        _ => return Ok(None),
+    }
     if total < COPY_BELOW_BYTES {
         // One buffer for head and body: the only allocation of the response.
         let mut out = Vec::with_capacity(head.len_hint() + total as usize);
         let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
         ex.set_framing(framing);
         if ResponseHead::sends_body(framing) {
-            append_body(&mut out, chunks, framing);
+            append_body(&mut out, chunks);
         }
         ex.send(ruby, out)?;
         ex.mark_finished();
-        return Ok(Outcome::Sent { keep_alive });
+        return Ok(Some(Outcome::Sent { keep_alive }));
     }
     let mut out = Vec::with_capacity(head.len_hint());
     let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
@@ -178,51 +193,24 @@ fn send_array(
     // read from frozen snapshots that no other thread can change or free.
     let snapshot = Snapshot::take(ruby, chunks);
     let bodies = snapshot.parts();
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(bodies.len() * 3 + 2);
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(bodies.len() + 1);
     parts.push(&out);
-    let sizes: Vec<Vec<u8>>;
-    match framing {
-        Framing::None | Framing::HeadLength(_) => {}
-        Framing::Chunked => {
-            sizes = bodies
-                .iter()
-                .map(|b| {
-                    let mut size = Vec::with_capacity(18);
-                    push_hex(&mut size, b.len() as u64);
-                    size.extend_from_slice(b"\r\n");
-                    size
-                })
-                .collect();
-            for (size, body) in sizes.iter().zip(&bodies).filter(|(_, b)| !b.is_empty()) {
-                parts.extend_from_slice(&[size, body, b"\r\n"]);
-            }
-            parts.push(LAST_CHUNK);
-        }
-        Framing::Length(_) | Framing::AppFramed | Framing::UntilClose => {
-            parts.extend_from_slice(&bodies)
-        }
+    if ResponseHead::sends_body(framing) {
+        parts.extend_from_slice(&bodies);
     }
     // writev takes at most IOV_MAX (1024) slices; send many in groups.
     for group in parts.chunks(512) {
         ex.send_now(ruby, group)?;
     }
     ex.mark_finished();
-    Ok(Outcome::Sent { keep_alive })
+    Ok(Some(Outcome::Sent { keep_alive }))
 }
 
-/// Copies the body (chunks already checked to be Strings) after the head,
-/// framed.
-fn append_body(out: &mut Vec<u8>, chunks: RArray, framing: Framing) {
+/// Copies the body (chunks already checked to be Strings) after the head.
+fn append_body(out: &mut Vec<u8>, chunks: RArray) {
     for s in chunks.into_iter().filter_map(RString::from_value) {
         // SAFETY: copied at once; no Ruby code runs while we hold the slice.
-        let bytes = unsafe { s.as_slice() };
-        match framing {
-            Framing::Chunked => push_chunk(out, bytes),
-            _ => out.extend_from_slice(bytes),
-        }
-    }
-    if framing == Framing::Chunked {
-        out.extend_from_slice(LAST_CHUNK);
+        out.extend_from_slice(unsafe { s.as_slice() });
     }
 }
 
@@ -237,7 +225,7 @@ fn file_body(
 ) -> Result<Option<(std::fs::File, u64)>, Error> {
     if head.status() != 200
         || ex.head_request
-        || head.transfer_encoding
+        || head.app_transfer_encoding()
         || !body.respond_to(id(ruby, &TO_PATH), false)?
     {
         return Ok(None);

@@ -21,7 +21,7 @@ use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
 
 use super::exchange::Exchange;
 use super::flusher::Flusher;
-use crate::http::response::{Framing, ResponseHead, LAST_CHUNK};
+use crate::http::response::ResponseHead;
 use crate::http::Version;
 
 /// Bytes read per `Stream#read` without a length.
@@ -47,16 +47,9 @@ impl Stream {
         }
         let flusher = rb_self.1.as_ref();
         let gather = flusher.is_some();
-        let waiting = match ex.framing() {
-            Some(Framing::Chunked) => {
-                let size = format!("{len:x}\r\n");
-                ex.send_piece(ruby, &[size.as_bytes(), bytes, b"\r\n"], gather)?
-            }
-            Some(Framing::Length(_) | Framing::AppFramed | Framing::UntilClose) => {
-                ex.send_piece(ruby, &[bytes], gather)?
-            }
-            _ => false, // HEAD, 204, 304: the body is not sent
-        };
+        // Framed as the head announced; HEAD, 204 and 304 send nothing.
+        let framed = ex.frame(bytes);
+        let waiting = !framed.is_empty() && ex.send_piece(ruby, &framed.parts(), gather)?;
         if let (true, Some(flusher)) = (waiting, flusher) {
             flusher.watch(ex);
         }
@@ -108,13 +101,10 @@ pub fn finish_body(ruby: &Ruby, ex: &Exchange) -> Result<(), Error> {
     if ex.is_finished() {
         return Ok(());
     }
-    let framing = ex.framing();
+    let last = ex.finish_framing();
     ex.mark_finished();
-    if framing == Some(Framing::Chunked) {
-        ex.send_now(ruby, &[LAST_CHUNK])?;
-    } else {
-        ex.send_now(ruby, &[])?; // what gathered
-    }
+    // The last chunk, if any, and what gathered.
+    ex.send_now(ruby, &[last])?;
     Ok(())
 }
 
