@@ -29,6 +29,27 @@ RSpec.describe "the butterflies command" do
     expect(out).to include("idle_spin: 0\n")
   end
 
+  {
+    %w[--idle-timeout 1e30] => "--idle-timeout must be a number of seconds above 0 and at most 86400, got 1.0e+30",
+    %w[--header-timeout 0] => "--header-timeout must be a number of seconds above 0 and at most 86400, got 0.0",
+    %w[--request-timeout -1] => "--request-timeout must be a number of seconds above 0 and at most 86400, got -1.0",
+    %w[--queue-depth 0] => "--queue-depth must be at least 1, got 0",
+    %w[--request-hard-timeout 5] => "request_hard_timeout needs cluster mode (workers >= 1)"
+  }.each do |args, message|
+    it "refuses #{args.join(' ')} with one line and status 2, before binding" do
+      _out, err, status = run_cli(*args, "-b", "tcp://127.0.0.1:0", ServerHelpers::APP)
+      expect(status.exitstatus).to eq(2)
+      expect(err.lines.size).to eq(1)
+      expect(err).to start_with("butterflies: #{message}")
+    end
+  end
+
+  it "takes shutdown timeout 0 (do not wait)" do
+    out, _err, status = run_cli("--shutdown-timeout", "0", "--dry-run", ServerHelpers::APP)
+    expect(status.exitstatus).to eq(0)
+    expect(out).to include("shutdown_timeout: 0.0\n")
+  end
+
   it "says when the rackup file is missing" do
     _out, err, status = run_cli("missing.ru")
     expect(status.exitstatus).to eq(1)

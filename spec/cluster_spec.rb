@@ -188,6 +188,17 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
   end
 
+  it "replaces a stuck worker on request_hard_timeout alone (no request_timeout)" do
+    server = start_cluster("--request-hard-timeout", "2", "--shutdown-timeout", "1", workers: 1)
+    first = ready_workers(server).fetch(0)
+    Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=60"))) rescue nil } # rubocop:disable Style/RescueModifier
+    expect(server.wait_for_output(/app: sleeping 60.0/)).to be(true)
+    expect(server.wait_for_output(/has an app thread stuck past 2.0s; replacing it/, timeout: 15)).to be(true)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 2, timeout: 20)).to be(true)
+    expect(ready_workers(server)[0]).not_to eq(first)
+    expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
+  end
+
   it "picks up changed code on USR1 with preload_app too" do
     Dir.mktmpdir do |dir|
       File.write(File.join(dir, "version.rb"), "VERSION_SEEN = 'one'\n")

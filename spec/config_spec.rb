@@ -28,7 +28,11 @@ RSpec.describe "the config file" do
 
   {
     "wokers 2\n" => "config/butterflies.rb:1: unknown option wokers",
-    "workers 2\n\nthreads 'many'\n" => "config/butterflies.rb:3: threads must be a whole number >= 0, got \"many\"",
+    "workers 2\n\nthreads 'many'\n" => "config/butterflies.rb:3: threads must be a whole number from 0 to 4611686018427387904, got \"many\"",
+    "workers 1\nidle_timeout Float::INFINITY\n" =>
+      "config/butterflies.rb:2: idle_timeout must be a number of seconds above 0 and at most 86400, got Infinity",
+    "write_timeout 0\n" => "config/butterflies.rb:1: write_timeout must be a number of seconds above 0 and at most 86400, got 0",
+    "max_head_bytes 0\n" => "config/butterflies.rb:1: max_head_bytes must be a whole number from 1 to 4611686018427387904, got 0",
     "bind 'http://x'\n" => "config/butterflies.rb:1: bind \"http://x\": use tcp://HOST:PORT or unix:///path",
     "workers(\n" => "config/butterflies.rb:1: syntax error, unexpected end-of-input"
   }.each do |config, message|

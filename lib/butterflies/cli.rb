@@ -118,7 +118,7 @@ module Butterflies
           o.on("#{flag} N", text) { |n| @cli[key] = whole(flag, n, min: min) }
         end
         SECONDS_FLAGS.each do |flag, (key, text)|
-          o.on("#{flag} SECONDS", Float, text) { |s| @cli[key] = non_negative(flag, s) }
+          o.on("#{flag} SECONDS", Float, text) { |s| @cli[key] = Configuration.seconds(key, s, label: flag) }
         end
         o.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @cli[:environment] = e }
         o.on("-q", "--quiet", "No boot banner") { @cli[:quiet] = true }
@@ -134,16 +134,11 @@ module Butterflies
       end
     end
 
-    def non_negative(flag, seconds)
-      raise ConfigError, "#{flag} must not be negative, got #{seconds} (see butterflies --help)" if seconds.negative?
-
-      seconds
-    end
-
     def whole(flag, text, min:)
       number = Integer(text, 10, exception: false)
       raise ConfigError, "#{flag} needs a whole number, got #{text.inspect} (see butterflies --help)" if number.nil?
       raise ConfigError, "#{flag} must be at least #{min}, got #{number} (see butterflies --help)" if number < min
+      raise ConfigError, "#{flag} must be at most #{Configuration::MAX_COUNT}, got #{number}" if number > Configuration::MAX_COUNT
 
       number
     end

@@ -48,6 +48,30 @@ module Butterflies
 
     HOOKS = %i[before_fork on_worker_boot on_worker_shutdown before_exec].freeze
 
+    # Durations in seconds: finite, above 0 and at most a day (the engine
+    # keeps them as Rust Durations). shutdown_timeout may be 0: do not wait
+    # for requests in flight.
+    SECONDS = %i[shutdown_timeout worker_timeout request_timeout request_hard_timeout
+                 idle_timeout header_timeout body_timeout write_timeout].freeze
+    MAX_SECONDS = 86_400
+    ZERO_SECONDS_ALLOWED = %i[shutdown_timeout].freeze
+
+    # Whole numbers the engine keeps as 64-bit sizes and counts.
+    COUNTS = %i[threads max_threads io_threads workers queue_depth idle_spin backlog tcp_fastopen
+                max_body_bytes max_head_bytes max_target_bytes max_header_fields max_field_bytes].freeze
+    MAX_COUNT = 2**62
+
+    # `value` as seconds for `key`, or a ConfigError naming `label` (a
+    # flag, or the directive).
+    def self.seconds(key, value, label: key)
+      number = Float(value, exception: false) if value.is_a?(Numeric) || value.is_a?(String)
+      zero = ZERO_SECONDS_ALLOWED.include?(key)
+      return number if number&.finite? && (zero ? number >= 0 : number.positive?) && number <= MAX_SECONDS
+
+      low = zero ? ">= 0" : "above 0"
+      raise ConfigError, "#{label} must be a number of seconds #{low} and at most #{MAX_SECONDS}, got #{value.inspect}"
+    end
+
     attr_reader :path, :hooks
 
     def initialize
@@ -94,10 +118,25 @@ module Butterflies
       @values.fetch(key)
     end
 
+    # Sets a value; durations and counts are checked here too, for values
+    # that come from a Hash (the Rack handler) rather than the CLI or DSL.
     def []=(key, value)
       raise ConfigError, "unknown option #{key}" unless @values.key?(key)
 
+      value = Configuration.seconds(key, value) if SECONDS.include?(key) && !value.nil?
+      if COUNTS.include?(key) && !value.nil? && !(value.is_a?(Integer) && value.between?(0, MAX_COUNT))
+        raise ConfigError, "#{key} must be a whole number from 0 to #{MAX_COUNT}, got #{value.inspect}"
+      end
+
       @values[key] = value
+    end
+
+    # Settings that cannot work together, refused before anything binds.
+    def check_mode!
+      return if cluster? || self[:request_hard_timeout].nil?
+
+      raise ConfigError, "request_hard_timeout needs cluster mode (workers >= 1): a stuck worker is " \
+                         "replaced, but a stuck thread cannot be stopped safely in a single process"
     end
 
     def to_h

@@ -119,16 +119,15 @@ module Butterflies
 
     def integer(name, value, min:)
       number = Integer(value, exception: false) unless value.is_a?(Float)
-      raise ConfigError, "#{name} must be a whole number >= #{min}, got #{value.inspect}" if number.nil? || number < min
+      if number.nil? || number < min || number > Configuration::MAX_COUNT
+        raise ConfigError, "#{name} must be a whole number from #{min} to #{Configuration::MAX_COUNT}, got #{value.inspect}"
+      end
 
       number
     end
 
     def seconds(name, value)
-      number = Float(value, exception: false) if value.is_a?(Numeric) || value.is_a?(String)
-      raise ConfigError, "#{name} must be a number of seconds >= 0, got #{value.inspect}" if number.nil? || number.negative?
-
-      number
+      Configuration.seconds(name, value)
     end
 
     def string(name, value)

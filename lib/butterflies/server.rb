@@ -17,6 +17,7 @@ module Butterflies
     def initialize(app, options = {}, log: nil)
       @app = app
       @config = options.is_a?(Configuration) ? options : from_hash(options)
+      @config.check_mode!
       @log = log || (options.is_a?(Hash) && options[:log]) || $stdout
       @signals = SignalQueue.new
       @argv = [$PROGRAM_NAME, *ARGV]

@@ -26,8 +26,9 @@ pub struct RbEngine {
     write_timeout: Duration,
     limits: Limits,
     idle_spin: Duration,
-    /// The per-request timeout, when one is configured: (timeout, hard limit).
-    request_timeouts: Option<(Duration, Option<Duration>)>,
+    /// The per-request timeouts, when either is configured: (the 503
+    /// timeout, the hard limit that reports the process stuck).
+    request_timeouts: Option<(Option<Duration>, Option<Duration>)>,
     watchdog: Mutex<Option<Arc<Watchdog>>>,
     flusher: Mutex<Option<Flusher>>,
     pool: Pool,
@@ -76,19 +77,15 @@ impl RbEngine {
         if let Some(shared) = option::<bool>(ruby, options, "shared_listeners")? {
             config.shared_listeners = shared;
         }
-        if let Some(s) = option::<f64>(ruby, options, "shutdown_timeout")? {
-            config.shutdown_timeout = Duration::from_secs_f64(s.max(0.0));
-        }
-        if let Some(s) = option::<f64>(ruby, options, "idle_timeout")? {
-            config.idle_timeout = Duration::from_secs_f64(s.max(0.0));
-        }
         for (name, slot) in [
+            ("shutdown_timeout", &mut config.shutdown_timeout),
+            ("idle_timeout", &mut config.idle_timeout),
             ("header_timeout", &mut config.header_timeout),
             ("body_timeout", &mut config.body_timeout),
             ("write_timeout", &mut config.write_timeout),
         ] {
-            if let Some(s) = option::<f64>(ruby, options, name)? {
-                *slot = Duration::from_secs_f64(s.max(0.0));
+            if let Some(s) = seconds(ruby, options, name)? {
+                *slot = s;
             }
         }
         let limits = &mut config.limits;
@@ -105,15 +102,13 @@ impl RbEngine {
                 *slot = n.max(1);
             }
         }
-        let request_timeouts = option::<f64>(ruby, options, "request_timeout")?.map(|t| {
-            let hard = option::<f64>(ruby, options, "request_hard_timeout")
-                .ok()
-                .flatten();
-            (
-                Duration::from_secs_f64(t.max(0.001)),
-                hard.map(|h| Duration::from_secs_f64(h.max(0.001))),
-            )
-        });
+        let request_timeouts = match (
+            seconds(ruby, options, "request_timeout")?,
+            seconds(ruby, options, "request_hard_timeout")?,
+        ) {
+            (None, None) => None,
+            (soft, hard) => Some((soft, hard)),
+        };
         let engine = Engine::bind(config).map_err(|e| bind_error(ruby, e.to_string()))?;
         Ok(RbEngine {
             request_timeouts,
@@ -423,6 +418,21 @@ fn next_request(
         Some(job) => Waited::Job(job),
         None if woken => Waited::Woken,
         None => Waited::Idle,
+    })
+}
+
+/// A duration option in seconds. The Ruby side checks them; this refuses
+/// what `Duration` cannot hold (infinite, negative, huge) rather than
+/// panicking.
+fn seconds(ruby: &Ruby, options: RHash, name: &str) -> Result<Option<Duration>, Error> {
+    let Some(s) = option::<f64>(ruby, options, name)? else {
+        return Ok(None);
+    };
+    Duration::try_from_secs_f64(s).map(Some).map_err(|_| {
+        Error::new(
+            ruby.exception_arg_error(),
+            format!("{name} must be a finite number of seconds >= 0, got {s}"),
+        )
     })
 }
 

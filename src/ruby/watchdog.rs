@@ -24,7 +24,8 @@ struct InFlight {
 
 /// Requests in flight, and the thread that times them out.
 pub struct Watchdog {
-    timeout: Duration,
+    /// Answer 503 past this (None: never).
+    timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
     in_flight: Mutex<Vec<InFlight>>,
     /// An app thread has been busy past the hard limit.
@@ -34,7 +35,7 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn start(
-        timeout: Duration,
+        timeout: Option<Duration>,
         hard_timeout: Option<Duration>,
         faults: Arc<Faults>,
     ) -> std::io::Result<(Arc<Self>, JoinHandle<()>)> {
@@ -85,7 +86,7 @@ impl Watchdog {
                     return false;
                 };
                 let age = now - entry.started;
-                if !entry.answered && age > self.timeout {
+                if !entry.answered && self.timeout.is_some_and(|t| age > t) {
                     entry.answered = true;
                     expired.push(exchange.clone());
                 }
@@ -94,7 +95,7 @@ impl Watchdog {
             });
             self.stuck.store(stuck, Ordering::Relaxed);
             for exchange in expired {
-                answer_timeout(&exchange, self.timeout);
+                answer_timeout(&exchange, self.timeout.unwrap_or_default());
             }
         }
     }
