@@ -66,7 +66,8 @@ module Butterflies
     def self.seconds(key, value, label: key)
       number = Float(value, exception: false) if value.is_a?(Numeric) || value.is_a?(String)
       zero = ZERO_SECONDS_ALLOWED.include?(key)
-      return number if number&.finite? && (zero ? number >= 0 : number.positive?) && number <= MAX_SECONDS
+      in_range = number && number.finite? && (zero ? number >= 0 : number.positive?) && number <= MAX_SECONDS
+      return number if in_range
 
       low = zero ? ">= 0" : "above 0"
       raise ConfigError, "#{label} must be a number of seconds #{low} and at most #{MAX_SECONDS}, got #{value.inspect}"
