@@ -27,4 +27,21 @@ require "butterflies/cluster"
 #
 # See README.md, and docs/ARCHITECTURE.md for how a request flows.
 module Butterflies
+  # Makes $stdout and $stderr write through at once, in every mode: an app's
+  # `puts` and a logger on STDOUT must reach a pipe or a file (Docker,
+  # systemd, `| tee`) as they happen, not when the process exits. Puma and
+  # Unicorn do the same.
+  def self.sync_output!
+    $stdout.sync = true
+    $stderr.sync = true
+  end
+
+  # Flushes both before an exec replaces the process, so nothing printed
+  # (a before_exec hook's output) is lost.
+  def self.flush_output
+    $stdout.flush
+    $stderr.flush
+  rescue IOError
+    nil
+  end
 end

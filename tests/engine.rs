@@ -122,7 +122,7 @@ fn keep_alive_pipelining_and_errors() {
         "{r}"
     );
 
-    engine.stop();
+    engine.stop(false);
     engine.join();
     drop(engine);
     for app in apps {
@@ -148,7 +148,7 @@ fn a_slow_request_does_not_hold_up_another_connection() {
         started.elapsed()
     );
     assert!(read_until(&mut slow, "GET /slow 0", 1).contains("GET /slow 0"));
-    engine.stop();
+    engine.stop(false);
     engine.join();
 }
 
@@ -159,7 +159,7 @@ fn stop_finishes_in_flight_requests() {
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     thread::sleep(Duration::from_millis(50));
-    engine.stop();
+    engine.stop(false);
     let r = read_until(&mut slow, "GET /slow 0", 1);
     assert!(
         r.contains("Connection: close") && r.ends_with("GET /slow 0"),

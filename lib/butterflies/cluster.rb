@@ -40,6 +40,7 @@ module Butterflies
     end
 
     def run
+      Butterflies.sync_output!
       @engine = Listeners.bind(@config, shared: true)
       @app = @loader.call if @config[:preload_app]
       @alive_reader, @alive_writer = IO.pipe

@@ -40,6 +40,7 @@ module Butterflies
       env = { INHERIT_ENV => fds.join(","), "RUBYLIB" => [lib, ENV["RUBYLIB"]].compact.join(File::PATH_SEPARATOR) }
       redirects = fds.to_h { |fd| [fd, fd] }
       Dir.chdir(dir)
+      Butterflies.flush_output
       Kernel.exec(env, RbConfig.ruby, *argv, redirects.merge(close_others: false))
     end
 

@@ -36,11 +36,12 @@ module Butterflies
 
     # Stops accepting, lets requests in flight finish (up to the shutdown
     # timeout) and returns whether every app thread finished.
-    def stop
+    # keep_listening: a hot restart follows and takes the sockets over.
+    def stop(keep_listening: false)
       @stopping = true
       @grower&.kill
       @sentinel&.kill
-      @engine.stop
+      @engine.stop(keep_listening)
       timeout = @config[:shutdown_timeout]
       deadline = monotonic + timeout + 1
       threads = @lock.synchronize { @threads.dup }

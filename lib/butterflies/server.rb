@@ -5,10 +5,19 @@ module Butterflies
   # and the Ruby app threads, and waits for a signal.
   #
   # INT, TERM, QUIT: stop gracefully. USR2: hot restart (stop gracefully,
-  # then exec the same command line with the listening sockets inherited).
+  # then exec the same command line with the listening sockets kept open,
+  # so no connection is refused meanwhile). USR1, HUP, TTIN, TTOU act on
+  # workers, and there are none: logged and ignored (their default action
+  # would kill or stop the process).
   class Server
     DEFAULT_THREADS = Configuration::DEFAULTS[:threads]
     STOP_SIGNALS = %w[INT TERM QUIT].freeze
+    IGNORED_SIGNALS = {
+      "USR1" => "a phased restart needs cluster mode (-w N); USR2 does a hot restart",
+      "HUP" => "reloading the config file needs cluster mode (-w N); USR2 does a hot restart",
+      "TTIN" => "no workers to add in single mode",
+      "TTOU" => "no workers to remove in single mode"
+    }.freeze
 
     attr_reader :app, :config, :addresses
 
@@ -26,10 +35,11 @@ module Butterflies
 
     # Binds, serves until a stop signal (or #stop), then drains and returns.
     def run
+      Butterflies.sync_output!
       bind
-      @signals.trap(STOP_SIGNALS + %w[USR2])
+      @signals.trap(STOP_SIGNALS + %w[USR2] + IGNORED_SIGNALS.keys)
       start
-      signal = @signals.pop until signal
+      signal = next_signal
       shutdown(restart: signal == "USR2" && !@fault)
       raise EngineFault, "stopped: #{@fault}" if @fault
     end
@@ -57,6 +67,17 @@ module Butterflies
 
     private
 
+    # The next signal that stops or restarts the server; the others are
+    # logged and ignored.
+    def next_signal
+      loop do
+        signal = @signals.pop
+        return signal unless IGNORED_SIGNALS.key?(signal)
+
+        warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"
+      end
+    end
+
     # A Rust thread panicked or failed: stop as on TERM, then fail.
     def fault(message)
       @fault = message
@@ -65,7 +86,7 @@ module Butterflies
 
     def shutdown(restart: false)
       say(restart ? "Hot restart: finishing requests in flight" : "Stopping (waiting up to #{@config[:shutdown_timeout].round(1)}s for requests in flight)")
-      @runtime.stop
+      @runtime.stop(keep_listening: restart)
       if restart
         @config.hooks[:before_exec].each(&:call)
         Listeners.exec_keeping(@engine, @argv, @dir)

@@ -28,6 +28,7 @@ module Butterflies
     # Runs the worker until it is told to stop; never returns.
     def run
       $PROGRAM_NAME = "butterflies worker #{@index}"
+      Butterflies.sync_output!
       signals = SignalQueue.new
       signals.trap(%w[TERM INT QUIT])
       %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
@@ -93,8 +94,7 @@ module Butterflies
     # exit! skips at_exit handlers inherited from the master (they are the
     # master's to run), so flush what was printed first.
     def finish(status)
-      $stdout.flush
-      $stderr.flush
+      Butterflies.flush_output
       exit!(status)
     end
   end

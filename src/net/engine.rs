@@ -30,6 +30,9 @@ pub struct Engine {
     jobs_rx: Receiver<Job>,
     mailboxes: Vec<Arc<Mailbox>>,
     threads: Vec<JoinHandle<()>>,
+    /// Duplicates of the listeners the IO threads took (single mode), so a
+    /// hot restart can pass them on after the threads are gone.
+    kept_listeners: Vec<TcpListener>,
 }
 
 impl Engine {
@@ -66,6 +69,7 @@ impl Engine {
             jobs_rx,
             mailboxes: Vec::new(),
             threads: Vec::new(),
+            kept_listeners: Vec::new(),
         })
     }
 
@@ -74,11 +78,14 @@ impl Engine {
         self.addrs.clone()
     }
 
-    /// The listening descriptors, made to survive exec, for a hot restart.
+    /// The listening descriptors, made to survive exec, for a hot restart:
+    /// the bound ones (a cluster master never starts), or the duplicates
+    /// kept when the IO threads started (single mode).
     pub fn listener_fds(&self) -> io::Result<Vec<std::os::fd::RawFd>> {
         self.listeners
             .iter()
             .flatten()
+            .chain(&self.kept_listeners)
             .map(listener::keep_across_exec)
             .collect()
     }
@@ -88,7 +95,13 @@ impl Engine {
         let Some(jobs_tx) = self.jobs_tx.take() else {
             return Err(io::Error::other("engine already started"));
         };
-        for (index, listeners) in std::mem::take(&mut self.listeners).into_iter().enumerate() {
+        let groups = std::mem::take(&mut self.listeners);
+        if !self.config.shared_listeners {
+            for listener in groups.iter().flatten() {
+                self.kept_listeners.push(listener.try_clone()?);
+            }
+        }
+        for (index, listeners) in groups.into_iter().enumerate() {
             let mailbox = Arc::new(Mailbox::new()?);
             let thread = IoThread::new(
                 listeners,
@@ -119,7 +132,12 @@ impl Engine {
     }
 
     /// Stops accepting; IO threads exit once their connections are done.
-    pub fn stop(&self) {
+    /// `keep_listening`: for a hot restart, the listening sockets stay open
+    /// (new connections wait in their backlogs for the next process).
+    pub fn stop(&self, keep_listening: bool) {
+        if keep_listening {
+            self.shared.keep_listening.store(true, Ordering::SeqCst);
+        }
         self.shared.stopping.store(true, Ordering::SeqCst);
         for mailbox in &self.mailboxes {
             mailbox.poke();
@@ -169,6 +187,6 @@ impl Drop for Engine {
     /// Only asks the threads to stop: a drop may run inside Ruby's GC, which
     /// must not block on joins.
     fn drop(&mut self) {
-        self.stop();
+        self.stop(false);
     }
 }

@@ -20,6 +20,10 @@ use crate::http::Limits;
 pub struct Shared {
     /// Set once by `stop`: stop accepting, finish what is in flight.
     pub stopping: AtomicBool,
+    /// The stop is for a hot restart: leave the listening sockets open
+    /// (not shut down), so the re-executed process takes them over with
+    /// what waits in their backlogs.
+    pub keep_listening: AtomicBool,
     pub requests: AtomicU64,
     pub rejected_full: AtomicU64,
     /// Requests lent to app threads and not yet handed back.

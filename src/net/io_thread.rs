@@ -453,7 +453,7 @@ impl IoThread {
             // stops routing new connections to a group member nobody serves.
             // Shared ones (cluster workers) are only closed: the master and
             // the other workers keep them, and their queued connections.
-            if !self.shared_listeners {
+            if !self.shared_listeners && !self.shared.keep_listening.load(Ordering::Acquire) {
                 let _ = nix::sys::socket::shutdown(
                     listener.as_raw_fd(),
                     nix::sys::socket::Shutdown::Both,

@@ -188,9 +188,10 @@ impl RbEngine {
     }
 
     /// Stops accepting. In-flight requests finish; `serve` returns in every
-    /// app thread once the IO threads are done.
-    pub fn stop(&self) {
-        self.with_engine(|e| e.stop());
+    /// app thread once the IO threads are done. `keep_listening`: a hot
+    /// restart follows, which takes the listening sockets over.
+    pub fn stop(&self, keep_listening: bool) {
+        self.with_engine(|e| e.stop(keep_listening));
         if let Some(dog) = self.watchdog() {
             dog.stop();
         }

@@ -63,7 +63,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     class.define_method("addresses", method!(engine::RbEngine::addresses, 0))?;
     class.define_method("listener_fds", method!(engine::RbEngine::listener_fds, 0))?;
     class.define_method("start", method!(engine::RbEngine::start, 0))?;
-    class.define_method("stop", method!(engine::RbEngine::stop, 0))?;
+    class.define_method("stop", method!(engine::RbEngine::stop, 1))?;
     class.define_method("join", method!(engine::RbEngine::join, 0))?;
     class.define_method(
         "wait_for_fault",

@@ -1,0 +1,60 @@
+# frozen_string_literal: true
+
+# What an operator sees and does: output that reaches a pipe as it is
+# written, and signals that do what the README's table says.
+RSpec.describe "the operator's view", timeout: 120 do
+  faulty = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
+
+  # Clients that loop until told to stop; counts successes and failures.
+  def hammer(server, threads: 4)
+    state = { ok: 0, failed: [], stop: false, lock: Mutex.new }
+    workers = Array.new(threads) do
+      Thread.new do
+        until state[:stop]
+          begin
+            Net::HTTP.start(server.host, server.port, read_timeout: 20, open_timeout: 20) { |h| h.get("/pid") }
+            state[:lock].synchronize { state[:ok] += 1 }
+          rescue StandardError => e
+            state[:lock].synchronize { state[:failed] << e }
+          end
+        end
+      end
+    end
+    [state, workers]
+  end
+
+  it "gets an app's $stdout output through a pipe while the server runs" do
+    server = start_butterflies("-t", "2", rackup: faulty)
+    expect(Net::HTTP.get(URI(server.url("/puts?hello")))).to eq("said")
+    expect(server.wait_for_output(/^app says hello$/)).to be(true), server.output
+  end
+
+  %w[USR1 HUP TTIN TTOU].each do |signal|
+    it "logs and ignores #{signal} in single mode, and keeps serving" do
+      server = start_butterflies("-t", "2", rackup: faulty)
+      server.signal(signal)
+      expect(server.wait_for_output(/#{signal} ignored: /)).to be(true), server.output
+      expect(Net::HTTP.get(URI(server.url("/bytes?n=3")))).to eq("xxx")
+      expect(server.stop&.exitstatus).to eq(0)
+    end
+  end
+
+  it "hot restarts a single-mode server on USR2 with no refused connection, before_exec output kept" do
+    Dir.mktmpdir do |dir|
+      File.write(File.join(dir, "butterflies.rb"), "before_exec { puts 'before_exec ran' }\n")
+      server = start_butterflies("-t", "2", "-C", File.join(dir, "butterflies.rb"), rackup: faulty)
+      old_pid = Net::HTTP.get(URI(server.url("/pid")))
+      state, clients = hammer(server)
+      wait_until(message: "requests before the restart") { state[:ok] > 20 }
+      server.signal("USR2")
+      expect(server.wait_for_matches(/Listening on/, 2, timeout: 30)).to be(true), server.output
+      before = state[:ok]
+      wait_until(timeout: 20, message: "requests after the restart") { state[:ok] > before + 20 }
+      state[:stop] = true
+      clients.each(&:join)
+      expect(state[:failed]).to be_empty, "#{state[:failed].size} failed: #{state[:failed].first.inspect}"
+      expect(server.output).to include("before_exec ran")
+      expect(Net::HTTP.get(URI(server.url("/pid")))).to eq(old_pid) # same process, re-executed
+    end
+  end
+end
