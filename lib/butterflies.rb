@@ -11,6 +11,7 @@ require "butterflies/version"
 require "butterflies/errors"
 require "butterflies/null_input"
 require "butterflies/butterflies" # the Rust extension: Butterflies::Engine
+require "butterflies/stream"
 require "butterflies/binds"
 require "butterflies/configuration"
 require "butterflies/dsl"

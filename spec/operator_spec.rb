@@ -58,3 +58,56 @@ RSpec.describe "the operator's view", timeout: 120 do
     end
   end
 end
+
+RSpec.describe "app errors and disconnects in the log", timeout: 120 do
+  faulty = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
+
+  it "names the path the client sent, not the one middleware rewrote" do
+    server = start_butterflies("-t", "2", rackup: faulty)
+    expect(Net::HTTP.get_response(URI(server.url("/rewrite_then_raise?secret=1"))).code).to eq("500")
+    expect(server.wait_for_output(%r{app error handling GET /rewrite_then_raise: ArgumentError})).to be(true)
+    expect(server.output).not_to include("secret=1", "/somewhere/else")
+  end
+
+  it "names real Ruby methods in the backtrace of an each body that raised" do
+    server = start_butterflies("-t", "2")
+    raw_request(server, "GET /each_error HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    expect(server.wait_for_output(/broken mid-body.*butterflies\/stream.rb:\d+:in `write_each'/m)).to be(true), server.output
+    expect(server.output).not_to include("eval:")
+  end
+
+  it "does not log a client that hangs up on a streamed response as an app error" do
+    server = start_butterflies("-t", "2")
+    before = Net::HTTP.get(URI(server.url("/closed_count"))).to_i
+    socket = TCPSocket.new(server.host, server.port)
+    socket.write("GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    expect(read_response(socket, read_until: /chunk 100\n/)).to include("chunk 1\n")
+    socket.close
+    wait_until(message: "the body to be closed") { Net::HTTP.get(URI(server.url("/closed_count"))).to_i > before }
+    expect(server.output).not_to match(/app error|closed stream|IOError/)
+  end
+
+  it "sends the lowlevel_error_handler's response to an app exception, and still logs it" do
+    Dir.mktmpdir do |dir|
+      File.write(File.join(dir, "butterflies.rb"), <<~RUBY)
+        lowlevel_error_handler do |exception, env, status|
+          [503, { "content-type" => "text/plain" }, ["sorry: \#{exception.message} at \#{env['PATH_INFO']} (\#{status})"]]
+        end
+      RUBY
+      server = start_butterflies("-t", "2", "-C", File.join(dir, "butterflies.rb"))
+      response = Net::HTTP.get_response(URI(server.url("/boom")))
+      expect([response.code, response.body]).to eq(["503", "sorry: boom from the app at /boom (500)"])
+      expect(server.wait_for_output(%r{app error handling GET /boom: ArgumentError: boom from the app})).to be(true)
+      expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
+    end
+  end
+
+  it "sends the registry's reason phrases" do
+    server = start_butterflies("-t", "2", rackup: faulty)
+    { 416 => "Range Not Satisfiable", 413 => "Content Too Large", 422 => "Unprocessable Content",
+      451 => "Unavailable For Legal Reasons" }.each do |status, phrase|
+      expect(raw_request(server, "GET /status?#{status} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        .to start_with("HTTP/1.1 #{status} #{phrase}\r\n")
+    end
+  end
+end

@@ -43,7 +43,10 @@ module Butterflies
       max_head_bytes: 80 * 1024,
       max_target_bytes: 16 * 1024,
       max_header_fields: 100,
-      max_field_bytes: 16 * 1024
+      max_field_bytes: 16 * 1024,
+      # Called with (exception, env, status) when the app raises; returns
+      # the Rack response to send instead of a plain 500 (Puma's name).
+      lowlevel_error_handler: nil
     }.freeze
 
     HOOKS = %i[before_fork on_worker_boot on_worker_shutdown before_exec].freeze

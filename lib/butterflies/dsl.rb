@@ -97,6 +97,19 @@ module Butterflies
       @config[:tcp_fastopen] = integer(:tcp_fastopen, queue, min: 0)
     end
 
+    # Shapes the response to an app exception, and is the place to report
+    # it to an error tracker (Puma's name and arguments):
+    #   lowlevel_error_handler do |exception, env, status|
+    #     Sentry.capture_exception(exception)
+    #     [500, { "content-type" => "text/plain" }, ["Sorry\n"]]
+    #   end
+    def lowlevel_error_handler(handler = nil, &block)
+      handler ||= block
+      raise ConfigError, "lowlevel_error_handler needs a block or a callable" unless handler.respond_to?(:call)
+
+      @config[:lowlevel_error_handler] = handler
+    end
+
     # Hooks: before_fork {}  on_worker_boot { |index| }
     # on_worker_shutdown { |index| }  before_exec {}
     Configuration::HOOKS.each do |name|

@@ -120,11 +120,31 @@ module Butterflies
       }
     end
 
-    def report_app_error(error, env)
-      where = env ? " handling #{env['REQUEST_METHOD']} #{env['PATH_INFO']}" : ""
-      lines = ["butterflies: app error#{where}: #{error.class}: #{error.message}"]
+    # Called by the engine for an app exception. `request`: "GET /path" as
+    # the client sent it (middleware may have rewritten the env's), when
+    # the engine still knows it. Returns the lowlevel_error_handler's
+    # response, if one is configured: the engine sends it instead of a
+    # plain 500.
+    def report_app_error(error, env, request = nil)
+      request ||= "#{env['REQUEST_METHOD']} #{env['REQUEST_URI'].to_s.split('?', 2).first}" if env
+      lines = ["butterflies: app error#{" handling #{request}" if request}: #{error.class}: #{error.message}"]
       lines.concat(Array(error.backtrace).map { |line| "\t#{line}" })
       $stderr.write(lines.join("\n") << "\n")
+      lowlevel_error_response(error, env)
+    end
+
+    # Puma's lowlevel_error_handler: called with the exception, the env and
+    # the status (as many as it takes); returns a Rack response.
+    def lowlevel_error_response(error, env)
+      handler = @config[:lowlevel_error_handler]
+      return nil unless handler
+
+      args = [error, env, 500]
+      arity = handler.respond_to?(:arity) ? handler.arity : handler.method(:call).arity
+      handler.call(*(arity.negative? ? args : args.first(arity)))
+    rescue StandardError => e
+      warn "butterflies: lowlevel_error_handler failed: #{e.class}: #{e.message}; answering 500"
+      nil
     end
 
     def monotonic

@@ -341,44 +341,75 @@ fn push_status(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(reason(status).as_bytes());
 }
 
-/// The reason phrase for a status code (RFC 9110 §15).
+/// The reason phrase for a status code: the IANA HTTP Status Code
+/// Registry, with RFC 9110's names (413 "Content Too Large", 416 "Range Not
+/// Satisfiable", 422 "Unprocessable Content"). An unregistered code gets an
+/// empty phrase, which RFC 9112 §4 allows.
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         101 => "Switching Protocols",
+        102 => "Processing",
         103 => "Early Hints",
+        104 => "Upload Resumption Supported",
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
+        203 => "Non-Authoritative Information",
         204 => "No Content",
+        205 => "Reset Content",
         206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
         301 => "Moved Permanently",
         302 => "Found",
         303 => "See Other",
         304 => "Not Modified",
+        305 => "Use Proxy",
         307 => "Temporary Redirect",
         308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
         409 => "Conflict",
         410 => "Gone",
         411 => "Length Required",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
         414 => "URI Too Long",
         415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
         422 => "Unprocessable Content",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
-        _ => "Unknown",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended (OBSOLETED)",
+        511 => "Network Authentication Required",
+        _ => "",
     }
 }
 
@@ -529,6 +560,24 @@ mod tests {
         assert!(head.field(b"Bad Name", b"v").is_err());
         assert!(ResponseHead::new(99).is_err());
         assert!(ResponseHead::new(1000).is_err());
+    }
+
+    #[test]
+    fn reason_phrases_are_the_registrys() {
+        for (status, phrase) in [
+            (413, "Content Too Large"),
+            (416, "Range Not Satisfiable"),
+            (422, "Unprocessable Content"),
+            (421, "Misdirected Request"),
+            (425, "Too Early"),
+            (451, "Unavailable For Legal Reasons"),
+            (599, ""),
+        ] {
+            assert_eq!(reason(status), phrase, "{status}");
+        }
+        let mut out = Vec::new();
+        push_status(&mut out, 599);
+        assert_eq!(out, b"599 ");
     }
 
     #[test]

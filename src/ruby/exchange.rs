@@ -180,6 +180,18 @@ impl Exchange {
         self.lock().job.take()
     }
 
+    /// "GET /path" as the client sent it, while the exchange has its job
+    /// (for error logs: middleware may have rewritten the env's path).
+    pub fn request_line(&self) -> Option<String> {
+        let inner = self.lock();
+        let head = &inner.job.as_ref()?.request.head;
+        Some(format!(
+            "{} {}",
+            String::from_utf8_lossy(head.method()),
+            String::from_utf8_lossy(head.path())
+        ))
+    }
+
     pub fn broken(&self) -> bool {
         self.lock().broken
     }

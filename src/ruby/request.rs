@@ -140,15 +140,16 @@ fn call(
 fn fail(
     ruby: &Ruby,
     app: &App,
-    ex: &Exchange,
+    ex: &Arc<Exchange>,
     error: Error,
     env: Option<RHash>,
     keep_alive: bool,
 ) -> Result<Option<Value>, Error> {
     let app_error = is_app_error(ruby, &error);
     let disconnected = is_disconnect(ruby, &error);
+    let mut custom = None;
     if app_error && !disconnected {
-        report(ruby, app.on_error, &error, env);
+        custom = report(ruby, app.on_error, &error, env, ex.request_line());
     }
     if ex.hijacked() {
         return if app_error {
@@ -163,13 +164,18 @@ fn fail(
         }
     } else if app_error {
         let keep_alive = keep_alive && !ex.stopping();
-        if ex
-            .send(ruby, simple(500, "Internal Server Error\n", keep_alive))
-            .is_ok()
-        {
-            finish(ex, keep_alive);
-        } else {
-            drop(ex.take_job());
+        // The lowlevel_error_handler's response, else a plain 500.
+        let sent = match custom.map(|triple| response::send(ruby, ex, triple, keep_alive, None)) {
+            Some(Ok(response::Outcome::Sent { keep_alive })) => Ok(keep_alive),
+            Some(Ok(response::Outcome::Hijacked)) => Ok(false),
+            Some(Err(e)) if ex.head_sent() => Err(e),
+            Some(Err(_)) | None => ex
+                .send(ruby, simple(500, "Internal Server Error\n", keep_alive))
+                .map(|()| keep_alive),
+        };
+        match sent {
+            Ok(keep_alive) => finish(ex, keep_alive),
+            Err(_) => drop(ex.take_job()),
         }
     }
     if app_error {
@@ -216,7 +222,7 @@ fn after_response(
                 callback.funcall(id(ruby, &CALL), ())
             };
             if let Err(e) = called {
-                report(ruby, app.on_error, &e, Some(env));
+                report(ruby, app.on_error, &e, Some(env), None);
             }
         }
     }
@@ -241,12 +247,26 @@ fn is_app_error(ruby: &Ruby, error: &Error) -> bool {
         || error.is_kind_of(ruby.exception_sys_stack_error())
 }
 
-/// Hands the exception to the Ruby side's error reporter; if that fails
-/// too, says so on stderr.
-fn report(ruby: &Ruby, on_error: Value, error: &Error, env: Option<RHash>) {
+/// Hands the exception to the Ruby side's error reporter (with the request
+/// line as the client sent it, when known); if that fails too, says so on
+/// stderr. Returns the response the reporter made (the app's
+/// `lowlevel_error_handler`), if it made one.
+fn report(
+    ruby: &Ruby,
+    on_error: Value,
+    error: &Error,
+    env: Option<RHash>,
+    request: Option<String>,
+) -> Option<Value> {
     let exception = exception_of(ruby, error).unwrap_or_else(|| ruby.qnil().as_value());
     let env = env.map_or_else(|| ruby.qnil().as_value(), |e| e.as_value());
-    if let Err(e) = on_error.funcall::<_, _, Value>("call", (exception, env)) {
-        eprintln!("butterflies: app error ({error}), and the error reporter failed: {e}");
+    match on_error.funcall::<_, _, Value>("call", (exception, env, request)) {
+        Ok(response) => RArray::from_value(response)
+            .filter(|triple| triple.len() == 3)
+            .map(|triple| triple.as_value()),
+        Err(e) => {
+            eprintln!("butterflies: app error ({error}), and the error reporter failed: {e}");
+            None
+        }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use magnus::value::{Lazy, ReprValue};
+use magnus::value::ReprValue;
 use magnus::{Error, RArray, RString, Ruby, Value};
 
 use super::exchange::Exchange;
@@ -23,19 +23,14 @@ use super::stream::{finish_body, hijack_io, Stream};
 use super::{id, CALL, CLOSE, EACH, TO_ARY, TO_PATH};
 use crate::http::response::{Framing, ResponseHead};
 
-/// Iterates an `each` body into the stream: Rust cannot hand Ruby a
-/// capturing closure as a block.
-static EACH_INTO_STREAM: Lazy<Value> = Lazy::new(|ruby| {
-    ruby.eval("->(body, stream) { body.each { |chunk| stream.write(chunk) } }")
-        .unwrap_or_else(|_| ruby.qnil().as_value())
-});
+ids! {
+    WRITE_EACH = "write_each";
+}
 
-/// Makes `EACH_INTO_STREAM` (an eval) and the classes of the wrapped
-/// objects an exchange hands out (a constant lookup each) before any app
-/// thread runs; see `env::warm`.
+/// Makes the classes of the wrapped objects an exchange hands out (a
+/// constant lookup each) before any app thread runs; see `env::warm`.
 pub fn warm(ruby: &Ruby) {
     use magnus::TypedData;
-    Lazy::force(&EACH_INTO_STREAM, ruby);
     let _ = Stream::class(ruby);
     let _ = super::stream::Hijack::class(ruby);
     let _ = super::stream::EarlyHints::class(ruby);
@@ -128,9 +123,9 @@ fn send_parts(
     if ResponseHead::sends_body(framing) {
         let stream = Stream(ex.clone(), flusher.cloned());
         if each {
-            let _: Value = ruby
-                .get_inner(&EACH_INTO_STREAM)
-                .funcall("call", (body, stream))?;
+            // Butterflies::Stream.write_each (lib/butterflies/stream.rb).
+            use magnus::TypedData;
+            let _: Value = Stream::class(ruby).funcall(id(ruby, &WRITE_EACH), (body, stream))?;
         } else {
             let _: Value = body.funcall(id(ruby, &CALL), (stream,))?;
         }

@@ -34,6 +34,10 @@ impl Stream {
     /// Writes one piece of the body, framed as the head announced.
     pub fn write(ruby: &Ruby, rb_self: &Self, data: RString) -> Result<usize, Error> {
         let ex = &rb_self.0;
+        if ex.broken() {
+            // The client went away: a disconnect, not an app error.
+            return Err(super::exchange::disconnected(ruby));
+        }
         if ex.is_finished() {
             return Err(Error::new(ruby.exception_io_error(), "closed stream"));
         }
