@@ -231,3 +231,16 @@ RSpec.describe "cluster mode", timeout: 120 do
     end
   end
 end
+
+RSpec.describe "request timeouts in single mode", timeout: 120 do
+  it "answers 503 to requests still queued at their deadline while every app thread is stuck" do
+    server = start_butterflies("-t", "2", "--request-timeout", "1")
+    stuck = Array.new(2) { Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=30"))) } }
+    expect(server.wait_for_matches(/app: sleeping 30.0/, 2)).to be(true)
+    # Both app threads sleep; these two wait in the queue.
+    queued = Array.new(2) { Thread.new { Net::HTTP.get_response(URI(server.url("/"))) } }
+    expect(queued.map { |t| t.value.code }).to eq(%w[503 503])
+    expect(stuck.map { |t| t.value.code }).to eq(%w[503 503])
+    expect(server.wait_for_matches(%r{GET / timed out after 1.0s; answered 503}, 2)).to be(true)
+  end
+end

@@ -34,7 +34,11 @@ RSpec.describe "the operator's view", timeout: 120 do
       server = start_butterflies("-t", "2", rackup: faulty)
       server.signal(signal)
       expect(server.wait_for_output(/#{signal} ignored: /)).to be(true), server.output
-      expect(Net::HTTP.get(URI(server.url("/bytes?n=3")))).to eq("xxx")
+      begin
+        expect(Net::HTTP.get(URI(server.url("/bytes?n=3")))).to eq("xxx")
+      rescue SystemCallError => e
+        raise "#{e.message}; exited: #{server.exited?.inspect} #{server.wait(timeout: 1).inspect}\n#{server.output}"
+      end
       expect(server.stop&.exitstatus).to eq(0)
     end
   end

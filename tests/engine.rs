@@ -24,7 +24,7 @@ fn start(apps: usize) -> (Engine, SocketAddr, Vec<thread::JoinHandle<()>>) {
         .map(|_| {
             let jobs = engine.jobs();
             thread::spawn(move || {
-                for job in jobs.iter() {
+                for job in jobs.iter().filter_map(butterflies::net::Queued::claim) {
                     let req = &job.request;
                     let body = format!(
                         "{} {} {}",

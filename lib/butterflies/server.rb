@@ -72,6 +72,7 @@ module Butterflies
     def next_signal
       loop do
         signal = @signals.pop
+        next if signal.nil? # a wake-up byte whose signal was already taken
         return signal unless IGNORED_SIGNALS.key?(signal)
 
         warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"

@@ -14,9 +14,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::config::Config;
-use super::handoff::{Job, Mailbox, Shared};
+use super::handoff::{Mailbox, Shared};
 use super::io_thread::IoThread;
 use super::listener::{self, BindAddr};
+use super::queue::Queued;
 
 /// The engine before and after its threads start.
 pub struct Engine {
@@ -26,8 +27,8 @@ pub struct Engine {
     /// What was bound, with real ports.
     addrs: Vec<BindAddr>,
     shared: Arc<Shared>,
-    jobs_tx: Option<Sender<Job>>,
-    jobs_rx: Receiver<Job>,
+    jobs_tx: Option<Sender<Queued>>,
+    jobs_rx: Receiver<Queued>,
     mailboxes: Vec<Arc<Mailbox>>,
     threads: Vec<JoinHandle<()>>,
     /// Duplicates of the listeners the IO threads took (single mode), so a
@@ -123,7 +124,7 @@ impl Engine {
 
     /// The queue app threads take jobs from. It disconnects when every IO
     /// thread has finished after `stop`.
-    pub fn jobs(&self) -> Receiver<Job> {
+    pub fn jobs(&self) -> Receiver<Queued> {
         self.jobs_rx.clone()
     }
 

@@ -28,6 +28,8 @@ pub struct Shared {
     pub rejected_full: AtomicU64,
     /// Requests lent to app threads and not yet handed back.
     pub in_flight: AtomicUsize,
+    /// Queued jobs the watchdog may answer (with a request timeout).
+    pub claims: super::queue::Claims,
     /// A thread of the engine that panicked or failed.
     pub faults: Arc<super::supervise::Faults>,
 }

@@ -17,6 +17,7 @@ use nix::sys::socket::{accept4, getpeername, SockFlag, SockaddrStorage};
 use super::config::Config;
 use super::conn::{Conn, Fill, Progress};
 use super::handoff::{Job, Mailbox, Shared, CONN_EVENTS};
+use super::queue::Queued;
 use crate::http::Limits;
 
 const WAKER: u64 = u64::MAX;
@@ -53,7 +54,7 @@ pub(crate) struct IoThread {
     slots: Vec<Slot>,
     free: Vec<usize>,
     live: usize,
-    jobs: Sender<Job>,
+    jobs: Sender<Queued>,
     mailbox: Arc<Mailbox>,
     shared: Arc<Shared>,
     limits: Limits,
@@ -103,7 +104,7 @@ impl IoThread {
     pub(crate) fn new(
         listeners: Vec<TcpListener>,
         config: &Config,
-        jobs: Sender<Job>,
+        jobs: Sender<Queued>,
         mailbox: Arc<Mailbox>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Self> {
@@ -402,9 +403,12 @@ impl IoThread {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let job = Job::new(request, conn, self.mailbox.clone(), self.shared.clone());
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let job = match self.jobs.try_send(job) {
+        let queued = self.shared.claims.wrap(job);
+        let Some(job) = (match self.jobs.try_send(queued) {
             Ok(()) => return,
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+            Err(TrySendError::Full(queued) | TrySendError::Disconnected(queued)) => queued.claim(),
+        }) else {
+            return;
         };
         self.shared.rejected_full.fetch_add(1, Ordering::Relaxed);
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use super::request;
 use super::stream::{Current, EarlyHints, Hijack};
 use super::watchdog::Watchdog;
 use crate::http::Limits;
-use crate::net::{BindAddr, Config, Engine, Job, Kept, Shared};
+use crate::net::{BindAddr, Config, Engine, Job, Kept, Queued, Shared};
 
 #[magnus::wrap(class = "Butterflies::Engine", free_immediately, size)]
 pub struct RbEngine {
@@ -32,7 +32,7 @@ pub struct RbEngine {
     watchdog: Mutex<Option<Arc<Watchdog>>>,
     flusher: Mutex<Option<Flusher>>,
     pool: Pool,
-    jobs: Receiver<Job>,
+    jobs: Receiver<Queued>,
     shared: Arc<Shared>,
 }
 
@@ -110,6 +110,10 @@ impl RbEngine {
             (soft, hard) => Some((soft, hard)),
         };
         let engine = Engine::bind(config).map_err(|e| bind_error(ruby, e.to_string()))?;
+        if let Some((Some(_), _)) = request_timeouts {
+            // Queued requests can time out too (net::queue).
+            engine.shared().claims.enable();
+        }
         Ok(RbEngine {
             request_timeouts,
             watchdog: Mutex::new(None),
@@ -165,11 +169,11 @@ impl RbEngine {
         super::response::warm(ruby);
         rb_self.with_engine(|e| e.start()).map_err(failed)?;
         crate::net::malloc::keep_freed_memory();
-        let faults = rb_self.shared.faults.clone();
-        let (flusher, _thread) = Flusher::start(faults.clone()).map_err(failed)?;
+        let (flusher, _thread) = Flusher::start(rb_self.shared.faults.clone()).map_err(failed)?;
         *rb_self.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(flusher);
         if let Some((timeout, hard)) = rb_self.request_timeouts {
-            let (dog, _thread) = Watchdog::start(timeout, hard, faults).map_err(failed)?;
+            let shared = rb_self.shared.clone();
+            let (dog, _thread) = Watchdog::start(timeout, hard, shared).map_err(failed)?;
             *rb_self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(dog);
         }
         Ok(())
@@ -293,12 +297,16 @@ impl RbEngine {
         let mut skip_keeps = 0u32;
         loop {
             let job = match jobs.try_recv() {
-                Ok(job) => job,
+                Ok(queued) => match queued.claim() {
+                    Some(job) => job,
+                    None => continue, // answered by the watchdog meanwhile
+                },
                 Err(TryRecvError::Disconnected) => return Ok(()),
                 Err(TryRecvError::Empty) => {
                     match wait_for_job(ruby, &jobs, &wake_tx, &wake_rx, idle_exit)? {
                         Waited::Job(job) => job,
                         Waited::Closed | Waited::Idle => return Ok(()),
+                        Waited::Again => continue,
                         Waited::Woken => {
                             check_interrupts()?;
                             continue;
@@ -323,7 +331,7 @@ impl RbEngine {
                     // No request came in time, or other work came first:
                     // with several clients at once keeping costs more
                     // than it saves, so the next few are not kept.
-                    Waited::Closed | Waited::Idle => skip_keeps = KEEP_BACKOFF,
+                    Waited::Closed | Waited::Idle | Waited::Again => skip_keeps = KEEP_BACKOFF,
                 }
             }
         }
@@ -348,13 +356,15 @@ enum Waited {
     /// Nothing came for the idle-exit time.
     Idle,
     Woken,
+    /// A queued request the watchdog answered first: look again.
+    Again,
 }
 
 /// Blocks without the GVL until a job arrives, the queue closes, or Ruby
 /// wants this thread back (the unblock function sends on `wake`).
 fn wait_for_job(
     ruby: &Ruby,
-    jobs: &Receiver<Job>,
+    jobs: &Receiver<Queued>,
     wake_tx: &Sender<()>,
     wake_rx: &Receiver<()>,
     idle_exit: Option<Duration>,
@@ -363,11 +373,11 @@ fn wait_for_job(
         ruby,
         || match idle_exit {
             None => crossbeam_channel::select! {
-                recv(jobs) -> job => job.map_or(Waited::Closed, Waited::Job),
+                recv(jobs) -> queued => claimed(queued),
                 recv(wake_rx) -> _ => Waited::Woken,
             },
             Some(idle) => crossbeam_channel::select! {
-                recv(jobs) -> job => job.map_or(Waited::Closed, Waited::Job),
+                recv(jobs) -> queued => claimed(queued),
                 recv(wake_rx) -> _ => Waited::Woken,
                 default(idle) => Waited::Idle,
             },
@@ -379,6 +389,15 @@ fn wait_for_job(
             arg: wake_tx,
         }),
     )
+}
+
+/// A job taken from the queue, or why there is none.
+fn claimed(queued: Result<Queued, crossbeam_channel::RecvError>) -> Waited {
+    match queued.map(Queued::claim) {
+        Ok(Some(job)) => Waited::Job(job),
+        Ok(None) => Waited::Again,
+        Err(_) => Waited::Closed,
+    }
 }
 
 /// Bytes read per pass from a kept connection.

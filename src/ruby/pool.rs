@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use magnus::{Error, Ruby};
 
 use super::gvl::{without_gvl, Unblock};
-use crate::net::Job;
+use crate::net::Queued;
 
 /// How often demand is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(2);
@@ -78,7 +78,7 @@ impl Drop for Member<'_> {
 }
 
 impl Pool {
-    fn saturated(&self, jobs: &Receiver<Job>) -> bool {
+    fn saturated(&self, jobs: &Receiver<Queued>) -> bool {
         !jobs.is_empty() && self.all_threads_busy()
     }
 
@@ -88,7 +88,7 @@ impl Pool {
     pub fn wait_for_demand(
         &self,
         ruby: &Ruby,
-        jobs: &Receiver<Job>,
+        jobs: &Receiver<Queued>,
         timeout: Duration,
     ) -> Result<bool, Error> {
         let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(1);

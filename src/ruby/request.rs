@@ -47,7 +47,7 @@ pub struct App {
     pub flusher: Option<Flusher>,
     /// The request queue: a connection is kept for its next request only
     /// while nothing waits in it.
-    pub jobs: crossbeam_channel::Receiver<Job>,
+    pub jobs: crossbeam_channel::Receiver<crate::net::Queued>,
     /// How long a kept connection is read for its next request (zero:
     /// never kept).
     pub keep_spin: Duration,

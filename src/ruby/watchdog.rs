@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::exchange::Exchange;
 use crate::http::response::service_unavailable;
-use crate::net::supervise::{self, Faults};
+use crate::net::supervise;
+use crate::net::{Job, Shared};
 
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 
@@ -30,6 +31,9 @@ pub struct Watchdog {
     in_flight: Mutex<Vec<InFlight>>,
     /// An app thread has been busy past the hard limit.
     stuck: AtomicBool,
+    /// The engine's queue: requests still queued past the timeout are
+    /// answered too.
+    shared: Arc<Shared>,
     stop: AtomicBool,
 }
 
@@ -37,13 +41,15 @@ impl Watchdog {
     pub fn start(
         timeout: Option<Duration>,
         hard_timeout: Option<Duration>,
-        faults: Arc<Faults>,
+        shared: Arc<Shared>,
     ) -> std::io::Result<(Arc<Self>, JoinHandle<()>)> {
+        let faults = shared.faults.clone();
         let dog = Arc::new(Watchdog {
             timeout,
             hard_timeout,
             in_flight: Mutex::new(Vec::new()),
             stuck: AtomicBool::new(false),
+            shared,
             stop: AtomicBool::new(false),
         });
         let watcher = dog.clone();
@@ -94,18 +100,25 @@ impl Watchdog {
                 true
             });
             self.stuck.store(stuck, Ordering::Relaxed);
+            let Some(timeout) = self.timeout else {
+                continue;
+            };
             for exchange in expired {
-                answer_timeout(&exchange, self.timeout.unwrap_or_default());
+                if let Some(job) = exchange.take_job_if_unanswered() {
+                    answer_timeout(job, timeout);
+                }
+            }
+            // Still queued at the deadline: every app thread is busy.
+            for job in self.shared.claims.take_expired(timeout) {
+                answer_timeout(job, timeout);
             }
         }
     }
 }
 
-/// Answers 503 in the app's place, if it has not started answering.
-fn answer_timeout(exchange: &Exchange, timeout: Duration) {
-    let Some(mut job) = exchange.take_job_if_unanswered() else {
-        return;
-    };
+/// Answers 503 in the app's place (the app has not started answering, or
+/// the request never left the queue).
+fn answer_timeout(mut job: Job, timeout: Duration) {
     let head = &job.request.head;
     eprintln!(
         "butterflies: {} {} timed out after {:.1}s; answered 503",
