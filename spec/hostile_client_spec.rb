@@ -105,3 +105,23 @@ RSpec.describe "running out of file descriptors", timeout: 120 do
     expect(server.output.scan("accept failed").size).to be <= 30, "logged more than about once a second"
   end
 end
+
+RSpec.describe "bytes behind a hijacked upgrade request", timeout: 60 do
+  faulty = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
+
+  it "are left in the socket for the app, which gets a real IO" do
+    server = start_butterflies("-t", "2", rackup: faulty)
+    3.times do
+      data = raw_request(server, "GET /upgrade HTTP/1.1\r\nHost: x\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\nhello")
+      expect(data).to start_with("HTTP/1.1 101 Switching Protocols\r\n").and end_with("TCPSocket got \"hello\"")
+    end
+  end
+
+  it "do not stall a kept-alive connection whose upgrade request the app answered normally" do
+    server = start_butterflies("-t", "2", rackup: faulty)
+    data = raw_request(server, "GET /bytes?n=1 HTTP/1.1\r\nHost: x\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n" \
+                               "GET /bytes?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    expect(data.scan("HTTP/1.1 200 OK").size).to eq(2)
+    expect(data).to end_with("\r\n\r\nxx")
+  end
+end

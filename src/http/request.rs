@@ -123,6 +123,11 @@ impl Head {
     pub fn is_head_method(&self) -> bool {
         self.method() == b"HEAD"
     }
+    /// The client asks to switch protocols (an `Upgrade` field, e.g. a
+    /// WebSocket handshake): what follows the request is not HTTP.
+    pub fn asks_upgrade(&self) -> bool {
+        self.header("upgrade").is_some()
+    }
 }
 
 /// Parses a request head at the start of `buf`.

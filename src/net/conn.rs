@@ -245,6 +245,11 @@ impl Conn {
     /// its scratch buffer, so an idle connection holds no read buffer of
     /// its own.
     pub fn fill(&mut self, scratch: &mut [u8], cap: usize) -> io::Result<Fill> {
+        if self.served == 0 && self.reader.is_idle() && !self.peer_shut {
+            if let Some(fill) = self.fill_upgrade(scratch)? {
+                return Ok(fill);
+            }
+        }
         let room = cap.saturating_sub(self.reader.buffered_len());
         if room == 0 {
             // The socket may hold more: read it once a request used some.
@@ -286,6 +291,60 @@ impl Conn {
         } else {
             Fill::Drained
         })
+    }
+
+    /// The first request of a connection is peeked at first: if it asks to
+    /// upgrade (a WebSocket handshake), exactly its bytes are read, and
+    /// what the client sent after it (its first frames) stays in the
+    /// socket for the app that takes the socket over with `rack.hijack`,
+    /// which must get a real IO and so cannot be handed our buffer.
+    /// `None`: not such a request; read as usual. One extra syscall per
+    /// new connection; later requests on a kept-alive connection are read
+    /// without a peek (browsers open a new connection for a WebSocket).
+    fn fill_upgrade(&mut self, scratch: &mut [u8]) -> io::Result<Option<Fill>> {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let peeked = match recv(self.stream.as_raw_fd(), scratch, MsgFlags::MSG_PEEK) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // Most first requests do not upgrade: a scan is cheaper than a parse.
+        if !scratch[..peeked]
+            .windows(6)
+            .any(|w| w.eq_ignore_ascii_case(b"pgrade"))
+        {
+            return Ok(None);
+        }
+        let Ok(Some((head, len))) = crate::http::parse_head(&scratch[..peeked], &Limits::default())
+        else {
+            return Ok(None);
+        };
+        if !head.asks_upgrade() {
+            return Ok(None);
+        }
+        let body = match head.body {
+            crate::http::request::BodyFraming::Length(n) => usize::try_from(n).unwrap_or(0),
+            crate::http::request::BodyFraming::Chunked => 0,
+        };
+        let want = (len + body).min(peeked);
+        let mut got = 0;
+        while got < want {
+            match self.stream.read(&mut scratch[got..want]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.last_read = Instant::now();
+        self.request_started.get_or_insert(self.last_read);
+        self.reader.extend(&scratch[..got]);
+        // Not drained: the socket may hold more. They are the app's if it
+        // takes the socket over; if it answers normally instead, they are
+        // the next request, and epoll would not report them again.
+        self.drained = false;
+        Ok(Some(Fill::Drained))
     }
 
     /// Advances the request being read with the buffered bytes; queues
