@@ -125,3 +125,26 @@ RSpec.describe "bytes behind a hijacked upgrade request", timeout: 60 do
     expect(data).to end_with("\r\n\r\nxx")
   end
 end
+
+RSpec.describe "slow readers of large responses", timeout: 120 do
+  faulty = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
+
+  it "hold no app thread: the unsent rest waits with the IO thread" do
+    server = start_butterflies("-t", "2", "--write-timeout", "60", rackup: faulty)
+    readers = Array.new(4) do
+      socket = Socket.new(:INET, :STREAM)
+      socket.setsockopt(Socket::SOL_SOCKET, Socket::SO_RCVBUF, 4096)
+      socket.connect(Socket.sockaddr_in(server.port, server.host))
+      socket.write("GET /big_array?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+      socket
+    end
+    # Each reader got the start of its response: its app thread has sent.
+    readers.each { |s| expect(read_response(s, read_until: /\r\n\r\ny/)).to start_with("HTTP/1.1 200 OK") }
+    # Both app threads would otherwise wait for these readers (up to the
+    # 60 s write timeout); another client is served at once.
+    response = Net::HTTP.start(server.host, server.port, read_timeout: 10) { |h| h.get("/bytes?n=4") }
+    expect(response.body).to eq("xxxx")
+  ensure
+    readers&.each(&:close)
+  end
+end

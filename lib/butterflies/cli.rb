@@ -87,7 +87,8 @@ module Butterflies
       "--queue-depth" => [:queue_depth, "Requests waiting for an app thread before 503 (default 1024)", 1],
       "--idle-spin" => [:idle_spin, "Microseconds to poll for more work before sleeping (default 50, 0: off)", 0],
       "--backlog" => [:backlog, "listen(2) backlog (default 1024)", 1],
-      "--max-body-bytes" => [:max_body_bytes, "413 for larger request bodies (default 1 GiB)", 1]
+      "--max-body-bytes" => [:max_body_bytes, "413 for larger request bodies (default 1 GiB)", 1],
+      "--max-parked-bytes" => [:max_parked_bytes, "Response bytes left with IO threads for slow clients (default 256 MiB)", 0]
     }.freeze
 
     def parser # rubocop:disable Metrics/MethodLength, Metrics/AbcSize

@@ -44,6 +44,9 @@ module Butterflies
       max_target_bytes: 16 * 1024,
       max_header_fields: 100,
       max_field_bytes: 16 * 1024,
+      # Response bytes all connections of a process may leave with the IO
+      # threads for slow clients, so app threads need not wait for them.
+      max_parked_bytes: 256 << 20,
       # Called with (exception, env, status) when the app raises; returns
       # the Rack response to send instead of a plain 500 (Puma's name).
       lowlevel_error_handler: nil
@@ -61,7 +64,8 @@ module Butterflies
 
     # Whole numbers the engine keeps as 64-bit sizes and counts.
     COUNTS = %i[threads max_threads io_threads workers queue_depth idle_spin backlog tcp_fastopen
-                max_body_bytes max_head_bytes max_target_bytes max_header_fields max_field_bytes].freeze
+                max_body_bytes max_head_bytes max_target_bytes max_header_fields max_field_bytes
+                max_parked_bytes].freeze
     MAX_COUNT = 2**62
 
     # `value` as seconds for `key`, or a ConfigError naming `label` (a

@@ -82,7 +82,7 @@ module Butterflies
 
     # Counts and byte sizes.  queue_depth 512
     %i[queue_depth backlog max_body_bytes max_head_bytes max_target_bytes
-       max_header_fields max_field_bytes].each do |name|
+       max_header_fields max_field_bytes max_parked_bytes].each do |name|
       define_method(name) { |value| @config[name] = integer(name, value, min: 1) }
     end
 

@@ -44,6 +44,8 @@ pub struct Config {
     /// sleeps, and an app thread reads a kept connection for its next
     /// request (zero: neither). See `IoThread::spin` and `Kept`.
     pub idle_spin: Duration,
+    /// Response bytes all connections may park with IO threads (`net::park`).
+    pub max_parked_bytes: usize,
 }
 
 impl Config {
@@ -64,6 +66,7 @@ impl Config {
             write_timeout: Duration::from_secs(WRITE_TIMEOUT_SECS),
             shutdown_timeout: Duration::from_secs(SHUTDOWN_TIMEOUT_SECS),
             idle_spin: Duration::from_micros(IDLE_SPIN_MICROS),
+            max_parked_bytes: super::park::MAX_PARKED_BYTES,
         }
     }
 }

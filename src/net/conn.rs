@@ -79,6 +79,10 @@ pub struct Conn {
     pub(crate) request_started: Option<Instant>,
     /// When the last byte was read.
     pub(crate) last_read: Instant,
+    /// The budget reservation for `out`, while it is parked (see
+    /// `net::park`); given back once `out` is written or the connection
+    /// dropped.
+    parked: Option<super::park::Parked>,
     /// When queued output last made progress.
     pub(crate) last_write: Instant,
     /// When the connection last became idle between requests.
@@ -114,6 +118,7 @@ impl Conn {
             served: 0,
             drained: false,
             peer_shut: false,
+            parked: None,
             close_after_write: false,
             dead: false,
             disarmed: false,
@@ -454,7 +459,16 @@ impl Conn {
         }
         self.out.clear();
         self.out_pos = 0;
+        self.parked = None;
         self.send_file()
+    }
+
+    /// Reserves budget for the output not yet written, plus `more` bytes
+    /// about to be queued, so they can wait here for a slow client instead
+    /// of holding an app thread.
+    pub fn park(&mut self, budget: &std::sync::Arc<super::park::ParkBudget>, more: usize) -> bool {
+        let pending = self.pending_bytes() + more;
+        super::park::Parked::cover(&mut self.parked, budget, pending)
     }
 
     /// Sends the queued file with sendfile(2): no copy through user space.

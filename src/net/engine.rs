@@ -61,11 +61,13 @@ impl Engine {
         // Inherited sockets no longer configured close here.
         drop(inherited);
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
+        let shared = Arc::new(Shared::default());
+        shared.parked.set_limit(config.max_parked_bytes);
         Ok(Engine {
             config,
             listeners,
             addrs,
-            shared: Arc::default(),
+            shared,
             jobs_tx: Some(jobs_tx),
             jobs_rx,
             mailboxes: Vec::new(),

@@ -30,6 +30,8 @@ pub struct Shared {
     pub in_flight: AtomicUsize,
     /// Queued jobs the watchdog may answer (with a request timeout).
     pub claims: super::queue::Claims,
+    /// Response bytes parked with IO threads, and their budget.
+    pub parked: Arc<super::park::ParkBudget>,
     /// A thread of the engine that panicked or failed.
     pub faults: Arc<super::supervise::Faults>,
 }
@@ -170,6 +172,21 @@ impl Job {
             home: self.home.clone(),
             shared: self.shared.clone(),
         })
+    }
+
+    /// Parks the connection's unsent output with its IO thread, within the
+    /// engine's budget (see `net::park`): true if it all fits, and the app
+    /// thread need not wait for the client.
+    pub fn park(&mut self) -> bool {
+        let budget = self.park_budget();
+        self.conn
+            .as_deref_mut()
+            .is_some_and(|conn| conn.park(&budget, 0))
+    }
+
+    /// The engine's budget for parked output.
+    pub fn park_budget(&self) -> Arc<super::park::ParkBudget> {
+        self.shared.parked.clone()
     }
 
     /// The connection, for writing a response in parts (streaming bodies,

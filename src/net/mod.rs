@@ -5,11 +5,13 @@
 pub mod body;
 pub mod config;
 pub mod conn;
+pub mod cursor;
 pub mod engine;
 pub mod handoff;
 mod io_thread;
 pub mod listener;
 pub mod malloc;
+pub mod park;
 pub mod queue;
 pub mod reader;
 pub mod sched;

@@ -62,6 +62,9 @@ impl RbEngine {
         if let Some(n) = option::<usize>(ruby, options, "queue_depth")? {
             config.queue_depth = n.max(1);
         }
+        if let Some(n) = option::<usize>(ruby, options, "max_parked_bytes")? {
+            config.max_parked_bytes = n;
+        }
         if let Some(n) = option::<u64>(ruby, options, "idle_spin")? {
             config.idle_spin = Duration::from_micros(n);
         }

@@ -18,6 +18,7 @@ use super::gvl::{check_interrupts, without_gvl, Unblock};
 use crate::http::body_framer::{BodyFault, BodyFramer, Framed};
 use crate::http::response::Framing;
 use crate::http::Version;
+use crate::net::cursor::Cursor;
 use crate::net::Job;
 
 /// Unwritten response bytes past which a writer waits for the client.
@@ -246,7 +247,7 @@ impl Exchange {
             }
             (backlog, backlog > 0 && register)
         };
-        if backlog > HIGH_WATER_BYTES {
+        if backlog > HIGH_WATER_BYTES && !self.park() {
             self.send(ruby, Vec::new())?;
         }
         Ok(register)
@@ -301,10 +302,81 @@ impl Exchange {
                 }
             }
         };
-        if backlog > HIGH_WATER_BYTES {
+        if backlog > HIGH_WATER_BYTES && !self.park() {
             self.send(ruby, Vec::new())?;
         }
         Ok(())
+    }
+
+    /// Parks what is unwritten with the IO thread, within the budget: then
+    /// the app thread goes on without waiting for a slow client.
+    fn park(&self) -> bool {
+        self.lock().job.as_mut().is_some_and(Job::park)
+    }
+
+    /// Sends borrowed bytes that stay valid while the GVL is released
+    /// (frozen snapshots, see `snapshot.rs`): written as the socket takes
+    /// them, waiting for a slow client without the GVL and without copying
+    /// them, until at most `HIGH_WATER_BYTES` are left, or what is left
+    /// fits in the budget for bytes parked with IO threads: that much is
+    /// copied and the IO thread finishes it.
+    pub fn send_borrowed(&self, ruby: &Ruby, parts: &[&[u8]]) -> Result<(), Error> {
+        let mut cursor = Cursor::new(parts);
+        {
+            let mut inner = self.lock();
+            if inner.broken || inner.hijacked {
+                return Err(disconnected(ruby));
+            }
+            let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
+                return Err(disconnected(ruby));
+            };
+            if conn.has_output() {
+                // Bytes queued before these go first (rare: a pending
+                // 100 Continue); take the copying path.
+                cursor.queue_rest(conn);
+                drop(inner);
+                return self.send_now(ruby, &[]);
+            }
+            // First with the GVL held: a write that does not block costs
+            // less than giving the GVL away and taking it back.
+            if let Err(e) = cursor.write_to(conn) {
+                inner.broken = true;
+                return Err(disconnected_because(ruby, &e.to_string()));
+            }
+            if cursor.remaining() <= HIGH_WATER_BYTES {
+                cursor.queue_rest(conn);
+                return Ok(());
+            }
+        }
+        loop {
+            let mut job = self.lock().job.take().ok_or_else(|| disconnected(ruby))?;
+            let waker = self.waker.clone();
+            let timeout = self.write_timeout;
+            let cursor_ref = &mut cursor;
+            let (back, sent) = without_gvl(
+                ruby,
+                {
+                    let waker = waker.clone();
+                    move || {
+                        let sent = write_cursor(&mut job, cursor_ref, &waker, timeout);
+                        (job, sent)
+                    }
+                },
+                Some(Unblock {
+                    func: |w: &Arc<Waker>| w.wake(),
+                    arg: &waker,
+                }),
+            )?;
+            self.lock().job = Some(back);
+            match sent {
+                Sent::Done => return Ok(()),
+                Sent::Interrupted => check_interrupts()?,
+                Sent::Failed(e) => {
+                    self.lock().broken = true;
+                    return Err(disconnected_because(ruby, &e.to_string()));
+                }
+            }
+        }
     }
 
     /// Like `send`, followed by `len` bytes of a file (sent by sendfile(2)
@@ -439,6 +511,7 @@ fn report_fault(inner: &Inner, fault: &BodyFault) {
 /// Queues and writes, waiting while too much is unwritten. Runs without
 /// the GVL.
 fn write_out(job: &mut Job, pending: Option<Pending>, waker: &Waker, timeout: Duration) -> Sent {
+    let budget = job.park_budget();
     let Some(conn) = job.conn_mut() else {
         return Sent::Failed(std::io::ErrorKind::NotConnected.into());
     };
@@ -454,6 +527,9 @@ fn write_out(job: &mut Job, pending: Option<Pending>, waker: &Waker, timeout: Du
         match conn.flush() {
             Ok(true) => return Sent::Done,
             Ok(false) if conn.pending_bytes() <= HIGH_WATER_BYTES => return Sent::Done,
+            // A slow client: leave the rest to the IO thread if the budget
+            // allows, rather than hold this app thread.
+            Ok(false) if conn.park(&budget, 0) => return Sent::Done,
             Ok(false) => {}
             Err(e) => return Sent::Failed(e),
         }
@@ -466,6 +542,44 @@ fn write_out(job: &mut Job, pending: Option<Pending>, waker: &Waker, timeout: Du
         }
         // A wake-up left from an earlier call only costs one spurious
         // Interrupted; draining here could lose a real one.
+        match conn.wait_writable(left.min(Duration::from_secs(1)), waker.fd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) if woken(waker) => return Sent::Interrupted,
+            Ok(false) => {}
+            Err(e) => return Sent::Failed(e),
+        }
+    }
+}
+
+/// Writes borrowed bytes, waiting for the client while more than
+/// `HIGH_WATER_BYTES` are left that the park budget cannot take. Runs
+/// without the GVL; the bytes are frozen snapshots kept alive by the
+/// caller's stack (see `snapshot.rs`).
+fn write_cursor(job: &mut Job, cursor: &mut Cursor<'_>, waker: &Waker, timeout: Duration) -> Sent {
+    let budget = job.park_budget();
+    let Some(conn) = job.conn_mut() else {
+        return Sent::Failed(std::io::ErrorKind::NotConnected.into());
+    };
+    let mut last_progress = Instant::now();
+    loop {
+        let before = cursor.remaining();
+        if let Err(e) = cursor.write_to(conn) {
+            return Sent::Failed(e);
+        }
+        if cursor.is_done() {
+            return Sent::Done;
+        }
+        if cursor.remaining() <= HIGH_WATER_BYTES || conn.park(&budget, cursor.remaining()) {
+            cursor.queue_rest(conn);
+            return Sent::Done;
+        }
+        if cursor.remaining() < before {
+            last_progress = Instant::now();
+        }
+        let left = timeout.saturating_sub(last_progress.elapsed());
+        if left.is_zero() {
+            return Sent::Failed(std::io::ErrorKind::TimedOut.into());
+        }
         match conn.wait_writable(left.min(Duration::from_secs(1)), waker.fd.as_fd()) {
             Ok(true) => {}
             Ok(false) if woken(waker) => return Sent::Interrupted,

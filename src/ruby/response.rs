@@ -193,10 +193,10 @@ fn send_array(
     if ResponseHead::sends_body(framing) {
         parts.extend_from_slice(&bodies);
     }
-    // writev takes at most IOV_MAX (1024) slices; send many in groups.
-    for group in parts.chunks(512) {
-        ex.send_now(ruby, group)?;
-    }
+    // Written from the snapshots, waiting for a slow client without the
+    // GVL; `snapshot` lives (on this stack) until this returns.
+    ex.send_borrowed(ruby, &parts)?;
+    drop(snapshot);
     ex.mark_finished();
     Ok(Some(Outcome::Sent { keep_alive }))
 }
