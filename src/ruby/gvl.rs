@@ -1,6 +1,7 @@
 //! The GVL boundary: the only place that releases Ruby's Global VM Lock.
 //!
-//! Rules this module keeps (see `../shared/NOTES.md` and docs/ARCHITECTURE.md):
+//! Rules this module keeps (measured; see docs/ARCHITECTURE.md, "The GVL
+//! boundary"):
 //!
 //! - Work runs "flat": the caller holds the GVL and calls [`without_gvl`]
 //!   for short sections. We never re-take the GVL from inside a no-GVL
