@@ -495,12 +495,14 @@ impl Conn {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::net::TcpListener;
 
-    fn pair() -> (Conn, TcpStream) {
+    /// A server-side connection (non-blocking) and its client, over
+    /// loopback: for the unit tests of everything that reads or writes one.
+    pub(crate) fn pair() -> (Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, peer) = listener.accept().unwrap();

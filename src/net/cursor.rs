@@ -103,17 +103,8 @@ impl<'a> Cursor<'a> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::net::conn::tests::pair;
     use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
-
-    fn pair() -> (Conn, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, peer) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let local = server.local_addr().unwrap();
-        (Conn::new(server, 0, peer, local), client)
-    }
 
     #[test]
     fn advances_over_parts_of_any_size() {

@@ -557,16 +557,7 @@ impl Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{TcpListener, TcpStream};
-
-    fn conn() -> (Conn, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, peer) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let local = server.local_addr().unwrap();
-        (Conn::new(server, 0, peer, local), client)
-    }
+    use crate::net::conn::tests::pair;
 
     const T: Timeouts = Timeouts {
         idle: Duration::from_secs(20),
@@ -577,7 +568,7 @@ mod tests {
 
     #[test]
     fn idle_connections_close_after_the_idle_timeout() {
-        let (c, _client) = conn();
+        let (c, _client) = pair();
         let now = c.idle_since;
         assert!(matches!(
             T.check(&c, now + Duration::from_secs(19)),
@@ -592,7 +583,7 @@ mod tests {
     #[test]
     fn a_slow_head_gets_408_after_the_header_timeout() {
         use std::io::Write;
-        let (mut c, mut client) = conn();
+        let (mut c, mut client) = pair();
         client.write_all(b"GET / HT").unwrap();
         let mut scratch = vec![0; 1024];
         while c.request_started.is_none() {
@@ -612,7 +603,7 @@ mod tests {
     #[test]
     fn a_stalled_body_gets_408_after_the_body_timeout() {
         use std::io::Write;
-        let (mut c, mut client) = conn();
+        let (mut c, mut client) = pair();
         client
             .write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
             .unwrap();
@@ -638,7 +629,7 @@ mod tests {
 
     #[test]
     fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
-        let (mut c, _client) = conn();
+        let (mut c, _client) = pair();
         c.queue(vec![b'x'; 64 << 20]);
         assert!(!c.flush().unwrap(), "64 MiB cannot fit in socket buffers");
         let last = c.last_write;

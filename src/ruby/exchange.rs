@@ -349,32 +349,12 @@ impl Exchange {
             }
         }
         loop {
-            let mut job = self.lock().job.take().ok_or_else(|| disconnected(ruby))?;
-            let waker = self.waker.clone();
-            let timeout = self.write_timeout;
-            let cursor_ref = &mut cursor;
-            let (back, sent) = without_gvl(
-                ruby,
-                {
-                    let waker = waker.clone();
-                    move || {
-                        let sent = write_cursor(&mut job, cursor_ref, &waker, timeout);
-                        (job, sent)
-                    }
-                },
-                Some(Unblock {
-                    func: |w: &Arc<Waker>| w.wake(),
-                    arg: &waker,
-                }),
-            )?;
-            self.lock().job = Some(back);
-            match sent {
-                Sent::Done => return Ok(()),
-                Sent::Interrupted => check_interrupts()?,
-                Sent::Failed(e) => {
-                    self.lock().broken = true;
-                    return Err(disconnected_because(ruby, &e.to_string()));
-                }
+            let cursor = &mut cursor;
+            let sent = self.without_gvl_on_job(ruby, move |job, waker, timeout| {
+                write_cursor(job, cursor, waker, timeout)
+            })?;
+            if self.write_ended(ruby, sent)? {
+                return Ok(());
             }
         }
     }
@@ -397,49 +377,63 @@ impl Exchange {
         bytes: Vec<u8>,
         file: Option<(std::fs::File, u64)>,
     ) -> Result<(), Error> {
-        let mut job = {
-            let mut inner = self.lock();
+        {
+            let inner = self.lock();
             if inner.broken || inner.hijacked {
                 return Err(disconnected(ruby));
             }
-            inner.job.take().ok_or_else(|| disconnected(ruby))?
-        };
-        let waker = self.waker.clone();
-        let timeout = self.write_timeout;
+        }
         let mut first = Some((bytes, file));
         loop {
             let pending = first.take();
-            let (back, sent) = without_gvl(
-                ruby,
-                {
-                    let waker = waker.clone();
-                    move || {
-                        let sent = write_out(&mut job, pending, &waker, timeout);
-                        (job, sent)
-                    }
-                },
-                Some(Unblock {
-                    func: |w: &Arc<Waker>| w.wake(),
-                    arg: &waker,
-                }),
-            )?;
-            job = back;
-            match sent {
-                Sent::Done => {
-                    self.lock().job = Some(job);
-                    return Ok(());
+            let sent = self.without_gvl_on_job(ruby, move |job, waker, timeout| {
+                write_out(job, pending, waker, timeout)
+            })?;
+            if self.write_ended(ruby, sent)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs `io` on the job without the GVL, interruptible through this
+    /// exchange's waker. The job is out of the exchange meanwhile (so
+    /// nothing else writes to the connection) and back in it afterwards.
+    fn without_gvl_on_job<R: Send>(
+        &self,
+        ruby: &Ruby,
+        io: impl FnOnce(&mut Job, &Waker, Duration) -> R + Send,
+    ) -> Result<R, Error> {
+        let mut job = self.lock().job.take().ok_or_else(|| disconnected(ruby))?;
+        let waker = self.waker.clone();
+        let timeout = self.write_timeout;
+        let (back, result) = without_gvl(
+            ruby,
+            {
+                let waker = waker.clone();
+                move || {
+                    let result = io(&mut job, &waker, timeout);
+                    (job, result)
                 }
-                Sent::Interrupted => {
-                    self.lock().job = Some(job);
-                    check_interrupts()?;
-                    job = self.lock().job.take().ok_or_else(|| disconnected(ruby))?;
-                }
-                Sent::Failed(e) => {
-                    let mut inner = self.lock();
-                    inner.broken = true;
-                    inner.job = Some(job);
-                    return Err(disconnected_because(ruby, &e.to_string()));
-                }
+            },
+            Some(Unblock {
+                func: |w: &Arc<Waker>| w.wake(),
+                arg: &waker,
+            }),
+        )?;
+        self.lock().job = Some(back);
+        Ok(result)
+    }
+
+    /// How a write wait ended, for the writer: `Ok(true)` written (or left
+    /// to the IO thread), `Ok(false)` interrupted and handled (write on),
+    /// `Err` for Ruby (the client is gone, or an exception to raise).
+    fn write_ended(&self, ruby: &Ruby, sent: Sent) -> Result<bool, Error> {
+        match sent {
+            Sent::Done => Ok(true),
+            Sent::Interrupted => check_interrupts().map(|()| false),
+            Sent::Failed(e) => {
+                self.lock().broken = true;
+                Err(disconnected_because(ruby, &e.to_string()))
             }
         }
     }
@@ -451,24 +445,9 @@ impl Exchange {
     pub fn read(&self, ruby: &Ruby, max: usize) -> Result<Option<Vec<u8>>, Error> {
         self.lock().close_after = true;
         loop {
-            let mut job = self.lock().job.take().ok_or_else(|| disconnected(ruby))?;
-            let waker = self.waker.clone();
-            let timeout = self.write_timeout;
-            let (back, got) = without_gvl(
-                ruby,
-                {
-                    let waker = waker.clone();
-                    move || {
-                        let got = read_in(&mut job, max, &waker, timeout);
-                        (job, got)
-                    }
-                },
-                Some(Unblock {
-                    func: |w: &Arc<Waker>| w.wake(),
-                    arg: &waker,
-                }),
-            )?;
-            self.lock().job = Some(back);
+            let got = self.without_gvl_on_job(ruby, move |job, waker, timeout| {
+                read_in(job, max, waker, timeout)
+            })?;
             match got {
                 Ok(Some(bytes)) if bytes.is_empty() => check_interrupts()?,
                 Ok(got) => return Ok(got),
