@@ -1,12 +1,20 @@
 # frozen_string_literal: true
 
-RSpec.describe "rackup -s butterflies" do
-  it "serves the app through the real rackup and stops on SIGINT" do
-    rackup = Gem.bin_path("rack", "rackup")
-    server = ServerProcess.start(
-      [*ServerHelpers::RUBY, rackup, "-s", "butterflies", "-o", "127.0.0.1", "-p", "0", ServerHelpers::APP]
-    )
+# The Rack handler: `rackup -s butterflies` (rackup 2 on Rack 3, rack's own
+# rackup on Rack 2), with config/butterflies.rb and Rails' environment
+# conventions. `rails server -u butterflies` is in examples_spec.rb.
+RSpec.describe "rackup -s butterflies", timeout: 120 do
+  def rackup(*args, env: {}, chdir: ServerHelpers::ROOT, app: ServerHelpers::APP, ready: nil)
+    # -E none: no middleware of rackup's own (its development Lint would wrap
+    # the fixture's).
+    command = [*ServerHelpers::RUBY, Stack.rackup_bin, "-s", "butterflies", "-E", "none", *args, app]
+    server = ServerProcess.start(command, env: env, chdir: chdir, ready: ready)
     (@servers ||= []) << server
+    server
+  end
+
+  it "serves the app through the real rackup and stops on SIGINT" do
+    server = rackup("-o", "127.0.0.1", "-p", "0")
     res = Net::HTTP.get_response(URI(server.url("/")))
     expect(res.body).to eq("Hello world!")
     big = Random.new(7).bytes(256 * 1024)
@@ -16,9 +24,47 @@ RSpec.describe "rackup -s butterflies" do
     expect(server.wait(timeout: 10)&.exitstatus).to eq(0)
   end
 
-  it "is found by Rack::Handler.get" do
-    script = 'require "rack"; require "rack/handler"; p Rack::Handler.get("butterflies")'
+  it "is found by this Rack's handler registry without a fallback, defining nothing stray" do
+    registry = Stack.rack3? ? "Rackup::Handler" : "Rack::Handler"
+    script = <<~RUBY
+      require "rack"
+      require "#{Stack.rack3? ? 'rackup' : 'rack/handler'}"
+      handler = #{registry}.get("butterflies")
+      p [handler.respond_to?(:run), $LOADED_FEATURES.grep(%r{handler/butterflies}).map { |f| f[%r{\\w+/handler/butterflies}] }]
+      p defined?(Rack::Handler::Butterflies) ? :rack_handler : :none
+    RUBY
     out = IO.popen([*ServerHelpers::RUBY, "-e", script], err: %i[child out], &:read)
-    expect(out).to eq("Rack::Handler::Butterflies\n")
+    lines = out.lines
+    expect(lines[0]).to eq("[true, [\"#{Stack.rack3? ? 'rackup' : 'rack'}/handler/butterflies\"]]\n"), out
+    expect(lines[1]).to eq(Stack.rack3? ? ":none\n" : ":rack_handler\n")
+  end
+
+  it "reads config/butterflies.rb, and RAILS_MAX_THREADS and WEB_CONCURRENCY, under the user's flags" do
+    Dir.mktmpdir do |dir|
+      FileUtils.mkdir_p(File.join(dir, "config"))
+      File.write(File.join(dir, "config/butterflies.rb"), "bind 'tcp://127.0.0.1:0'\nthreads 2\nworker_timeout 30\n")
+      env = { "RAILS_MAX_THREADS" => "3", "WEB_CONCURRENCY" => "2" }
+      server = rackup(env: env, chdir: dir)
+      expect(server.output).to include("workers: 2, each with 3 app")
+      expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 2, timeout: 30)).to be(true), server.output
+      expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
+      expect(server.stop&.exitstatus).to eq(0)
+    end
+  end
+
+  it "listens on both loopbacks for -o localhost where the host has IPv6, sharing port 0's port" do
+    server = rackup("-o", "localhost", "-p", "0", ready: /Use Ctrl-C to stop/)
+    urls = server.output.scan(%r{Listening on (http://\S+)}).flatten
+    v6 = Socket.ip_address_list.any?(&:ipv6_loopback?)
+    expect(urls.size).to eq(v6 ? 2 : 1), server.output
+    port = urls.first[/:(\d+)\z/, 1]
+    expect(urls).to all(end_with(":#{port}"))
+    # (Ruby 3.1's Net::HTTP sends an unbracketed IPv6 Host, which is
+    # invalid; name the host ourselves.)
+    urls.each do |url|
+      uri = URI(url)
+      body = Net::HTTP.start(uri.hostname, uri.port) { |h| h.get("/", "Host" => "localhost").body }
+      expect(body).to eq("Hello world!")
+    end
   end
 end

@@ -172,3 +172,25 @@ fn stop_finishes_in_flight_requests() {
     }
     assert!(TcpStream::connect(addr).is_err());
 }
+
+#[test]
+fn addresses_asking_for_port_0_share_the_first_ones_port() {
+    let binds = ["127.0.0.1:0", "127.0.0.2:0"]
+        .iter()
+        .map(|a| BindAddr::Tcp(a.parse().unwrap()))
+        .collect();
+    let mut config = Config::new(binds);
+    config.io_threads = 1;
+    let engine = Engine::bind(config).expect("bind");
+    let ports: Vec<u16> = engine
+        .local_addrs()
+        .iter()
+        .map(|a| match a {
+            BindAddr::Tcp(a) => a.port(),
+            BindAddr::Unix(_) => 0,
+        })
+        .collect();
+    assert_eq!(ports.len(), 2);
+    assert_ne!(ports[0], 0);
+    assert_eq!(ports[0], ports[1], "{ports:?}");
+}

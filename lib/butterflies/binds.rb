@@ -26,6 +26,22 @@ module Butterflies
       "#{host}:#{port.to_i}"
     end
 
+    # Bind URIs for a host and port given to the Rack handler (rackup's
+    # -o/-p, rails server's -b/-p). "localhost" is both loopbacks, where
+    # this host has them, as Puma does (with port 0 the engine gives both
+    # the first one's port).
+    def for_host(host, port)
+      host = host.to_s
+      return ["tcp://127.0.0.1:#{port}", *(["tcp://[::1]:#{port}"] if ipv6_loopback?)] if host == "localhost"
+
+      host = "[#{host}]" if host.include?(":") && !host.start_with?("[")
+      ["tcp://#{host}:#{port}"]
+    end
+
+    def ipv6_loopback?
+      Socket.ip_address_list.any?(&:ipv6_loopback?)
+    end
+
     # How an engine address is shown: "http://host:port" or "unix:///path".
     def to_url(address)
       address.start_with?("unix:") ? "unix://#{address.delete_prefix('unix:')}" : "http://#{address}"

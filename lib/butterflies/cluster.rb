@@ -26,7 +26,11 @@ module Butterflies
     Record = Struct.new(:index, :pid, :generation, :pipe, :last_beat, :ready, :stopping, :term_at, :born,
                         keyword_init: true)
 
-    def initialize(config, loader:, cli: {}, config_path: nil, log: $stdout)
+    # embedded: run by the Rack handler (rackup, rails server), which loaded
+    # the app already: workers are forked, never exec'd, and USR2 (which
+    # would re-run that command line) is refused.
+    def initialize(config, loader:, cli: {}, config_path: nil, log: $stdout, embedded: false)
+      @embedded = embedded
       @config = config
       @loader = loader
       @cli = cli
@@ -78,12 +82,19 @@ module Butterflies
     def handle(signal)
       case signal
       when "TERM", "INT", "QUIT" then stop_all(restart: false)
-      when "USR2" then stop_all(restart: true)
+      when "USR2" then hot_restart
       when "USR1" then phased_restart
       when "TTIN" then resize(+1)
       when "TTOU" then resize(-1)
       when "HUP" then reload
       end
+    end
+
+    def hot_restart
+      return stop_all(restart: true) unless @embedded
+
+      warn "butterflies: USR2 ignored: a hot restart would run #{$PROGRAM_NAME} again, which rackup and " \
+           "rails server refuse (their pidfile); use USR1 for a phased restart, or restart the service"
     end
 
     # --- workers -----------------------------------------------------------
@@ -231,7 +242,7 @@ module Butterflies
     # on, workers are forked and then exec'd, loading the app themselves
     # (no copy-on-write sharing until the next hot restart).
     def phased_restart
-      @exec_workers = true if @config[:preload_app]
+      @exec_workers = true if @config[:preload_app] && !@embedded
       @generation += 1
       say "Phased restart: replacing #{@workers.count { |w| !w.stopping }} workers one at a time"
       @phased = @workers.reject(&:stopping).sort_by(&:index)

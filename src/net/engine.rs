@@ -44,14 +44,29 @@ impl Engine {
         let mut inherited = adopt_all(&config.inherit)?;
         let mut listeners: Vec<Vec<TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
         let mut addrs = Vec::with_capacity(config.binds.len());
+        // Several addresses asking for port 0 (`localhost` is 127.0.0.1 and
+        // ::1) all get the port the first one was given.
+        let mut zero_port: Option<u16> = None;
         for addr in &config.binds {
+            let wants_any_port = matches!(addr, BindAddr::Tcp(a) if a.port() == 0);
+            let addr = &match (addr, zero_port) {
+                (BindAddr::Tcp(a), Some(port)) if wants_any_port => {
+                    BindAddr::Tcp(std::net::SocketAddr::new(a.ip(), port))
+                }
+                _ => addr.clone(),
+            };
             let group = match inherited.iter().position(|(a, _)| a.satisfies(addr)) {
                 Some(at) => inherited.swap_remove(at).1,
                 None => listener::bind(addr, threads, config.listen)
                     .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
             };
             addrs.push(match (addr, group.first().map(TcpListener::local_addr)) {
-                (BindAddr::Tcp(_), Some(Ok(real))) => BindAddr::Tcp(real),
+                (BindAddr::Tcp(_), Some(Ok(real))) => {
+                    if wants_any_port {
+                        zero_port.get_or_insert(real.port());
+                    }
+                    BindAddr::Tcp(real)
+                }
                 _ => addr.clone(),
             });
             for (i, listener) in spread(group, threads)?.into_iter().enumerate() {

@@ -7,7 +7,7 @@ require "action_controller/railtie"
 # A minimal Rails app: no database, cookie sessions, CSRF protection on.
 module Notes
   class Application < Rails::Application
-    config.load_defaults 6.1
+    config.load_defaults Rails::VERSION::STRING.to_f # 6.1 or 7.2, whichever runs
     config.eager_load = false
     config.consider_all_requests_local = true
     config.secret_key_base = "butterflies-example-not-secret-#{'x' * 64}"
