@@ -86,3 +86,20 @@ RSpec.describe "faulty apps", timeout: 120 do
     expect(data.scan("HTTP/1.1").size).to eq(1)
   end
 end
+
+RSpec.describe "Rack 3.1 env and protocol switching", timeout: 60 do
+  faulty = File.join(ServerHelpers::ROOT, "spec/fixtures/faulty.ru")
+  let(:server) { start_butterflies("-t", "2", rackup: faulty) }
+
+  it "sets HTTP_VERSION to the protocol, never from a client's Version field" do
+    data = raw_request(server, "GET /version HTTP/1.1\r\nHost: x\r\nVersion: evil\r\nConnection: close\r\n\r\n")
+    expect(body_of(data)).to eq("HTTP/1.1")
+  end
+
+  it "switches protocols on rack.protocol, with rack.protocol listing what the client offered" do
+    data = raw_request(server, "GET /switch HTTP/1.1\r\nHost: x\r\nUpgrade: other, echo\r\nConnection: Upgrade\r\n\r\nhello")
+    expect(data).to start_with("HTTP/1.1 101 Switching Protocols\r\n").and include("Upgrade: echo\r\n")
+    expect(data).to end_with("\r\n\r\necho:hello")
+    expect(raw_request(server, "GET /switch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).to start_with("HTTP/1.1 426 ")
+  end
+end

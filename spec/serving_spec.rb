@@ -35,7 +35,7 @@ RSpec.describe "butterflies serving a config.ru" do
       "REQUEST_METHOD" => "GET", "SCRIPT_NAME" => "", "PATH_INFO" => "/env",
       "QUERY_STRING" => "a=1&b=%20", "SERVER_NAME" => server.host, "SERVER_PORT" => server.port.to_s,
       "SERVER_PROTOCOL" => "HTTP/1.1", "REMOTE_ADDR" => "127.0.0.1", "rack.url_scheme" => "http",
-      "rack.version" => [1, 3], "rack.input.binary" => true
+      "rack.version" => [1, 6], "rack.input.binary" => true
     )
     expect(env["HTTP_HOST"]).to eq("#{server.host}:#{server.port}")
   end

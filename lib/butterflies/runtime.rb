@@ -108,7 +108,7 @@ module Butterflies
 
     def base_env
       {
-        "rack.version" => [1, 3].freeze,
+        "rack.version" => [1, 6].freeze, # deprecated by Rack 3.1; Puma 6 sends the same
         "rack.errors" => $stderr,
         "rack.multithread" => max_threads > 1,
         "rack.multiprocess" => @config[:workers].positive?,

@@ -206,6 +206,21 @@ impl ResponseHead {
         out.extend_from_slice(&self.fields);
     }
 
+    /// Writes `101 Switching Protocols` to `protocol`, with the app's
+    /// fields (Rack 3.1's `rack.protocol`): what follows is the new
+    /// protocol's, in both directions.
+    pub fn write_upgrade(&self, out: &mut Vec<u8>, protocol: &[u8]) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_status(out, 101);
+        out.extend_from_slice(b"\r\nDate: ");
+        out.extend_from_slice(&date::now());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.fields);
+        out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: ");
+        out.extend_from_slice(protocol);
+        out.extend_from_slice(b"\r\n\r\n");
+    }
+
     /// Writes an informational (1xx) head: status line and fields only.
     pub fn write_informational(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"HTTP/1.1 ");

@@ -19,6 +19,8 @@ keys! {
     SERVER_NAME = "SERVER_NAME";
     SERVER_PORT = "SERVER_PORT";
     SERVER_PROTOCOL = "SERVER_PROTOCOL";
+    HTTP_VERSION = "HTTP_VERSION";
+    RACK_PROTOCOL = "rack.protocol";
     REMOTE_ADDR = "REMOTE_ADDR";
     CONTENT_TYPE = "CONTENT_TYPE";
     CONTENT_LENGTH = "CONTENT_LENGTH";
@@ -270,6 +272,20 @@ pub fn build(
         crate::http::Version::Http11 => &HTTP_1_1,
     };
     pairs.push(ruby.get_inner(&SERVER_PROTOCOL), ruby.get_inner(protocol))?;
+    // As Puma: the protocol version, never a client's `Version:` field
+    // (which Rack 3.0's Lint would refuse as HTTP_VERSION).
+    pairs.push(ruby.get_inner(&HTTP_VERSION), ruby.get_inner(protocol))?;
+    if let Some(upgrade) = head.header("upgrade") {
+        // Rack 3.1: the protocols the client offers to switch to.
+        let offered = ruby.ary_from_iter(
+            upgrade
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|p| !p.is_empty())
+                .map(|p| ruby.str_from_slice(p)),
+        );
+        pairs.push(ruby.get_inner(&RACK_PROTOCOL), offered)?;
+    }
     pairs.push(
         ruby.get_inner(&REMOTE_ADDR),
         bin(Small::of(request.peer.ip()).bytes()),
@@ -336,7 +352,10 @@ pub fn build(
 /// (as nginx does), so `X_Forwarded_For` can never pass for
 /// `X-Forwarded-For`. Repeated fields are joined with ", " ("; " for Cookie).
 fn set_header(ruby: &Ruby, pairs: &mut Pairs, field: &[u8], value: &[u8]) -> Result<(), Error> {
-    if field.contains(&b'_') || field.eq_ignore_ascii_case(b"transfer-encoding") {
+    if field.contains(&b'_')
+        || field.eq_ignore_ascii_case(b"transfer-encoding")
+        || field.eq_ignore_ascii_case(b"version")
+    {
         return Ok(());
     }
     let key = if field.eq_ignore_ascii_case(b"content-type") {

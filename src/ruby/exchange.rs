@@ -156,6 +156,26 @@ impl Exchange {
         last
     }
 
+    /// The connection closes after this response (it switched protocols).
+    pub fn close_after(&self) {
+        self.lock().close_after = true;
+    }
+
+    /// Whether the client's `Upgrade` field offers `protocol`.
+    pub fn offered_protocol(&self, protocol: &[u8]) -> bool {
+        let inner = self.lock();
+        let Some(offered) = inner
+            .job
+            .as_ref()
+            .and_then(|j| j.request.head.header("upgrade"))
+        else {
+            return false;
+        };
+        offered
+            .split(|&b| b == b',')
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(protocol))
+    }
+
     /// Whether the connection may carry another request after this one.
     pub fn must_close(&self) -> bool {
         self.lock().close_after

@@ -8,26 +8,40 @@ use magnus::{Error, RArray, RHash, RString, Ruby, Value};
 
 use crate::http::response::ResponseHead;
 
-/// Status and headers; also returns a `rack.hijack` header's proc.
+/// What the `rack.*` response headers ask of the server.
+#[derive(Default)]
+pub struct ServerRequests {
+    /// `rack.hijack`: a partial hijack's proc.
+    pub hijack: Option<Value>,
+    /// `rack.protocol` (Rack 3.1): switch the connection to this protocol.
+    pub protocol: Option<RString>,
+}
+
+/// Status and headers; also what the `rack.*` headers ask for.
 pub fn read_head(
     ruby: &Ruby,
     status: Value,
     headers: Value,
-) -> Result<(ResponseHead, Option<Value>), Error> {
+) -> Result<(ResponseHead, ServerRequests), Error> {
     let status = status_code(ruby, status)?;
     let mut head = ResponseHead::new(status).map_err(|e| invalid(ruby, &e.to_string()))?;
     let headers =
         RHash::from_value(headers).ok_or_else(|| invalid(ruby, "the headers must be a Hash"))?;
-    let mut hijack = None;
+    let mut asks = ServerRequests::default();
     headers.foreach(|name: RString, value: Value| {
         // SAFETY: compared at once, before any Ruby code runs.
-        if unsafe { name.as_slice() } == b"rack.hijack" {
-            hijack = Some(value);
-        } else {
-            add_field(ruby, &mut head, name, value)?;
+        match unsafe { name.as_slice() } {
+            b"rack.hijack" => asks.hijack = Some(value),
+            b"rack.protocol" => {
+                let protocol = RString::from_value(value)
+                    .ok_or_else(|| invalid(ruby, "rack.protocol must be a String"))?;
+                asks.protocol = Some(protocol);
+            }
+            _ => add_field(ruby, &mut head, name, value)?,
         }
         Ok(magnus::r_hash::ForEach::Continue)
     })?;
+    let hijack = asks.hijack;
     // An interim status is never a final response: the client would wait
     // for the real one (101 only with a hijack, which takes the socket).
     if (100..200).contains(&status) && !(status == 101 && hijack.is_some()) {
@@ -36,7 +50,7 @@ pub fn read_head(
             &format!("status {status} is interim, not a final response"),
         ));
     }
-    Ok((head, hijack))
+    Ok((head, asks))
 }
 
 /// The status: an Integer, or (Rack 2) a String whose `to_i` is a status

@@ -85,9 +85,12 @@ fn send_parts(
     keep_alive: bool,
     flusher: Option<&Flusher>,
 ) -> Result<Outcome, Error> {
-    let (head, hijack) = read_head(ruby, status, headers)?;
-    if let Some(hijack) = hijack {
+    let (head, asks) = read_head(ruby, status, headers)?;
+    if let Some(hijack) = asks.hijack {
         return partial_hijack(ruby, ex, &head, hijack);
+    }
+    if let Some(protocol) = asks.protocol {
+        return switch_protocols(ruby, ex, &head, protocol, body, flusher);
     }
     let mut body = body;
     if body.respond_to(id(ruby, &TO_ARY), false)? {
@@ -254,6 +257,40 @@ fn partial_hijack(
     let io = hijack_io(ruby, ex)?;
     let _: Value = hijack.funcall("call", (io,))?;
     Ok(Outcome::Hijacked)
+}
+
+/// `rack.protocol` in the response headers (Rack 3.1): `101 Switching
+/// Protocols` to one the client offered, then the body (a callable) gets
+/// the connection as a Rack stream, both ways; the connection closes after.
+fn switch_protocols(
+    ruby: &Ruby,
+    ex: &Arc<Exchange>,
+    head: &ResponseHead,
+    protocol: RString,
+    body: Value,
+    flusher: Option<&Flusher>,
+) -> Result<Outcome, Error> {
+    // SAFETY: copied at once; no Ruby code runs while the slice is held.
+    let protocol = unsafe { protocol.as_slice() }.to_vec();
+    let token = |&b: &u8| crate::http::syntax::is_tchar(b) || b == b'/';
+    if protocol.is_empty() || !protocol.iter().all(token) || !ex.offered_protocol(&protocol) {
+        return Err(invalid(
+            ruby,
+            "rack.protocol names a protocol the client did not offer",
+        ));
+    }
+    if !body.respond_to(id(ruby, &CALL), false)? {
+        return Err(invalid(ruby, "a rack.protocol body must respond to call"));
+    }
+    let mut out = Vec::with_capacity(256);
+    head.write_upgrade(&mut out, &protocol);
+    ex.set_framing(Framing::UntilClose);
+    ex.close_after();
+    ex.send(ruby, out)?;
+    let stream = Stream(ex.clone(), flusher.cloned());
+    let _: Value = body.funcall(id(ruby, &CALL), (stream,))?;
+    finish_body(ruby, ex)?;
+    Ok(Outcome::Sent { keep_alive: false })
 }
 
 /// Calls `body.close` if the body has one.
