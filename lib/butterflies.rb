@@ -10,7 +10,15 @@ require "rbconfig"
 require "butterflies/version"
 require "butterflies/errors"
 require "butterflies/null_input"
-require "butterflies/butterflies" # the Rust extension: Butterflies::Engine
+begin
+  require "butterflies/butterflies" # the Rust extension: Butterflies::Engine
+rescue LoadError => e
+  raise e unless e.path.to_s.end_with?("butterflies/butterflies")
+
+  root = File.expand_path("..", __dir__)
+  raise LoadError, "the Butterflies extension is not built: run `rake compile` in #{root} " \
+                   "(Bundler does not build extensions for gems given by path:)"
+end
 require "butterflies/stream"
 require "butterflies/binds"
 require "butterflies/configuration"

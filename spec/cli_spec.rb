@@ -50,6 +50,17 @@ RSpec.describe "the butterflies command" do
     expect(out).to include("shutdown_timeout: 0.0\n")
   end
 
+  it "says how to build the extension when it is missing (a path gem Bundler did not build)" do
+    Dir.mktmpdir do |dir|
+      require "fileutils"
+      FileUtils.cp_r(File.join(ServerHelpers::ROOT, "lib"), dir)
+      FileUtils.rm_f(Dir[File.join(dir, "lib/butterflies/butterflies.*")])
+      clean = { "RUBYOPT" => nil, "RUBYLIB" => nil, "BUNDLE_GEMFILE" => nil, "BUNDLE_BIN_PATH" => nil }
+      out = IO.popen(clean, [RbConfig.ruby, "-I#{dir}/lib", "-e", 'require "butterflies"'], err: %i[child out], &:read)
+      expect(out).to include("the Butterflies extension is not built: run `rake compile` in #{dir}")
+    end
+  end
+
   it "says when the rackup file is missing" do
     _out, err, status = run_cli("missing.ru")
     expect(status.exitstatus).to eq(1)
