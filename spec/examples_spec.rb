@@ -15,8 +15,8 @@ RSpec.describe "real apps", timeout: 180 do
       "RUBYOPT" => nil, "RUBYLIB" => nil }
   end
 
-  def boot(name, *command)
-    env = bundle_env(name)
+  def boot(name, *command, env: {})
+    env = bundle_env(name).merge(env)
     installed = system(env, "bundle", "install", "--local", "--quiet", chdir: example_dir(name), out: File::NULL)
     expect(installed).to be(true)
     server = ServerProcess.start(["bundle", "exec", *command], env: env, chdir: example_dir(name))
@@ -49,6 +49,21 @@ RSpec.describe "real apps", timeout: 180 do
   it "serves the Rails example with bundle exec butterflies, CSRF-checked form POST included" do
     server = boot("rails", "butterflies", "-b", "tcp://127.0.0.1:0")
     expect(post_a_message(server, "hello rails")).to eq("Messages: hello rails")
+  end
+
+  it "runs cluster mode under rails server -u butterflies: WEB_CONCURRENCY, USR1, and USR2 refused" do
+    server = boot("rails", "bin/rails", "server", "-u", "butterflies", "-b", "127.0.0.1", "-p", "0",
+                  env: { "WEB_CONCURRENCY" => "2", "RAILS_MAX_THREADS" => "3" })
+    wait_for_ready_workers(server, 2, timeout: 60)
+    expect(server.output).to include("workers: 2, each with 3 app")
+    expect(post_a_message(server, "from a worker")).to eq("Messages: from a worker")
+    server.signal("USR2")
+    expect(server.wait_for_output(/USR2 ignored: a hot restart would run/)).to be(true), server.output
+    server.signal("USR1")
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 4, timeout: 60)).to be(true), server.output
+    expect(Net::HTTP.get_response(URI(server.url("/messages/new"))).code).to eq("200")
+    server.signal("INT")
+    expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
   end
 
   it "serves the Rails example with rails server -u butterflies" do
