@@ -13,7 +13,7 @@ require "butterflies/null_input"
 begin
   require "butterflies/butterflies" # the Rust extension: Butterflies::Engine
 rescue LoadError => e
-  raise e unless e.path.to_s.end_with?("butterflies/butterflies")
+  raise e unless e.path.to_s.end_with?("butterflies/butterflies") || e.message.end_with?("-- butterflies/butterflies")
 
   root = File.expand_path("..", __dir__)
   raise LoadError, "the Butterflies extension is not built: run `rake compile` in #{root} " \

@@ -86,6 +86,15 @@ RSpec.describe "HTTP/1.1 handling" do
     socket&.close
   end
 
+  it "answers HEAD and 304 through Lint with no body" do
+    head = raw_request(server, "HEAD /conditional HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    expect(head).to start_with("HTTP/1.1 200 OK\r\n").and end_with("\r\n\r\n")
+    expect(head).not_to match(/^content-length: 0/i)
+    cached = raw_request(server, "GET /conditional HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"v1\"\r\nConnection: close\r\n\r\n")
+    expect(cached).to start_with("HTTP/1.1 304 Not Modified\r\n").and end_with("\r\n\r\n")
+    expect(cached).not_to match(/^(content-length|transfer-encoding):/i)
+  end
+
   it "gives HEAD the GET's Content-Length and no body; 204 gets no body" do
     head = raw_request(server, "HEAD /array HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     expect(head).to include("Content-Length: 12\r\n")

@@ -163,6 +163,9 @@ impl ResponseHead {
                 (false, false, _) => Framing::UntilClose,
             };
         }
+        // A HEAD response's empty body says nothing of the GET's length
+        // (Rack 3's Lint wants it empty): no Content-Length then, not 0.
+        let body_len = body_len.filter(|&n| n > 0 || !head_request);
         match (self.content_length.or(body_len), head_request) {
             (Some(n), true) => Framing::HeadLength(n),
             (None, true) => Framing::None,
@@ -554,6 +557,11 @@ mod tests {
             Framing::HeadLength(3)
         );
         assert_eq!(head.framing(Version::Http11, true, None), Framing::None);
+        assert_eq!(head.framing(Version::Http11, true, Some(0)), Framing::None);
+        assert_eq!(
+            head.framing(Version::Http11, false, Some(0)),
+            Framing::Length(0)
+        );
         let mut out = Vec::new();
         head.write(&mut out, Version::Http11, Framing::HeadLength(3), true);
         assert!(text(&out).ends_with("Content-Length: 3\r\n\r\n"));
