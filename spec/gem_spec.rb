@@ -40,6 +40,16 @@ RSpec.describe "the butterflies gem", timeout: 600 do
                         ["bundle", "exec", "ruby", "-e", 'require "butterflies"; puts $LOADED_FEATURES.grep(/butterflies\.so/)'],
                         chdir: app, &:read)
       expect(loaded).to start_with(gem_home)
+      # One release library without debug info: in the extensions dir, and
+      # RubyGems' own copy in the gem's lib (install_extension_in_lib); none
+      # left in ext/.
+      libraries = Dir[File.join(gem_home, "**", "butterflies.so")]
+      expect(libraries.map { |l| l.sub(gem_home, "") }).to contain_exactly(
+        %r{\A/extensions/.*/butterflies-[\d.]+/butterflies/butterflies\.so\z}, %r{/lib/butterflies/butterflies\.so\z}
+      )
+      sections = libraries.map { |l| IO.popen(["readelf", "-S", "-W", l], &:read) }
+      expect(sections).to all(include(".text"))
+      expect(sections.grep(/\.debug_info/)).to be_empty
       server.stop
     end
   end

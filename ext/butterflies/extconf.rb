@@ -49,7 +49,7 @@ File.write("Makefile", <<~MAKE)
 
   install: $(DLLIB)
   \tmkdir -p $(DESTDIR)$(sitearchdir)$(target_prefix)
-  \tcp $(DLLIB) $(DESTDIR)$(sitearchdir)$(target_prefix)/$(DLLIB)
+  \tmv $(DLLIB) $(DESTDIR)$(sitearchdir)$(target_prefix)/$(DLLIB)
   #{private_target ? "\trm -rf $(CARGO_TARGET)" : "\t@true"}
 
   clean:
