@@ -51,7 +51,7 @@ RSpec.describe "real apps", timeout: 180 do
     expect(post_a_message(server, "hello rails")).to eq("Messages: hello rails")
   end
 
-  it "runs cluster mode under rails server -u butterflies: WEB_CONCURRENCY, USR1, and USR2 refused" do
+  it "runs cluster mode under rails server -u butterflies: WEB_CONCURRENCY, USR1, HUP, and USR2 refused" do
     server = boot("rails", "bin/rails", "server", "-u", "butterflies", "-b", "127.0.0.1", "-p", "0",
                   env: { "WEB_CONCURRENCY" => "2", "RAILS_MAX_THREADS" => "3" })
     wait_for_ready_workers(server, 2, timeout: 60)
@@ -61,6 +61,10 @@ RSpec.describe "real apps", timeout: 180 do
     expect(server.wait_for_output(/USR2 ignored: a hot restart would run/)).to be(true), server.output
     server.signal("USR1")
     expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 4, timeout: 60)).to be(true), server.output
+    expect(Net::HTTP.get_response(URI(server.url("/messages/new"))).code).to eq("200")
+    server.signal("HUP") # no config file here: a phased restart
+    expect(server.wait_for_output(/HUP: no config file to reload; doing a phased restart/)).to be(true)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 6, timeout: 60)).to be(true), server.output
     expect(Net::HTTP.get_response(URI(server.url("/messages/new"))).code).to eq("200")
     server.signal("INT")
     expect(server.wait(timeout: 30)&.exitstatus).to eq(0)

@@ -271,7 +271,8 @@ module Butterflies
 
     def reload
       unless @config_path || File.file?(Configuration::DEFAULT_PATH)
-        return say("HUP: no config file to reload; doing a phased restart")
+        say "HUP: no config file to reload; doing a phased restart"
+        return phased_restart
       end
 
       fresh = Configuration.load(@cli, path: @config_path)
