@@ -535,17 +535,8 @@ fn write_out(job: &mut Job, pending: Option<Pending>, waker: &Waker, timeout: Du
         if conn.pending_bytes() < before {
             last_progress = Instant::now();
         }
-        let left = timeout.saturating_sub(last_progress.elapsed());
-        if left.is_zero() {
-            return Sent::Failed(std::io::ErrorKind::TimedOut.into());
-        }
-        // A wake-up left from an earlier call only costs one spurious
-        // Interrupted; draining here could lose a real one.
-        match conn.wait_writable(left.min(Duration::from_secs(1)), waker.fd.as_fd()) {
-            Ok(true) => {}
-            Ok(false) if woken(waker) => return Sent::Interrupted,
-            Ok(false) => {}
-            Err(e) => return Sent::Failed(e),
+        if let Some(ended) = wait_for_client(conn, last_progress, waker, timeout) {
+            return ended;
         }
     }
 }
@@ -575,16 +566,32 @@ fn write_cursor(job: &mut Job, cursor: &mut Cursor<'_>, waker: &Waker, timeout: 
         if cursor.remaining() < before {
             last_progress = Instant::now();
         }
-        let left = timeout.saturating_sub(last_progress.elapsed());
-        if left.is_zero() {
-            return Sent::Failed(std::io::ErrorKind::TimedOut.into());
+        if let Some(ended) = wait_for_client(conn, last_progress, waker, timeout) {
+            return ended;
         }
-        match conn.wait_writable(left.min(Duration::from_secs(1)), waker.fd.as_fd()) {
-            Ok(true) => {}
-            Ok(false) if woken(waker) => return Sent::Interrupted,
-            Ok(false) => {}
-            Err(e) => return Sent::Failed(e),
-        }
+    }
+}
+
+/// Waits (up to a second at a time) for the client to take more bytes.
+/// `Some` ends the write: the write timeout passed since the last
+/// progress, the waker fired (Ruby wants the thread), or poll failed.
+fn wait_for_client(
+    conn: &crate::net::conn::Conn,
+    last_progress: Instant,
+    waker: &Waker,
+    timeout: Duration,
+) -> Option<Sent> {
+    let left = timeout.saturating_sub(last_progress.elapsed());
+    if left.is_zero() {
+        return Some(Sent::Failed(std::io::ErrorKind::TimedOut.into()));
+    }
+    // A wake-up left from an earlier call only costs one spurious
+    // Interrupted; draining here could lose a real one.
+    match conn.wait_writable(left.min(Duration::from_secs(1)), waker.fd.as_fd()) {
+        Ok(true) => None,
+        Ok(false) if woken(waker) => Some(Sent::Interrupted),
+        Ok(false) => None,
+        Err(e) => Some(Sent::Failed(e)),
     }
 }
 
