@@ -5,6 +5,9 @@
 //! - [`http`]: HTTP/1.1 request parsing and response framing. Pure Rust.
 //! - [`net`]: listeners, the per-thread epoll loops, connections and the
 //!   request queue to the app threads. Pure Rust.
+//! - [`serve`]: an app thread's side of a request: the exchange and its
+//!   writes, the flusher, the watchdog, the pool's counting. Pure Rust;
+//!   where it blocks, the caller releases the GVL.
 //! - `ruby` (feature `ruby`): the extension itself: the GVL boundary, the
 //!   Rack env, reading the app's response, the `Butterflies::Engine` class.
 //!
@@ -12,6 +15,7 @@
 
 pub mod http;
 pub mod net;
+pub mod serve;
 
 #[cfg(feature = "ruby")]
 mod ruby;

@@ -4,15 +4,30 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use butterflies::http::response::ResponseHead;
-use butterflies::net::{BindAddr, Config, Engine};
+use butterflies::http::Limits;
+use butterflies::net::{BindAddr, Config, Engine, Job, Kept, Queued};
+use butterflies::serve::{Direct, Exchange, Waker};
+use crossbeam_channel::{Receiver, Sender};
+
+/// An engine on a free port, its address, its app threads, and where the
+/// app threads say they started a `/slow` request.
+struct Started {
+    engine: Engine,
+    addr: SocketAddr,
+    apps: Vec<thread::JoinHandle<()>>,
+    slow_started: Receiver<()>,
+}
 
 /// Starts an engine on a free port with `apps` app threads answering
-/// "<method> <path> <body length>".
-fn start(apps: usize) -> (Engine, SocketAddr, Vec<thread::JoinHandle<()>>) {
+/// "<method> <path> <body length>". They serve as the extension's app
+/// threads do (`src/ruby/engine.rs`), minus Ruby: each job through an
+/// [`Exchange`], its connection handed back or kept for the next request.
+fn start(apps: usize) -> Started {
     let mut config = Config::new(vec![BindAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
     config.io_threads = 2;
     let mut engine = Engine::bind(config).expect("bind");
@@ -20,46 +35,82 @@ fn start(apps: usize) -> (Engine, SocketAddr, Vec<thread::JoinHandle<()>>) {
         panic!("not TCP")
     };
     engine.start().expect("start");
-    let handles = (0..apps)
+    let (slow_tx, slow_started) = crossbeam_channel::unbounded();
+    let apps = (0..apps)
         .map(|_| {
             let jobs = engine.jobs();
-            thread::spawn(move || {
-                for job in jobs.iter().filter_map(butterflies::net::Queued::claim) {
-                    let req = &job.request;
-                    let body = format!(
-                        "{} {} {}",
-                        String::from_utf8_lossy(req.head.method()),
-                        String::from_utf8_lossy(req.head.path()),
-                        req.body.len()
-                    );
-                    if req.head.path() == b"/slow" {
-                        thread::sleep(Duration::from_millis(300));
-                    }
-                    let head = ResponseHead::new(200).unwrap();
-                    let framing = head.framing(req.head.version, false, Some(body.len() as u64));
-                    let mut out = Vec::new();
-                    let keep = head.write(
-                        &mut out,
-                        req.head.version,
-                        framing,
-                        req.head.keep_alive && !job.stopping(),
-                    );
-                    out.extend_from_slice(body.as_bytes());
-                    job.respond(out, keep);
-                }
-            })
+            let slow_tx = slow_tx.clone();
+            let spin = engine.config().idle_spin;
+            thread::spawn(move || app_thread(&jobs, spin, &slow_tx))
         })
         .collect();
-    (engine, addr, handles)
+    Started {
+        engine,
+        addr,
+        apps,
+        slow_started,
+    }
 }
+
+/// One app thread: takes jobs until the queue closes.
+fn app_thread(jobs: &Receiver<Queued>, spin: Duration, slow_started: &Sender<()>) {
+    let waker = Arc::new(Waker::new().unwrap());
+    let limits = Limits::default();
+    let mut scratch = vec![0u8; 16 * 1024];
+    for job in jobs.iter().filter_map(Queued::claim) {
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            let kept = answer(job, &waker, slow_started);
+            next = kept.and_then(|kept| {
+                kept.next_request(spin, &limits, &mut scratch, || !jobs.is_empty())
+            });
+        }
+    }
+}
+
+/// Answers one job through the production path; returns its connection
+/// if it stays with this thread.
+fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>) -> Option<Kept> {
+    let req = &job.request;
+    let body = format!(
+        "{} {} {}",
+        String::from_utf8_lossy(req.head.method()),
+        String::from_utf8_lossy(req.head.path()),
+        req.body.len()
+    );
+    let slow = req.head.path() == b"/slow";
+    let version = req.head.version;
+    let keep_alive = req.head.keep_alive;
+    let ex = Exchange::new(job, waker.clone(), Duration::from_secs(5));
+    if slow {
+        slow_started.send(()).unwrap();
+        thread::sleep(SLOW_REQUEST);
+    }
+    let head = ResponseHead::new(200).unwrap();
+    let framing = head.framing(version, false, Some(body.len() as u64));
+    let mut out = Vec::new();
+    let keep = head.write(&mut out, version, framing, keep_alive && !ex.stopping());
+    out.extend_from_slice(body.as_bytes());
+    ex.set_framing(framing);
+    ex.send(&Direct, out).unwrap();
+    ex.mark_finished();
+    ex.hand_back_or_keep(keep)
+}
+
+/// How long `/slow` takes.
+const SLOW_REQUEST: Duration = Duration::from_millis(300);
+
+/// How long a test waits for anything.
+const DEADLINE: Duration = Duration::from_secs(5);
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
     s
 }
 
-/// Reads responses until `count` bodies ending in `expect_end` arrived.
+/// Reads responses until `needle` was seen `count` times (or the
+/// connection closed).
 fn read_until(stream: &mut TcpStream, needle: &str, count: usize) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -75,7 +126,12 @@ fn read_until(stream: &mut TcpStream, needle: &str, count: usize) -> String {
 
 #[test]
 fn keep_alive_pipelining_and_errors() {
-    let (mut engine, addr, apps) = start(2);
+    let Started {
+        mut engine,
+        addr,
+        apps,
+        ..
+    } = start(2);
 
     let mut s = connect(addr);
     for i in 0..20 {
@@ -132,21 +188,22 @@ fn keep_alive_pipelining_and_errors() {
 
 #[test]
 fn a_slow_request_does_not_hold_up_another_connection() {
-    let (mut engine, addr, _apps) = start(2);
+    let Started {
+        mut engine,
+        addr,
+        slow_started,
+        ..
+    } = start(2);
     let mut slow = connect(addr);
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    thread::sleep(Duration::from_millis(20));
+    slow_started.recv_timeout(DEADLINE).expect("/slow started");
     let started = std::time::Instant::now();
     let mut fast = connect(addr);
     fast.write_all(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     read_until(&mut fast, "GET /fast 0", 1);
-    assert!(
-        started.elapsed() < Duration::from_millis(250),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < SLOW_REQUEST, "{:?}", started.elapsed());
     assert!(read_until(&mut slow, "GET /slow 0", 1).contains("GET /slow 0"));
     engine.stop(false);
     engine.join();
@@ -154,11 +211,16 @@ fn a_slow_request_does_not_hold_up_another_connection() {
 
 #[test]
 fn stop_finishes_in_flight_requests() {
-    let (mut engine, addr, apps) = start(1);
+    let Started {
+        mut engine,
+        addr,
+        apps,
+        slow_started,
+    } = start(1);
     let mut slow = connect(addr);
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    thread::sleep(Duration::from_millis(50));
+    slow_started.recv_timeout(DEADLINE).expect("/slow started");
     engine.stop(false);
     let r = read_until(&mut slow, "GET /slow 0", 1);
     assert!(

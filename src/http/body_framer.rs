@@ -143,7 +143,7 @@ impl BodyFramer {
             Framing::UntilClose => State::Raw,
             Framing::AppChunked => app_chunked(false),
             Framing::Dechunked => app_chunked(true),
-            Framing::None | Framing::HeadLength(_) => State::Nothing,
+            Framing::NoBody | Framing::HeadLength(_) => State::Nothing,
         };
         BodyFramer {
             state,
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn nothing_is_sent_for_bodyless_framings() {
-        for framing in [Framing::None, Framing::HeadLength(5)] {
+        for framing in [Framing::NoBody, Framing::HeadLength(5)] {
             let mut framer = BodyFramer::new(framing);
             assert_eq!(sent(&mut framer, &[b"hello"]), (vec![], vec![]));
         }

@@ -38,7 +38,7 @@ pub enum Framing {
     /// app Transfer-Encoding that does not end in chunked).
     UntilClose,
     /// No body at all (1xx, 204, 304, HEAD of an unknown length).
-    None,
+    NoBody,
     /// A HEAD response: the Content-Length of the GET, no body.
     HeadLength(u64),
 }
@@ -148,7 +148,7 @@ impl ResponseHead {
     /// Content-Length a GET would have had, and carries no body.
     pub fn framing(&self, version: Version, head_request: bool, body_len: Option<u64>) -> Framing {
         if self.bodyless_status() {
-            return Framing::None;
+            return Framing::NoBody;
         }
         if let Some(coding) = &self.app_coding {
             // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
@@ -157,7 +157,7 @@ impl ResponseHead {
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             return match (head_request, chunked, version) {
-                (true, _, _) => Framing::None,
+                (true, _, _) => Framing::NoBody,
                 (false, true, Version::Http11) => Framing::AppChunked,
                 (false, true, Version::Http10) => Framing::Dechunked,
                 (false, false, _) => Framing::UntilClose,
@@ -168,7 +168,7 @@ impl ResponseHead {
         let body_len = body_len.filter(|&n| n > 0 || !head_request);
         match (self.content_length.or(body_len), head_request) {
             (Some(n), true) => Framing::HeadLength(n),
-            (None, true) => Framing::None,
+            (None, true) => Framing::NoBody,
             (Some(n), false) => Framing::Length(n),
             (None, false) if version == Version::Http11 => Framing::Chunked,
             (None, false) => Framing::UntilClose,
@@ -182,7 +182,7 @@ impl ResponseHead {
 
     /// Whether bytes of the body follow the head.
     pub fn sends_body(framing: Framing) -> bool {
-        !matches!(framing, Framing::None | Framing::HeadLength(_))
+        !matches!(framing, Framing::NoBody | Framing::HeadLength(_))
     }
 
     /// Writes the head exactly as the app gave it, with `Date` and the app's
@@ -248,7 +248,9 @@ impl ResponseHead {
         let length = match framing {
             Framing::Length(n) | Framing::HeadLength(n) => Some(n),
             // A 304 may say the length of what a 200 would have sent.
-            Framing::None if self.status == 304 && self.app_coding.is_none() => self.content_length,
+            Framing::NoBody if self.status == 304 && self.app_coding.is_none() => {
+                self.content_length
+            }
             _ => None,
         };
         if let Some(n) = length {
@@ -549,15 +551,21 @@ mod tests {
     fn bodyless_statuses_and_head() {
         for s in [204, 304, 101] {
             let head = ResponseHead::new(s).unwrap();
-            assert_eq!(head.framing(Version::Http11, false, Some(3)), Framing::None);
+            assert_eq!(
+                head.framing(Version::Http11, false, Some(3)),
+                Framing::NoBody
+            );
         }
         let head = ResponseHead::new(200).unwrap();
         assert_eq!(
             head.framing(Version::Http11, true, Some(3)),
             Framing::HeadLength(3)
         );
-        assert_eq!(head.framing(Version::Http11, true, None), Framing::None);
-        assert_eq!(head.framing(Version::Http11, true, Some(0)), Framing::None);
+        assert_eq!(head.framing(Version::Http11, true, None), Framing::NoBody);
+        assert_eq!(
+            head.framing(Version::Http11, true, Some(0)),
+            Framing::NoBody
+        );
         assert_eq!(
             head.framing(Version::Http11, false, Some(0)),
             Framing::Length(0)
@@ -569,10 +577,10 @@ mod tests {
         no_content.field(b"Content-Length", b"0").unwrap();
         assert_eq!(
             no_content.framing(Version::Http11, false, Some(5)),
-            Framing::None
+            Framing::NoBody
         );
         let mut out = Vec::new();
-        no_content.write(&mut out, Version::Http11, Framing::None, true);
+        no_content.write(&mut out, Version::Http11, Framing::NoBody, true);
         assert!(!text(&out).contains("Content-Length"));
     }
 

@@ -57,24 +57,16 @@ pub struct Conn {
     /// A file body sent after `out` with sendfile(2): the file and the
     /// bytes of it still to send.
     out_file: Option<(std::fs::File, u64)>,
-    /// The app took the socket over (rack.hijack): forget it, write nothing.
-    pub(crate) hijacked: bool,
+    /// What becomes of the connection once its response is written.
+    fate: Fate,
     /// Requests dispatched on this connection so far.
     pub(crate) served: u64,
-    /// The last read pass emptied the socket (a short read or EAGAIN), so its next
-    /// bytes will raise a new epoll edge.
-    pub(crate) drained: bool,
-    /// The peer shut its sending side (EPOLLRDHUP, possibly in the same
-    /// edge as its last data): reads go on to the end of stream instead of
-    /// stopping at a short read, so the FIN is seen now, not never.
-    pub(crate) peer_shut: bool,
-    /// Close once `out` is written (an error, `Connection: close`, HTTP/1.0).
-    pub(crate) close_after_write: bool,
-    /// The peer is gone or the socket failed: close without writing more.
-    pub(crate) dead: bool,
-    /// Registered in epoll without read events, while an app thread reads
-    /// it (`Kept`).
-    pub(crate) disarmed: bool,
+    /// Whether the last read pass emptied the socket.
+    socket: Socket,
+    /// The peer's sending side.
+    peer_side: PeerSide,
+    /// What epoll reports of the socket.
+    interest: Interest,
     /// When the request now being read started (its first byte).
     pub(crate) request_started: Option<Instant>,
     /// When the last byte was read.
@@ -87,6 +79,56 @@ pub struct Conn {
     pub(crate) last_write: Instant,
     /// When the connection last became idle between requests.
     pub(crate) idle_since: Instant,
+}
+
+/// What becomes of a connection once its response is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Afterwards {
+    /// It is read for its next request.
+    KeepAlive,
+    /// It closes once the response is written (`Connection: close`,
+    /// HTTP/1.0, an error response).
+    CloseAfterWrite,
+    /// It closes now, without writing more: the peer is gone, the socket
+    /// failed, or the response cannot be completed.
+    CloseNow,
+}
+
+/// A connection's fate. It only ever moves down this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    Open,
+    CloseAfterWrite,
+    CloseNow,
+    /// The app took the socket over (rack.hijack): forget it, write nothing.
+    Hijacked,
+}
+
+/// Whether the last read pass emptied the socket. With edge-triggered
+/// epoll, bytes that arrive after it was emptied raise a new edge; before
+/// that, they may be waiting without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Socket {
+    MayHoldMore,
+    Drained,
+}
+
+/// The peer's sending side. Once it shut (EPOLLRDHUP, possibly in the same
+/// edge as its last data), reads go on to the end of stream instead of
+/// stopping at a short read, so the FIN is seen now, not never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerSide {
+    Open,
+    Shut,
+}
+
+/// What the connection's epoll registration reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interest {
+    /// Reads, writes and hang-ups: its IO thread owns it.
+    ReadWrite,
+    /// Hang-ups only, while an app thread reads it itself (`Kept`).
+    HangupOnly,
 }
 
 /// How a read pass ended.
@@ -114,19 +156,92 @@ impl Conn {
             out: Vec::new(),
             out_pos: 0,
             out_file: None,
-            hijacked: false,
+            fate: Fate::Open,
             served: 0,
-            drained: false,
-            peer_shut: false,
+            socket: Socket::MayHoldMore,
+            peer_side: PeerSide::Open,
+            interest: Interest::ReadWrite,
             parked: None,
-            close_after_write: false,
-            dead: false,
-            disarmed: false,
             request_started: None,
             last_read: Instant::now(),
             last_write: Instant::now(),
             idle_since: Instant::now(),
         }
+    }
+
+    /// Decides what happens after the response; a later decision can only
+    /// make it end sooner (a close is never undone).
+    pub fn settle(&mut self, afterwards: Afterwards) {
+        let fate = match afterwards {
+            Afterwards::KeepAlive => Fate::Open,
+            Afterwards::CloseAfterWrite => Fate::CloseAfterWrite,
+            Afterwards::CloseNow => Fate::CloseNow,
+        };
+        self.fate = self.fate.max(fate);
+    }
+
+    /// The app took the socket: the server writes nothing more to it and
+    /// forgets it without closing the stream.
+    pub(crate) fn forget(&mut self) {
+        self.fate = Fate::Hijacked;
+    }
+
+    pub(crate) fn is_hijacked(&self) -> bool {
+        self.fate == Fate::Hijacked
+    }
+
+    /// To be closed (or forgotten) without writing more.
+    pub(crate) fn ends_now(&self) -> bool {
+        self.fate >= Fate::CloseNow
+    }
+
+    /// To be closed once its output is written.
+    pub(crate) fn ends_after_write(&self) -> bool {
+        self.fate >= Fate::CloseAfterWrite
+    }
+
+    /// The peer shut its sending side: read on to the end of stream.
+    pub(crate) fn note_peer_shut(&mut self) {
+        self.peer_side = PeerSide::Shut;
+    }
+
+    /// Stops epoll from reporting the socket readable, while an app
+    /// thread reads it itself (if that fails, epoll goes on reporting it:
+    /// a spurious wake-up of its IO thread, no more).
+    pub(crate) fn disarm(
+        &mut self,
+        epoll: &nix::sys::epoll::Epoll,
+        events: nix::sys::epoll::EpollFlags,
+    ) {
+        if self.interest == Interest::HangupOnly {
+            return;
+        }
+        let mut event = nix::sys::epoll::EpollEvent::new(events, self.token as u64);
+        if epoll.modify(&self.stream, &mut event).is_ok() {
+            self.interest = Interest::HangupOnly;
+        }
+    }
+
+    /// Reports the socket to epoll again in full (and at once, if it is
+    /// readable already); a failure closes the connection.
+    pub(crate) fn arm(
+        &mut self,
+        epoll: &nix::sys::epoll::Epoll,
+        events: nix::sys::epoll::EpollFlags,
+    ) {
+        if self.interest == Interest::ReadWrite {
+            return;
+        }
+        let mut event = nix::sys::epoll::EpollEvent::new(events, self.token as u64);
+        if epoll.modify(&self.stream, &mut event).is_err() {
+            self.settle(Afterwards::CloseNow);
+        }
+        self.interest = Interest::ReadWrite;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_disarmed(&self) -> bool {
+        self.interest == Interest::HangupOnly
     }
 
     /// No request is being read and nothing is waiting to be written.
@@ -136,17 +251,13 @@ impl Conn {
 
     /// Bytes of a next request are already buffered (pipelining).
     pub fn has_buffered_input(&self) -> bool {
-        self.reader.has_buffered() || !self.drained
+        self.reader.has_buffered() || self.socket == Socket::MayHoldMore
     }
 
     /// Answered and ready for its next request with nothing left to do:
     /// all written, kept alive, usable, nothing read ahead.
     pub fn is_quiet(&self) -> bool {
-        !self.has_output()
-            && !self.close_after_write
-            && !self.dead
-            && !self.hijacked
-            && !self.has_buffered_input()
+        !self.has_output() && self.fate == Fate::Open && !self.has_buffered_input()
     }
 
     /// Bytes read and not yet used by a request.
@@ -250,7 +361,7 @@ impl Conn {
     /// its scratch buffer, so an idle connection holds no read buffer of
     /// its own.
     pub fn fill(&mut self, scratch: &mut [u8], cap: usize) -> io::Result<Fill> {
-        if self.served == 0 && self.reader.is_idle() && !self.peer_shut {
+        if self.served == 0 && self.reader.is_idle() && self.peer_side == PeerSide::Open {
             if let Some(fill) = self.fill_upgrade(scratch)? {
                 return Ok(fill);
             }
@@ -258,7 +369,7 @@ impl Conn {
         let room = cap.saturating_sub(self.reader.buffered_len());
         if room == 0 {
             // The socket may hold more: read it once a request used some.
-            self.drained = false;
+            self.socket = Socket::MayHoldMore;
             return Ok(Fill::Capped);
         }
         let len = room.min(scratch.len());
@@ -273,7 +384,7 @@ impl Conn {
             };
             if n == 0 {
                 self.reader.extend(&scratch[..total]);
-                self.drained = false;
+                self.socket = Socket::MayHoldMore;
                 return Ok(Fill::Eof);
             }
             self.last_read = Instant::now();
@@ -282,7 +393,7 @@ impl Conn {
             }
             let asked = scratch.len() - total;
             total += n;
-            if n < asked && !self.peer_shut {
+            if n < asked && self.peer_side == PeerSide::Open {
                 // A short read emptied the socket: with edge-triggered
                 // epoll, whatever arrives next raises a new edge, so a read
                 // that would only say EAGAIN is skipped (as nginx does).
@@ -290,7 +401,11 @@ impl Conn {
             }
         }
         self.reader.extend(&scratch[..total]);
-        self.drained = total < scratch.len();
+        self.socket = if total < scratch.len() {
+            Socket::Drained
+        } else {
+            Socket::MayHoldMore
+        };
         Ok(if total == scratch.len() {
             Fill::Full
         } else {
@@ -348,7 +463,7 @@ impl Conn {
         // Not drained: the socket may hold more. They are the app's if it
         // takes the socket over; if it answers normally instead, they are
         // the next request, and epoll would not report them again.
-        self.drained = false;
+        self.socket = Socket::MayHoldMore;
         Ok(Some(Fill::Drained))
     }
 
@@ -438,7 +553,7 @@ impl Conn {
     /// nothing more.
     pub fn queue_error(&mut self, status: u16, message: &str) {
         self.queue(response::simple(status, message, false));
-        self.close_after_write = true;
+        self.settle(Afterwards::CloseAfterWrite);
         self.reader.clear();
     }
 
@@ -532,7 +647,7 @@ pub(crate) mod tests {
             fills,
             [Fill::Full, Fill::Capped, Fill::Capped, Fill::Capped]
         );
-        assert!(!conn.drained, "more is waiting in the socket");
+        assert!(conn.has_buffered_input(), "more is waiting in the socket");
         // A request used makes room for exactly that much more.
         let limits = Limits::default();
         assert!(matches!(conn.advance(&limits), Ok(Progress::Request(_))));
@@ -554,7 +669,9 @@ pub(crate) mod tests {
             let (mut conn, mut client) = pair();
             client.write_all(GET).unwrap();
             client.shutdown(std::net::Shutdown::Write).unwrap();
-            conn.peer_shut = peer_shut;
+            if peer_shut {
+                conn.note_peer_shut();
+            }
             let mut scratch = vec![0; READ_CHUNK_BYTES];
             let mut fill = conn.fill(&mut scratch, usize::MAX).unwrap();
             while fill == Fill::Full {

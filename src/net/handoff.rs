@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::conn::{Conn, Fill, Progress, Request};
+use super::conn::{Afterwards, Conn, Fill, Progress, Request};
 use crate::http::Limits;
 
 /// State every thread of the engine shares.
@@ -81,14 +81,7 @@ impl Mailbox {
     /// thread reads itself becomes readable. It is armed again when it
     /// comes back (`IoThread::take_mail`), which reports it if readable.
     fn disarm(&self, conn: &mut Conn) {
-        if conn.disarmed {
-            return;
-        }
-        let mut event = EpollEvent::new(
-            EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET,
-            conn.token as u64,
-        );
-        conn.disarmed = self.epoll.modify(&conn.stream, &mut event).is_ok();
+        conn.disarm(&self.epoll, EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET);
     }
 
     /// The IO thread has events waiting (other connections, the mailbox):
@@ -137,28 +130,13 @@ impl Job {
         self.shared.stopping.load(Ordering::Relaxed)
     }
 
-    /// Writes the response and hands the connection back to its IO thread,
-    /// which finishes a write that would block and reads the next request.
-    pub fn respond(mut self, bytes: Vec<u8>, keep_alive: bool) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        conn.queue(bytes);
-        conn.close_after_write |= !keep_alive;
-        if conn.flush().is_err() {
-            conn.dead = true;
-        }
-        self.home.send(conn);
-    }
-
     /// Like [`Job::finish`], but a connection left quiet (all written,
     /// kept alive, nothing read ahead) while it is the only one lent to an
     /// app thread stays with this thread as a [`Kept`], to read its next
     /// request itself.
-    pub fn finish_or_keep(mut self, keep_alive: bool, broken: bool) -> Option<Kept> {
+    pub fn finish_or_keep(mut self, afterwards: Afterwards) -> Option<Kept> {
         let mut conn = self.conn.take()?;
-        conn.close_after_write |= !keep_alive;
-        conn.dead |= broken;
+        conn.settle(afterwards);
         let quiet = self.shared.in_flight.load(Ordering::Relaxed) == 1
             && conn.is_quiet()
             && !self.stopping();
@@ -195,14 +173,14 @@ impl Job {
         self.conn.as_deref_mut()
     }
 
-    /// Hands the connection back after its response was queued piece by
-    /// piece; whatever is still unwritten the IO thread finishes.
-    pub fn finish(mut self, keep_alive: bool, broken: bool) {
+    /// Hands the connection back to its IO thread once the response is
+    /// written or queued; whatever is still unwritten the IO thread
+    /// finishes, and then does what `afterwards` says.
+    pub fn finish(mut self, afterwards: Afterwards) {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        conn.close_after_write |= !keep_alive;
-        conn.dead |= broken;
+        conn.settle(afterwards);
         self.home.send(conn);
     }
 
@@ -214,7 +192,7 @@ impl Job {
             return Err(io::Error::other("connection already answered"));
         };
         let dup = conn.stream.as_fd().try_clone_to_owned();
-        conn.hijacked = true;
+        conn.forget();
         self.home.send(conn);
         dup
     }
@@ -258,7 +236,7 @@ impl Kept {
             let fill = match conn.fill(scratch, super::conn::input_cap(limits)) {
                 Ok(fill) => fill,
                 Err(_) => {
-                    conn.dead = true;
+                    conn.settle(Afterwards::CloseNow);
                     break;
                 }
             };
@@ -309,23 +287,27 @@ impl Drop for Job {
     /// its connection, and its IO thread forgets it.
     fn drop(&mut self) {
         if let Some(mut conn) = self.conn.take() {
-            conn.dead = true;
+            conn.settle(Afterwards::CloseNow);
             self.home.send(conn);
         }
     }
 }
 
+/// Jobs on real loopback connections, for the unit tests of what serves
+/// them (here and in `crate::serve`).
 #[cfg(test)]
-mod tests {
+#[allow(clippy::unwrap_used)]
+pub(crate) mod testing {
     use super::*;
+    use nix::sys::epoll::EpollEvent;
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
 
-    const DEADLINE: Duration = Duration::from_secs(5);
+    pub(crate) const DEADLINE: Duration = Duration::from_secs(5);
 
     /// A server-side connection registered in a mailbox's epoll as its IO
     /// thread would, and the client end.
-    fn setup() -> (Box<Conn>, TcpStream, Arc<Mailbox>, Arc<Shared>) {
+    pub(crate) fn setup() -> (Box<Conn>, TcpStream, Arc<Mailbox>, Arc<Shared>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, peer) = listener.accept().unwrap();
@@ -342,7 +324,7 @@ mod tests {
 
     /// Reads until a complete request is parsed (it may take more than
     /// one pass for the bytes to arrive).
-    fn request(conn: &mut Conn) -> Request {
+    pub(crate) fn request(conn: &mut Conn) -> Request {
         let mut scratch = vec![0; 4096];
         let until = Instant::now() + DEADLINE;
         loop {
@@ -353,6 +335,29 @@ mod tests {
             assert!(Instant::now() < until, "no request came");
         }
     }
+
+    /// A job for a `GET` of `path`, lent out as its IO thread would lend
+    /// it; the client end; the mailbox its connection goes home to.
+    pub(crate) fn job(path: &str, shared: Arc<Shared>) -> (Job, TcpStream, Arc<Mailbox>) {
+        let (mut conn, mut client, mailbox, _) = setup();
+        write!(client, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let request = request(&mut conn);
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        (
+            Job::new(request, conn, mailbox.clone(), shared),
+            client,
+            mailbox,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{request, setup, DEADLINE};
+    use super::*;
+    use nix::sys::epoll::EpollEvent;
+    use std::io::Write;
+    use std::net::TcpStream;
 
     /// epoll events pending now.
     fn pending_events(mailbox: &Mailbox) -> usize {
@@ -371,11 +376,14 @@ mod tests {
             .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
         let first = request(&mut conn);
-        while pending_events(&mailbox) > 0 {}
+        let until = Instant::now() + DEADLINE;
+        while pending_events(&mailbox) > 0 {
+            assert!(Instant::now() < until, "epoll kept reporting events");
+        }
         shared.in_flight.store(1, Ordering::Relaxed);
         let job = Job::new(first, conn, mailbox.clone(), shared);
         let kept = job
-            .finish_or_keep(true, false)
+            .finish_or_keep(Afterwards::KeepAlive)
             .expect("a quiet connection is kept");
         (kept, client, mailbox)
     }
@@ -407,8 +415,8 @@ mod tests {
         );
         assert!(next.is_none());
         let conn = mailbox.rx.try_recv().expect("the connection went home");
-        assert!(conn.disarmed, "its IO thread must arm it again");
-        assert!(!conn.has_buffered_input() && !conn.dead);
+        assert!(conn.is_disarmed(), "its IO thread must arm it again");
+        assert!(!conn.has_buffered_input() && !conn.ends_now());
     }
 
     #[test]
@@ -452,8 +460,8 @@ mod tests {
         let first = request(&mut conn);
         shared.in_flight.store(2, Ordering::Relaxed);
         let job = Job::new(first, conn, mailbox.clone(), shared);
-        assert!(job.finish_or_keep(true, false).is_none());
+        assert!(job.finish_or_keep(Afterwards::KeepAlive).is_none());
         let conn = mailbox.rx.try_recv().expect("the connection went home");
-        assert!(!conn.disarmed);
+        assert!(!conn.is_disarmed());
     }
 }

@@ -15,7 +15,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{accept4, getpeername, SockFlag, SockaddrStorage};
 
 use super::config::Config;
-use super::conn::{Conn, Fill, Progress};
+use super::conn::{Afterwards, Conn, Fill, Progress};
 use super::handoff::{Job, Mailbox, Shared, CONN_EVENTS};
 use super::queue::Queued;
 use crate::http::Limits;
@@ -303,7 +303,9 @@ impl IoThread {
             Some(Slot::Present(conn)) if readable || conn.has_output() => {
                 // The FIN may have come with the last data, in the same
                 // edge: read on to it rather than stop at a short read.
-                conn.peer_shut |= shut;
+                if shut {
+                    conn.note_peer_shut();
+                }
                 self.drive(token)
             }
             _ => {}
@@ -321,18 +323,16 @@ impl IoThread {
             self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             let token = conn.token;
             conn.idle_since = Instant::now();
-            if conn.disarmed {
-                // Read events again; epoll reports the socket now if it is
-                // readable already.
-                let mut event = EpollEvent::new(CONN_EVENTS, token as u64);
-                conn.dead |= self.mailbox.epoll.modify(&conn.stream, &mut event).is_err();
-                conn.disarmed = false;
-            }
+            // Read events again, if an app thread read it itself; epoll
+            // reports the socket now if it is readable already.
+            conn.arm(&self.mailbox.epoll, CONN_EVENTS);
             let (events, hangup) = match self.slots[token] {
                 Slot::Lent { events, hangup } => (events, hangup),
                 _ => (false, false),
             };
-            conn.peer_shut |= hangup;
+            if hangup {
+                conn.note_peer_shut();
+            }
             let quiet = !events && conn.is_quiet();
             self.slots[token] = Slot::Present(conn);
             if !quiet || self.shared.stopping.load(Ordering::Relaxed) {
@@ -353,11 +353,11 @@ impl IoThread {
         };
         let mut last_fill = None;
         loop {
-            if conn.dead || conn.hijacked {
+            if conn.ends_now() {
                 return self.close(token);
             }
             match conn.flush() {
-                Ok(true) if conn.close_after_write => return self.close(token),
+                Ok(true) if conn.ends_after_write() => return self.close(token),
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(_) => return self.close(token),
@@ -418,7 +418,7 @@ impl IoThread {
         conn.queue(crate::http::response::service_unavailable(
             "Service Unavailable\n",
         ));
-        conn.close_after_write = true;
+        conn.settle(Afterwards::CloseAfterWrite);
         self.slots[token] = Slot::Present(conn);
         self.drive(token);
     }
@@ -426,7 +426,7 @@ impl IoThread {
     fn close(&mut self, token: usize) {
         if let Slot::Present(conn) = std::mem::replace(&mut self.slots[token], Slot::Free) {
             let _ = self.mailbox.epoll.delete(&conn.stream);
-            if conn.has_output() && !conn.hijacked {
+            if conn.has_output() && !conn.is_hijacked() {
                 // Unsent bytes to a peer that stopped reading: reset rather
                 // than leave the kernel an orphan socket that retries for
                 // minutes holding the rest of the response.
@@ -586,7 +586,9 @@ mod tests {
         let (mut c, mut client) = pair();
         client.write_all(b"GET / HT").unwrap();
         let mut scratch = vec![0; 1024];
+        let until = Instant::now() + Duration::from_secs(5);
         while c.request_started.is_none() {
+            assert!(Instant::now() < until, "the bytes never came");
             c.fill(&mut scratch, usize::MAX).unwrap();
         }
         let started = c.request_started.unwrap();
@@ -608,7 +610,9 @@ mod tests {
             .write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
             .unwrap();
         let mut scratch = vec![0; 1024];
+        let until = Instant::now() + Duration::from_secs(5);
         while !c.reading_body() {
+            assert!(Instant::now() < until, "the head never came");
             c.fill(&mut scratch, usize::MAX).unwrap();
             assert!(matches!(
                 c.advance(&Limits::default()),

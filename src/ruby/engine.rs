@@ -8,17 +8,18 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use magnus::value::{BoxValue, ReprValue};
-use magnus::{prelude::*, Error, RHash, RModule, Ruby, Value};
+use magnus::{Error, RHash, Ruby, Value};
 
-use super::exchange::Waker;
-use super::flusher::Flusher;
-use super::gvl::{check_interrupts, without_gvl, Unblock};
-use super::pool::{Busy, Member, Pool};
+use super::errors::{ExtError, IntoRuby, OrRaise};
+use super::gvl::{check_interrupts, without_gvl, Gvl, Unblock};
 use super::request;
 use super::stream::{Current, EarlyHints, Hijack};
-use super::watchdog::Watchdog;
 use crate::http::Limits;
 use crate::net::{BindAddr, Config, Engine, Job, Kept, Queued, Shared};
+use crate::serve::flusher::Flusher;
+use crate::serve::pool::{Busy, Member, Pool};
+use crate::serve::watchdog::Watchdog;
+use crate::serve::Waker;
 
 #[magnus::wrap(class = "Butterflies::Engine", free_immediately, size)]
 pub struct RbEngine {
@@ -48,7 +49,8 @@ impl RbEngine {
             }
             let resolved = bind
                 .to_socket_addrs()
-                .map_err(|e| bind_error(ruby, format!("cannot resolve {bind}: {e}")))?;
+                .map_err(|e| ExtError::Bind(format!("cannot resolve {bind}: {e}")))
+                .or_raise(ruby)?;
             for addr in resolved.map(BindAddr::Tcp) {
                 if !addrs.contains(&addr) {
                     addrs.push(addr);
@@ -56,11 +58,11 @@ impl RbEngine {
             }
         }
         let mut config = Config::new(addrs);
-        if let Some(n) = option::<usize>(ruby, options, "io_threads")? {
-            config.io_threads = n.max(1);
+        if let Some(n) = at_least_one(ruby, options, "io_threads")? {
+            config.io_threads = n;
         }
-        if let Some(n) = option::<usize>(ruby, options, "queue_depth")? {
-            config.queue_depth = n.max(1);
+        if let Some(n) = at_least_one(ruby, options, "queue_depth")? {
+            config.queue_depth = n;
         }
         if let Some(n) = option::<usize>(ruby, options, "max_parked_bytes")? {
             config.max_parked_bytes = n;
@@ -101,8 +103,8 @@ impl RbEngine {
             ("max_header_fields", &mut limits.max_header_fields),
             ("max_field_bytes", &mut limits.max_field_bytes),
         ] {
-            if let Some(n) = option::<usize>(ruby, options, name)? {
-                *slot = n.max(1);
+            if let Some(n) = at_least_one(ruby, options, name)? {
+                *slot = n;
             }
         }
         let request_timeouts = match (
@@ -112,7 +114,9 @@ impl RbEngine {
             (None, None) => None,
             (soft, hard) => Some((soft, hard)),
         };
-        let engine = Engine::bind(config).map_err(|e| bind_error(ruby, e.to_string()))?;
+        let engine = Engine::bind(config)
+            .map_err(|e| ExtError::Bind(e.to_string()))
+            .or_raise(ruby)?;
         if let Some((Some(_), _)) = request_timeouts {
             // Queued requests can time out too (net::queue).
             engine.shared().claims.enable();
@@ -143,19 +147,17 @@ impl RbEngine {
     /// those it starts later) to the `index`-th CPU it may use (wrapping);
     /// returns that CPU's number. For cluster workers, before they start.
     pub fn pin_process(ruby: &Ruby, index: usize) -> Result<usize, Error> {
-        crate::net::sched::pin_process(index).map_err(|e| {
-            Error::new(
-                ruby.exception_runtime_error(),
-                format!("cannot pin to a CPU: {e}"),
-            )
-        })
+        crate::net::sched::pin_process(index)
+            .map_err(ExtError::Pin)
+            .or_raise(ruby)
     }
 
     /// The listening descriptors, made to survive exec (hot restart).
     pub fn listener_fds(ruby: &Ruby, rb_self: &Self) -> Result<Vec<i32>, Error> {
         rb_self
             .with_engine(|e| e.listener_fds())
-            .map_err(|e| Error::new(ruby.exception_io_error(), e.to_string()))
+            .map_err(ExtError::Io)
+            .or_raise(ruby)
     }
 
     /// The bound addresses: "host:port", or "unix:/path".
@@ -165,11 +167,9 @@ impl RbEngine {
 
     /// Starts the IO threads. Call after any fork.
     pub fn start(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
-        let failed = |e: std::io::Error| {
-            Error::new(ruby.exception_runtime_error(), format!("cannot start: {e}"))
-        };
+        let failed = |e: std::io::Error| ExtError::Start(e).into_ruby(ruby);
         super::env::warm(ruby);
-        super::response::warm(ruby);
+        super::stream::warm(ruby);
         rb_self.with_engine(|e| e.start()).map_err(failed)?;
         crate::net::malloc::keep_freed_memory();
         let (flusher, _thread) = Flusher::start(rb_self.shared.faults.clone()).map_err(failed)?;
@@ -269,9 +269,7 @@ impl RbEngine {
         let _member = Member::new(&rb_self.pool);
         let idle_exit = (idle_exit > 0.0).then(|| Duration::from_secs_f64(idle_exit));
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
-        let waker = Arc::new(
-            Waker::new().map_err(|e| Error::new(ruby.exception_runtime_error(), e.to_string()))?,
-        );
+        let waker = Arc::new(Waker::new().map_err(ExtError::Start).or_raise(ruby)?);
         // This thread's rack.hijack and rack.early_hints, kept from the GC
         // by the boxes for as long as the thread serves.
         let current = Arc::new(Current::default());
@@ -344,7 +342,7 @@ impl RbEngine {
     /// be busy with requests queueing and the GVL free: time to add one.
     pub fn wait_for_demand(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<bool, Error> {
         rb_self.pool.wait_for_demand(
-            ruby,
+            &Gvl(ruby),
             &rb_self.jobs,
             Duration::from_secs_f64(timeout.max(0.0)),
         )
@@ -451,12 +449,27 @@ fn seconds(ruby: &Ruby, options: RHash, name: &str) -> Result<Option<Duration>, 
     let Some(s) = option::<f64>(ruby, options, name)? else {
         return Ok(None);
     };
-    Duration::try_from_secs_f64(s).map(Some).map_err(|_| {
-        Error::new(
-            ruby.exception_arg_error(),
-            format!("{name} must be a finite number of seconds >= 0, got {s}"),
-        )
-    })
+    Duration::try_from_secs_f64(s)
+        .map(Some)
+        .map_err(|_| {
+            ExtError::Config(format!(
+                "{name} must be a finite number of seconds >= 0, got {s}"
+            ))
+        })
+        .or_raise(ruby)
+}
+
+/// A count that must be at least 1. The Ruby side checks them
+/// (`Configuration::AT_LEAST_ONE`); one that is not is a bug there, raised
+/// rather than quietly changed.
+fn at_least_one(ruby: &Ruby, options: RHash, name: &str) -> Result<Option<usize>, Error> {
+    match option::<usize>(ruby, options, name)? {
+        Some(0) => Err(ExtError::Config(format!(
+            "{name} must be at least 1, got 0"
+        )))
+        .or_raise(ruby),
+        n => Ok(n),
+    }
 }
 
 fn option<T: magnus::TryConvert>(
@@ -468,13 +481,4 @@ fn option<T: magnus::TryConvert>(
         Some(v) if !v.is_nil() => Ok(Some(T::try_convert(v)?)),
         _ => Ok(None),
     }
-}
-
-fn bind_error(ruby: &Ruby, message: String) -> Error {
-    let class = ruby
-        .class_object()
-        .const_get::<_, RModule>("Butterflies")
-        .and_then(|m| m.const_get::<_, magnus::ExceptionClass>("BindError"))
-        .unwrap_or_else(|_| ruby.exception_runtime_error());
-    Error::new(class, message)
 }

@@ -25,11 +25,29 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use magnus::{Error, Ruby};
 use rb_sys::{rb_nogvl, rb_thread_check_ints, RB_NOGVL_INTR_FAIL};
 
-/// An unblock function and its argument, as `rb_nogvl` takes them. Ruby
-/// calls it from another thread to cut a blocking wait short.
-pub struct Unblock<'a, T: Sync> {
-    pub func: fn(&T),
-    pub arg: &'a T,
+use crate::serve::Blocking;
+pub use crate::serve::Unblock;
+
+/// The serving code's blocking sections (`crate::serve`), run without
+/// the GVL: `Gvl(ruby).run(...)` is [`without_gvl`].
+#[derive(Clone, Copy)]
+pub struct Gvl<'a>(pub &'a Ruby);
+
+impl Blocking for Gvl<'_> {
+    type Interrupt = Error;
+
+    fn run<F, R, T>(&self, func: F, unblock: Option<Unblock<'_, T>>) -> Result<R, Error>
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+        T: Sync,
+    {
+        without_gvl(self.0, func, unblock)
+    }
+
+    fn check_interrupts(&self) -> Result<(), Error> {
+        check_interrupts()
+    }
 }
 
 struct Call<F, R> {

@@ -6,6 +6,7 @@
 use magnus::value::ReprValue;
 use magnus::{Error, RArray, RHash, RString, Ruby, Value};
 
+use super::errors::invalid;
 use crate::http::response::ResponseHead;
 
 /// What the `rack.*` response headers ask of the server.
@@ -97,11 +98,4 @@ pub fn add_field(
         Some(values) => values.into_iter().try_for_each(|v| add(head, v)),
         None => add(head, value),
     }
-}
-
-pub fn invalid(ruby: &Ruby, message: &str) -> Error {
-    Error::new(
-        ruby.exception_type_error(),
-        format!("invalid Rack response: {message}"),
-    )
 }

@@ -41,21 +41,19 @@ fn id(ruby: &Ruby, name: &magnus::value::LazyId) -> magnus::value::Id {
 
 mod engine;
 mod env;
-mod exchange;
-mod flusher;
+mod errors;
 mod gvl;
 mod headers;
-mod pool;
 mod request;
 mod response;
 mod snapshot;
 mod stream;
-mod watchdog;
 
 use magnus::{function, method, prelude::*, Error, Ruby};
 
 #[magnus::init(name = "butterflies")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
+    errors::init(ruby)?;
     let module = ruby.define_module("Butterflies")?;
     let class = module.define_class("Engine", ruby.class_object())?;
     class.define_singleton_method("new", function!(engine::RbEngine::new, 2))?;

@@ -17,14 +17,16 @@ use std::time::Duration;
 use magnus::value::ReprValue;
 use magnus::{prelude::*, Error, RArray, RHash, Ruby, Value};
 
-use super::exchange::{is_disconnect, Exchange, Waker};
-use super::flusher::Flusher;
+use super::errors::{is_disconnect, OrRaise};
+use super::gvl::Gvl;
 use super::response::{self, Outcome};
 use super::stream::Current;
-use super::watchdog::Watchdog;
 use super::{env, id, CALL, CLOSE};
 use crate::http::response::simple;
 use crate::net::{Job, Kept};
+use crate::serve::flusher::Flusher;
+use crate::serve::watchdog::Watchdog;
+use crate::serve::{Exchange, Waker};
 
 keys! {
     RACK_HIJACK = "rack.hijack";
@@ -110,12 +112,10 @@ pub fn handle(ruby: &Ruby, app: &App, mut job: Job, may_keep: bool) -> Result<Op
 /// request while no other request waits for an app thread.
 fn finish_or_keep(app: &App, ex: &Exchange, keep_alive: bool, may_keep: bool) -> Option<Kept> {
     if !may_keep || app.keep_spin.is_zero() || !app.jobs.is_empty() {
-        finish(ex, keep_alive);
+        ex.hand_back(keep_alive);
         return None;
     }
-    let job = ex.take_job()?;
-    let broken = ex.broken();
-    job.finish_or_keep(keep_alive && !broken && !ex.must_close(), broken)
+    ex.hand_back_or_keep(keep_alive)
 }
 
 /// Calls the app and sends its response.
@@ -159,9 +159,7 @@ fn fail(
         };
     }
     if ex.head_sent() || disconnected || ex.broken() {
-        if let Some(job) = ex.take_job() {
-            job.finish(false, true);
-        }
+        ex.abandon();
     } else if app_error {
         let keep_alive = keep_alive && !ex.stopping();
         // The lowlevel_error_handler's response, else a plain 500.
@@ -170,28 +168,23 @@ fn fail(
             Some(Ok(response::Outcome::Hijacked)) => Ok(false),
             Some(Err(e)) if ex.head_sent() => Err(e),
             Some(Err(_)) | None => ex
-                .send(ruby, simple(500, "Internal Server Error\n", keep_alive))
+                .send(
+                    &Gvl(ruby),
+                    simple(500, "Internal Server Error\n", keep_alive),
+                )
+                .or_raise(ruby)
                 .map(|()| keep_alive),
         };
         match sent {
-            Ok(keep_alive) => finish(ex, keep_alive),
-            Err(_) => drop(ex.take_job()),
+            Ok(keep_alive) => ex.hand_back(keep_alive),
+            Err(_) => ex.abandon(),
         }
     }
     if app_error {
         Ok(exception_of(ruby, &error))
     } else {
-        // Dropping the job closes the connection.
-        drop(ex.take_job());
+        ex.abandon();
         Err(error)
-    }
-}
-
-/// Hands the connection back to its IO thread.
-fn finish(ex: &Exchange, keep_alive: bool) {
-    if let Some(job) = ex.take_job() {
-        let broken = ex.broken();
-        job.finish(keep_alive && !broken && !ex.must_close(), broken);
     }
 }
 

@@ -15,25 +15,18 @@ use std::sync::Arc;
 use magnus::value::ReprValue;
 use magnus::{Error, RArray, RString, Ruby, Value};
 
-use super::exchange::Exchange;
-use super::flusher::Flusher;
-use super::headers::{invalid, read_head};
+use super::errors::{invalid, OrRaise};
+use super::gvl::Gvl;
+use super::headers::read_head;
 use super::snapshot::Snapshot;
 use super::stream::{finish_body, hijack_io, Stream};
 use super::{id, CALL, CLOSE, EACH, TO_ARY, TO_PATH};
 use crate::http::response::{Framing, ResponseHead};
+use crate::serve::flusher::Flusher;
+use crate::serve::Exchange;
 
 ids! {
     WRITE_EACH = "write_each";
-}
-
-/// Makes the classes of the wrapped objects an exchange hands out (a
-/// constant lookup each) before any app thread runs; see `env::warm`.
-pub fn warm(ruby: &Ruby) {
-    use magnus::TypedData;
-    let _ = Stream::class(ruby);
-    let _ = super::stream::Hijack::class(ruby);
-    let _ = super::stream::EarlyHints::class(ruby);
 }
 
 /// How an exchange ended.
@@ -110,7 +103,7 @@ fn send_parts(
         let mut out = Vec::with_capacity(256);
         let keep_alive = head.write(&mut out, ex.version, Framing::Length(len), keep_alive);
         ex.set_framing(Framing::Length(len));
-        ex.send_file(ruby, out, file, len)?;
+        ex.send_file(&Gvl(ruby), out, file, len).or_raise(ruby)?;
         ex.mark_finished();
         return Ok(Outcome::Sent { keep_alive });
     }
@@ -122,7 +115,7 @@ fn send_parts(
     let mut out = Vec::with_capacity(256);
     let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
     ex.set_framing(framing);
-    ex.send(ruby, out)?;
+    ex.send(&Gvl(ruby), out).or_raise(ruby)?;
     if ResponseHead::sends_body(framing) {
         let stream = Stream(ex.clone(), flusher.cloned());
         if each {
@@ -169,7 +162,7 @@ fn send_array(
     let framing = head.framing(ex.version, ex.head_request, Some(total));
     match framing {
         Framing::Length(n) if n == total => {}
-        Framing::None | Framing::HeadLength(_) => {}
+        Framing::NoBody | Framing::HeadLength(_) => {}
         _ => return Ok(None),
     }
     if total < COPY_BELOW_BYTES {
@@ -180,7 +173,7 @@ fn send_array(
         if ResponseHead::sends_body(framing) {
             append_body(&mut out, chunks);
         }
-        ex.send(ruby, out)?;
+        ex.send(&Gvl(ruby), out).or_raise(ruby)?;
         ex.mark_finished();
         return Ok(Some(Outcome::Sent { keep_alive }));
     }
@@ -198,7 +191,7 @@ fn send_array(
     }
     // Written from the snapshots, waiting for a slow client without the
     // GVL; `snapshot` lives (on this stack) until this returns.
-    ex.send_borrowed(ruby, &parts)?;
+    ex.send_borrowed(&Gvl(ruby), &parts).or_raise(ruby)?;
     drop(snapshot);
     ex.mark_finished();
     Ok(Some(Outcome::Sent { keep_alive }))
@@ -252,8 +245,8 @@ fn partial_hijack(
 ) -> Result<Outcome, Error> {
     let mut out = Vec::with_capacity(256);
     head.write_raw(&mut out, ex.version);
-    ex.set_framing(Framing::None);
-    ex.send(ruby, out)?;
+    ex.set_framing(Framing::NoBody);
+    ex.send(&Gvl(ruby), out).or_raise(ruby)?;
     let io = hijack_io(ruby, ex)?;
     let _: Value = hijack.funcall("call", (io,))?;
     Ok(Outcome::Hijacked)
@@ -286,7 +279,7 @@ fn switch_protocols(
     head.write_upgrade(&mut out, &protocol);
     ex.set_framing(Framing::UntilClose);
     ex.close_after();
-    ex.send(ruby, out)?;
+    ex.send(&Gvl(ruby), out).or_raise(ruby)?;
     let stream = Stream(ex.clone(), flusher.cloned());
     let _: Value = body.funcall(id(ruby, &CALL), (stream,))?;
     finish_body(ruby, ex)?;

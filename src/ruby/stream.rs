@@ -19,10 +19,12 @@ use magnus::value::ReprValue;
 use magnus::{gc, DataTypeFunctions};
 use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
 
-use super::exchange::Exchange;
-use super::flusher::Flusher;
+use super::errors::{IntoRuby, OrRaise};
+use super::gvl::Gvl;
 use crate::http::response::ResponseHead;
 use crate::http::Version;
+use crate::serve::flusher::Flusher;
+use crate::serve::{Exchange, ExchangeError, Gone};
 
 /// Bytes read per `Stream#read` without a length.
 const READ_BYTES: usize = 16 * 1024;
@@ -36,12 +38,12 @@ impl Stream {
         let ex = &rb_self.0;
         if ex.broken() {
             // The client went away: a disconnect, not an app error.
-            return Err(super::exchange::disconnected(ruby));
+            return Err(ExchangeError::<Error>::Disconnected(Gone::Closed).into_ruby(ruby));
         }
         if ex.is_finished() {
             return Err(Error::new(ruby.exception_io_error(), "closed stream"));
         }
-        // SAFETY: the slice is used only until send_now returns; no Ruby
+        // SAFETY: the slice is used only until send_piece returns; no Ruby
         // code runs before that, so the string cannot change or move, and
         // `data` is on the stack, so the GC keeps it.
         let bytes = unsafe { data.as_slice() };
@@ -53,7 +55,10 @@ impl Stream {
         let gather = flusher.is_some();
         // Framed as the head announced; HEAD, 204 and 304 send nothing.
         let framed = ex.frame(bytes);
-        let waiting = !framed.is_empty() && ex.send_piece(ruby, &framed.parts(), gather)?;
+        let waiting = !framed.is_empty()
+            && ex
+                .send_piece(&Gvl(ruby), &framed.parts(), gather)
+                .or_raise(ruby)?;
         if let (true, Some(flusher)) = (waiting, flusher) {
             flusher.watch(ex);
         }
@@ -65,8 +70,11 @@ impl Stream {
         Ok(rb_self)
     }
 
-    pub fn flush(rb_self: Obj<Self>) -> Obj<Self> {
-        rb_self // every write is already handed to the socket
+    /// Writes the pieces gathered so far now (see `Exchange::send_piece`):
+    /// a server-sent event goes out when the app flushes it.
+    pub fn flush(ruby: &Ruby, rb_self: Obj<Self>) -> Result<Obj<Self>, Error> {
+        rb_self.0.flush(&Gvl(ruby)).or_raise(ruby)?;
+        Ok(rb_self)
     }
 
     /// Ends the body (the last chunk, for a chunked one).
@@ -85,7 +93,7 @@ impl Stream {
             Some(v) if !v.is_nil() => usize::try_convert(*v)?,
             _ => READ_BYTES,
         };
-        match rb_self.0.read(ruby, length)? {
+        match rb_self.0.read(&Gvl(ruby), length).or_raise(ruby)? {
             None => Ok(ruby.qnil().as_value()),
             Some(bytes) => match args.get(1).and_then(|v| RString::from_value(*v)) {
                 Some(buffer) => {
@@ -108,8 +116,7 @@ pub fn finish_body(ruby: &Ruby, ex: &Exchange) -> Result<(), Error> {
     let last = ex.finish_framing();
     ex.mark_finished();
     // The last chunk, if any, and what gathered.
-    ex.send_now(ruby, &[last])?;
-    Ok(())
+    ex.send_now(&Gvl(ruby), &[last]).or_raise(ruby)
 }
 
 /// The exchange an app thread is serving, with its env, for the objects
@@ -190,11 +197,29 @@ impl Hijack {
     }
 }
 
+/// `::TCPSocket`, looked up before any app thread runs (`warm`).
+static TCP_SOCKET: magnus::value::Lazy<magnus::RClass> = magnus::value::Lazy::new(|ruby| {
+    ruby.class_object()
+        .const_get("TCPSocket")
+        .unwrap_or_else(|_| ruby.class_io())
+});
+
+/// Makes what the objects of this file look up, before any app thread runs.
+pub fn warm(ruby: &Ruby) {
+    use magnus::TypedData;
+    magnus::value::Lazy::force(&TCP_SOCKET, ruby);
+    let _ = Stream::class(ruby);
+    let _ = Hijack::class(ruby);
+    let _ = EarlyHints::class(ruby);
+}
+
 /// Takes the exchange's socket over and wraps it in a Ruby `TCPSocket`.
 pub fn hijack_io(ruby: &Ruby, ex: &Exchange) -> Result<Value, Error> {
-    let fd = ex.hijack(ruby)?.into_raw_fd();
-    let socket_class: Value = ruby.class_object().const_get("TCPSocket")?;
-    match socket_class.funcall::<_, _, Value>("for_fd", (fd,)) {
+    let fd = ex.hijack::<Error>().or_raise(ruby)?.into_raw_fd();
+    match ruby
+        .get_inner(&TCP_SOCKET)
+        .funcall::<_, _, Value>("for_fd", (fd,))
+    {
         Ok(io) => Ok(io),
         Err(e) => {
             let _ = nix::unistd::close(fd);
@@ -225,6 +250,6 @@ impl EarlyHints {
         })?;
         let mut out = Vec::with_capacity(128);
         head.write_informational(&mut out);
-        ex.send(ruby, out)
+        ex.send(&Gvl(ruby), out).or_raise(ruby)
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::exchange::Exchange;
 use crate::http::response::service_unavailable;
+use crate::net::conn::Afterwards;
 use crate::net::supervise;
 use crate::net::{Job, Shared};
 
@@ -131,5 +132,38 @@ fn answer_timeout(mut job: Job, timeout: Duration) {
         conn.queue(response);
         let _ = conn.flush();
     }
-    job.finish(false, false);
+    job.finish(Afterwards::CloseAfterWrite);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::net::handoff::testing::{job, DEADLINE};
+    use crate::serve::Waker;
+    use std::io::Read;
+
+    #[test]
+    fn an_unanswered_request_gets_503_at_its_timeout() {
+        let shared = Arc::new(Shared::default());
+        let timeout = Duration::from_millis(150);
+        let (dog, thread) = Watchdog::start(Some(timeout), None, shared.clone()).unwrap();
+        let (job, mut client, mailbox) = job("/stuck", shared);
+        let ex = Arc::new(Exchange::new(
+            job,
+            Arc::new(Waker::new().unwrap()),
+            DEADLINE,
+        ));
+        let started = Instant::now();
+        dog.watch(&ex);
+        client.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut head = [0u8; 12];
+        client.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 503");
+        assert!(started.elapsed() >= timeout);
+        assert!(ex.broken(), "the app's own answer is dropped");
+        assert!(mailbox.rx.try_recv().unwrap().ends_after_write());
+        dog.stop();
+        thread.join().unwrap();
+    }
 }

@@ -60,3 +60,35 @@ fn run(rx: Receiver<Weak<Exchange>>) {
         });
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::http::response::Framing;
+    use crate::net::handoff::testing::{job, DEADLINE};
+    use crate::net::Shared;
+    use crate::serve::{Direct, Waker};
+    use std::io::Read;
+
+    #[test]
+    fn gathered_pieces_reach_the_client_without_another_write() {
+        let (flusher, thread) = Flusher::start(Arc::new(Faults::default())).unwrap();
+        let (job, mut client, _mailbox) = job("/sse", Arc::new(Shared::default()));
+        let ex = Arc::new(Exchange::new(
+            job,
+            Arc::new(Waker::new().unwrap()),
+            DEADLINE,
+        ));
+        ex.set_framing(Framing::UntilClose);
+        ex.send_piece(&Direct, &[b"data: 1\n\n"], true).unwrap();
+        assert!(ex.send_piece(&Direct, &[b"data: 2\n\n"], true).unwrap());
+        flusher.watch(&ex);
+        client.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut got = vec![0; 18];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, b"data: 1\n\ndata: 2\n\n");
+        drop(flusher);
+        thread.join().unwrap();
+    }
+}

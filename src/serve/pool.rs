@@ -9,9 +9,8 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use magnus::{Error, Ruby};
 
-use super::gvl::{without_gvl, Unblock};
+use super::blocking::{Blocking, Unblock};
 use crate::net::Queued;
 
 /// How often demand is checked.
@@ -85,16 +84,15 @@ impl Pool {
     /// Waits up to `timeout` for requests queueing while every app thread is
     /// busy; true if that happened and the GVL was then free. Sleeps until
     /// every thread is busy; only then checks the queue every 2 ms.
-    pub fn wait_for_demand(
+    pub fn wait_for_demand<B: Blocking>(
         &self,
-        ruby: &Ruby,
+        gvl: &B,
         jobs: &Receiver<Queued>,
         timeout: Duration,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, B::Interrupt> {
         let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(1);
         let woken = AtomicBool::new(false);
-        let detected = without_gvl(
-            ruby,
+        let detected = gvl.run(
             || {
                 let deadline = Instant::now() + timeout;
                 let mut seen = 0;
@@ -155,5 +153,53 @@ impl Pool {
     fn wake_watcher(&self) {
         drop(self.all_busy_lock.lock());
         self.all_busy.notify_all();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::net::handoff::testing::job;
+    use crate::net::{Queued, Shared};
+    use crate::serve::Direct;
+    use std::sync::Arc;
+
+    #[test]
+    fn members_and_busy_threads_are_counted_while_alive() {
+        let pool = Pool::default();
+        let member = Member::new(&pool);
+        assert!(!pool.all_threads_busy());
+        {
+            let _busy = Busy::new(&pool);
+            assert!(pool.all_threads_busy());
+        }
+        assert!(!pool.all_threads_busy());
+        drop(member);
+        assert_eq!(pool.threads.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn demand_is_requests_queueing_while_every_thread_is_busy() {
+        let pool = Pool::default();
+        let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
+        let _member = Member::new(&pool);
+        // Idle threads: no demand, whatever waits.
+        let shared = Arc::new(Shared::default());
+        let (queued, _client, _mailbox) = job("/q", shared);
+        tx.send(Queued::Job(queued)).unwrap();
+        assert!(!pool
+            .wait_for_demand(&Direct, &rx, Duration::from_millis(20))
+            .unwrap());
+        // Every thread busy and a request queued: demand.
+        let _busy = Busy::new(&pool);
+        assert!(pool
+            .wait_for_demand(&Direct, &rx, Duration::from_secs(5))
+            .unwrap());
+        // Busy with nothing queued: none.
+        drop(rx.try_recv().unwrap());
+        assert!(!pool
+            .wait_for_demand(&Direct, &rx, Duration::from_millis(20))
+            .unwrap());
     }
 }
