@@ -1,29 +1,43 @@
 # frozen_string_literal: true
 
 module Butterflies
-  # Turns the bind URIs users write (`tcp://HOST:PORT`, `HOST:PORT`,
-  # `unix:///path/to.sock`) into the strings the engine binds ("host:port",
-  # "unix:/path").
+  # The bind URIs users write (`tcp://HOST:PORT`, `HOST:PORT`,
+  # `unix:///path/to.sock`), parsed once, here: the engine gets them as
+  # [kind, host or path, port] and parses nothing.
   module Binds
+    # A parsed bind: kind :tcp (host without brackets, port) or :unix (an
+    # absolute path).
+    Bind = Struct.new(:kind, :host, :port, :path, keyword_init: true) do
+      # What Engine.new takes: ["tcp", host, port] or ["unix", path, 0].
+      def to_engine
+        kind == :unix ? ["unix", path, 0] : ["tcp", host, port]
+      end
+
+      def unix?
+        kind == :unix
+      end
+    end
+
     module_function
 
-    # "tcp://0.0.0.0:9292" => "0.0.0.0:9292"; "tcp://[::1]:80" => "[::1]:80".
-    def to_address(uri)
+    # "tcp://0.0.0.0:9292" => tcp 0.0.0.0 9292; "tcp://[::1]:80" => tcp ::1 80;
+    # "unix:///run/app.sock" => unix /run/app.sock. Raises ConfigError.
+    def parse(uri)
       text = uri.to_s.strip
-      if text.start_with?("unix://")
-        path = text.delete_prefix("unix://")
-        raise ConfigError, "bind #{uri.inspect}: expected unix:///absolute/path" if path.empty?
-
-        return "unix:#{File.expand_path(path)}"
-      end
+      return parse_unix(uri, text.delete_prefix("unix://")) if text.start_with?("unix://")
       raise ConfigError, "bind #{uri.inspect}: use tcp://HOST:PORT or unix:///path" if text.match?(%r{\A(?!tcp://)\w+://})
 
-      text = text.delete_prefix("tcp://")
-      host, port = split_host_port(text)
+      host, port = split_host_port(text.delete_prefix("tcp://"))
       raise ConfigError, "bind #{uri.inspect}: expected tcp://HOST:PORT" if host.empty? || port.nil?
       raise ConfigError, "bind #{uri.inspect}: port must be 0-65535" unless port.match?(/\A\d+\z/) && port.to_i <= 65_535
 
-      "#{host}:#{port.to_i}"
+      Bind.new(kind: :tcp, host: host.delete_prefix("[").delete_suffix("]"), port: port.to_i)
+    end
+
+    def parse_unix(uri, path)
+      raise ConfigError, "bind #{uri.inspect}: expected unix:///absolute/path" if path.empty?
+
+      Bind.new(kind: :unix, path: File.expand_path(path))
     end
 
     # Bind URIs for a host and port given to the Rack handler (rackup's

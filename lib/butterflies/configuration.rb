@@ -67,17 +67,28 @@ module Butterflies
                 max_body_bytes max_head_bytes max_target_bytes max_header_fields max_field_bytes
                 max_parked_bytes].freeze
     MAX_COUNT = 2**62
+    # Counts the engine cannot work with at 0 (it raises on one).
+    AT_LEAST_ONE = %i[io_threads queue_depth max_head_bytes max_target_bytes max_header_fields
+                      max_field_bytes].freeze
 
     # `value` as seconds for `key`, or a ConfigError naming `label` (a
     # flag, or the directive).
     def self.seconds(key, value, label: key)
       number = Float(value, exception: false) if value.is_a?(Numeric) || value.is_a?(String)
-      zero = ZERO_SECONDS_ALLOWED.include?(key)
-      in_range = number && number.finite? && (zero ? number >= 0 : number.positive?) && number <= MAX_SECONDS
-      return number if in_range
+      return number if number && seconds_in_range?(key, number)
 
-      low = zero ? ">= 0" : "above 0"
+      low = ZERO_SECONDS_ALLOWED.include?(key) ? ">= 0" : "above 0"
       raise ConfigError, "#{label} must be a number of seconds #{low} and at most #{MAX_SECONDS}, got #{value.inspect}"
+    end
+
+    def self.seconds_in_range?(key, number)
+      low_ok = ZERO_SECONDS_ALLOWED.include?(key) ? number >= 0 : number.positive?
+      number.finite? && low_ok && number <= MAX_SECONDS
+    end
+
+    # The smallest value `key` may have, if it is a count.
+    def self.min_count(key)
+      AT_LEAST_ONE.include?(key) ? 1 : 0
     end
 
     attr_reader :path, :hooks
@@ -132,10 +143,7 @@ module Butterflies
       raise ConfigError, "unknown option #{key}" unless @values.key?(key)
 
       value = Configuration.seconds(key, value) if SECONDS.include?(key) && !value.nil?
-      if COUNTS.include?(key) && !value.nil? && !(value.is_a?(Integer) && value.between?(0, MAX_COUNT))
-        raise ConfigError, "#{key} must be a whole number from 0 to #{MAX_COUNT}, got #{value.inspect}"
-      end
-
+      check_count(key, value) if COUNTS.include?(key) && !value.nil?
       @values[key] = value
     end
 
@@ -169,6 +177,13 @@ module Butterflies
     end
 
     private
+
+    def check_count(key, value)
+      min = Configuration.min_count(key)
+      return if value.is_a?(Integer) && value.between?(min, MAX_COUNT)
+
+      raise ConfigError, "#{key} must be a whole number from #{min} to #{MAX_COUNT}, got #{value.inspect}"
+    end
 
     # "config/butterflies.rb:3: workers must be ..." from the line of the
     # file the error came from.

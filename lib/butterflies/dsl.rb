@@ -20,7 +20,7 @@ module Butterflies
     # Listen on a URI: "tcp://HOST:PORT" or "unix:///path". Repeatable.
     #   bind "tcp://0.0.0.0:3000"
     def bind(uri)
-      Binds.to_address(uri) # checks it
+      Binds.parse(uri) # checks it
       @config[:binds] = @config[:binds] + [uri.to_s]
     end
 

@@ -19,12 +19,12 @@ module Butterflies
     # A bound Engine (no thread started). `shared`: cluster workers will
     # share these sockets.
     def bind(config, shared: false)
-      addresses = config.binds.map { |uri| Binds.to_address(uri) }
+      binds = config.binds.map { |uri| Binds.parse(uri).to_engine }
       options = config.to_h.slice(*ENGINE_OPTIONS).compact
       options[:io_threads] = config[:io_threads] || Etc.nprocessors
       options[:shared_listeners] = shared
       options[:inherit_fds] = inherited_fds
-      Engine.new(addresses, options)
+      Engine.new(binds, options)
     end
 
     def inherited_fds
@@ -47,11 +47,8 @@ module Butterflies
 
     # Unix socket files this process created, removed on a final stop.
     def unlink_unix_sockets(config)
-      config.binds.map { |uri| Binds.to_address(uri) }.each do |address|
-        next unless address.start_with?("unix:")
-
-        path = address.delete_prefix("unix:")
-        File.unlink(path) if File.socket?(path)
+      config.binds.map { |uri| Binds.parse(uri) }.select(&:unix?).each do |bind|
+        File.unlink(bind.path) if File.socket?(bind.path)
       end
     end
   end

@@ -38,19 +38,27 @@ pub struct RbEngine {
 }
 
 impl RbEngine {
-    /// `Engine.new(["127.0.0.1:9292"], io_threads: 2, ...)`: binds now,
-    /// starts no thread.
-    pub fn new(ruby: &Ruby, binds: Vec<String>, options: RHash) -> Result<Self, Error> {
+    /// `Engine.new([["tcp", "127.0.0.1", 9292], ["unix", "/run/a.sock", 0]],
+    /// io_threads: 2, ...)`: binds now, starts no thread. The binds come
+    /// parsed (`Butterflies::Binds`); host names are resolved here.
+    pub fn new(
+        ruby: &Ruby,
+        binds: Vec<(String, String, u16)>,
+        options: RHash,
+    ) -> Result<Self, Error> {
         let mut addrs: Vec<BindAddr> = Vec::new();
-        for bind in &binds {
-            if let Some(path) = bind.strip_prefix("unix:") {
-                addrs.push(BindAddr::Unix(path.into()));
-                continue;
+        for (kind, host, port) in &binds {
+            let resolved = match kind.as_str() {
+                "unix" => {
+                    addrs.push(BindAddr::Unix(host.into()));
+                    continue;
+                }
+                "tcp" => (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| ExtError::Bind(format!("cannot resolve {host}:{port}: {e}"))),
+                _ => Err(ExtError::Config(format!("unknown kind of bind {kind:?}"))),
             }
-            let resolved = bind
-                .to_socket_addrs()
-                .map_err(|e| ExtError::Bind(format!("cannot resolve {bind}: {e}")))
-                .or_raise(ruby)?;
+            .or_raise(ruby)?;
             for addr in resolved.map(BindAddr::Tcp) {
                 if !addrs.contains(&addr) {
                     addrs.push(addr);
@@ -133,6 +141,39 @@ impl RbEngine {
             shared: engine.shared(),
             engine: Mutex::new(engine),
         })
+    }
+
+    /// `Engine.defaults`: the engine's own defaults, for `cargo test` and
+    /// for callers that pass no options. The user-facing defaults are
+    /// Ruby's (`Configuration::DEFAULTS`); a spec checks the two agree.
+    pub fn defaults(ruby: &Ruby) -> Result<RHash, Error> {
+        let config = Config::new(Vec::new());
+        let limits = &config.limits;
+        let hash = ruby.hash_new();
+        for (name, value) in [
+            ("idle_timeout", config.idle_timeout),
+            ("header_timeout", config.header_timeout),
+            ("body_timeout", config.body_timeout),
+            ("write_timeout", config.write_timeout),
+            ("shutdown_timeout", config.shutdown_timeout),
+        ] {
+            hash.aset(ruby.to_symbol(name), value.as_secs_f64())?;
+        }
+        for (name, value) in [
+            ("idle_spin", config.idle_spin.as_micros() as u64),
+            ("queue_depth", config.queue_depth as u64),
+            ("backlog", config.listen.backlog as u64),
+            ("tcp_fastopen", u64::from(config.listen.tcp_fastopen)),
+            ("max_parked_bytes", config.max_parked_bytes as u64),
+            ("max_head_bytes", limits.max_head_bytes as u64),
+            ("max_target_bytes", limits.max_target_bytes as u64),
+            ("max_header_fields", limits.max_header_fields as u64),
+            ("max_field_bytes", limits.max_field_bytes as u64),
+            ("max_body_bytes", limits.max_body_bytes),
+        ] {
+            hash.aset(ruby.to_symbol(name), value)?;
+        }
+        Ok(hash)
     }
 
     fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {

@@ -57,6 +57,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let module = ruby.define_module("Butterflies")?;
     let class = module.define_class("Engine", ruby.class_object())?;
     class.define_singleton_method("new", function!(engine::RbEngine::new, 2))?;
+    class.define_singleton_method("defaults", function!(engine::RbEngine::defaults, 0))?;
     class.define_singleton_method("pin_process", function!(engine::RbEngine::pin_process, 1))?;
     class.define_method("addresses", method!(engine::RbEngine::addresses, 0))?;
     class.define_method("listener_fds", method!(engine::RbEngine::listener_fds, 0))?;
