@@ -10,6 +10,7 @@ require "rbconfig"
 require "butterflies/version"
 require "butterflies/errors"
 require "butterflies/null_input"
+require "butterflies/log"
 begin
   require "butterflies/butterflies" # the Rust extension: Butterflies::Engine
 rescue LoadError => e
@@ -28,6 +29,7 @@ require "butterflies/listeners"
 require "butterflies/runtime"
 require "butterflies/server"
 require "butterflies/worker"
+require "butterflies/phased_restart"
 require "butterflies/cluster"
 
 # Butterflies is a Rack web server whose engine is written in Rust.

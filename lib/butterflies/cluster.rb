@@ -23,8 +23,25 @@ module Butterflies
     KILL_GRACE_SECONDS = 5
 
     # One forked worker, as the master sees it.
-    Record = Struct.new(:index, :pid, :generation, :pipe, :last_beat, :ready, :stopping, :term_at, :born,
-                        keyword_init: true)
+    Record = Struct.new(:index, :pid, :pipe, :last_beat, :ready, :stopping, :term_at, keyword_init: true)
+
+    # When each worker index last died before it was ready: such a worker
+    # is not respawned more than once a second (an app that does not load
+    # must not fork-bomb).
+    class RespawnThrottle
+      def initialize
+        @failed_at = {}
+      end
+
+      def failed(index, now)
+        @failed_at[index] = now
+      end
+
+      def throttled?(index, now)
+        last = @failed_at[index]
+        !last.nil? && now - last < 1
+      end
+    end
 
     # embedded: run by the Rack handler (rackup, rails server), which loaded
     # the app already: workers are forked, never exec'd, and USR2 (which
@@ -35,10 +52,14 @@ module Butterflies
       @loader = loader
       @cli = cli
       @config_path = config_path
-      @log = log
+      @log = Log.new(log, quiet: config[:quiet])
       @signals = SignalQueue.new
       @workers = []
-      @generation = 0
+      @respawns = RespawnThrottle.new
+      @phased = nil # a PhasedRestart in progress
+      # Fork and exec workers (instead of only forking) from the first
+      # phased restart of a preloaded app until the next hot restart.
+      @exec_workers = false
       @argv = [$PROGRAM_NAME, *ARGV]
       @dir = Dir.pwd
     end
@@ -61,7 +82,7 @@ module Butterflies
       engine = Listeners.bind(config, shared: true)
       Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config,
                  heartbeat: IO.for_fd(heartbeat, "w", autoclose: true),
-                 alive: IO.for_fd(alive, "r", autoclose: true), log: log).run
+                 alive: IO.for_fd(alive, "r", autoclose: true), log: Log.new(log, quiet: config[:quiet])).run
     end
 
     private
@@ -103,17 +124,10 @@ module Butterflies
       active = @workers.reject(&:stopping)
       (0...@config[:workers]).each do |index|
         next if active.any? { |w| w.index == index }
-        next if recently_failed?(index)
+        next if @respawns.throttled?(index, monotonic)
 
         spawn_worker(index)
       end
-    end
-
-    # A worker that died before it was ready is not respawned more than
-    # once a second (an app that does not load must not fork-bomb).
-    def recently_failed?(index)
-      last = @failed_at&.dig(index)
-      last && monotonic - last < 1
     end
 
     def spawn_worker(index)
@@ -130,8 +144,9 @@ module Butterflies
                    heartbeat: writer, alive: @alive_reader, log: @log).run
       end
       writer.close
-      @workers << Record.new(index: index, pid: pid, generation: @generation, pipe: reader,
-                             last_beat: monotonic, ready: false, stopping: false, born: monotonic)
+      record = Record.new(index: index, pid: pid, pipe: reader, last_beat: monotonic, ready: false, stopping: false)
+      @workers << record
+      record
     end
 
     # In the forked child: become a fresh process running this same command
@@ -152,18 +167,18 @@ module Butterflies
         next if worker.ready || !data.include?(Worker::READY)
 
         worker.ready = true
-        say "* worker #{worker.index} (pid #{worker.pid}) ready"
+        event "* worker #{worker.index} (pid #{worker.pid}) ready"
       end
     end
 
     # An app thread in this worker is past request_hard_timeout: replace the
     # worker the phased way (its other connections finish first).
     def replace_stuck(worker)
-      return if worker.stopping || @phased&.include?(worker) || @replacement&.first == worker
+      return if worker.stopping || @phased&.include?(worker)
 
-      say "* worker #{worker.index} (pid #{worker.pid}) has an app thread stuck past " \
+      event "* worker #{worker.index} (pid #{worker.pid}) has an app thread stuck past " \
           "#{@config[:request_hard_timeout]}s; replacing it"
-      (@phased ||= []) << worker
+      (@phased ||= PhasedRestart.new).add(worker)
     end
 
     def reap
@@ -174,10 +189,10 @@ module Butterflies
         worker = @workers.find { |w| w.pid == pid } or next
         @workers.delete(worker)
         worker.pipe.close
-        (@failed_at ||= {})[worker.index] = monotonic unless worker.ready
+        @respawns.failed(worker.index, monotonic) unless worker.ready
         next if worker.stopping
 
-        say "* worker #{worker.index} (pid #{pid}) died: #{describe(status)}; respawning"
+        event "* worker #{worker.index} (pid #{pid}) died: #{describe(status)}; respawning"
       end
     rescue Errno::ECHILD
       nil
@@ -193,7 +208,7 @@ module Butterflies
         if worker.term_at
           kill(worker, "KILL") if monotonic > worker.term_at + grace
         elsif monotonic - worker.last_beat > timeout
-          say "* worker #{worker.index} (pid #{worker.pid}) sent no heartbeat for #{timeout}s; replacing it"
+          event "* worker #{worker.index} (pid #{worker.pid}) sent no heartbeat for #{timeout}s; replacing it"
           terminate(worker)
           worker.stopping = false # it is replaced like a dead one
         end
@@ -243,30 +258,17 @@ module Butterflies
     # (no copy-on-write sharing until the next hot restart).
     def phased_restart
       @exec_workers = true if @config[:preload_app] && !@embedded
-      @generation += 1
       say "Phased restart: replacing #{@workers.count { |w| !w.stopping }} workers one at a time"
-      @phased = @workers.reject(&:stopping).sort_by(&:index)
-      @replacement = nil
+      @phased = PhasedRestart.new(@workers.reject(&:stopping).sort_by(&:index))
     end
 
-    # One worker at a time: start its replacement, and once that is ready,
-    # stop the old one; the next starts when the old one has exited.
     def step_phased_restart
       return unless @phased
 
-      if @replacement
-        old, fresh = @replacement
-        terminate(old) if fresh.ready && !old.stopping
-        return if @workers.include?(old)
-
-        @replacement = nil
+      going = @phased.step(@workers) do |action, worker|
+        action == :spawn ? spawn_worker(worker.index) : terminate(worker)
       end
-      old = @phased.shift
-      return @phased = nil unless old
-      return step_phased_restart unless @workers.include?(old)
-
-      spawn_worker(old.index)
-      @replacement = [old, @workers.last]
+      @phased = nil unless going
     end
 
     def reload
@@ -314,10 +316,11 @@ module Butterflies
     end
 
     def say(line)
-      return if @config[:quiet] && !line.start_with?("* worker")
+      @log.info(line)
+    end
 
-      @log.puts(line)
-      @log.flush
+    def event(line)
+      @log.event(line)
     end
 
     def monotonic

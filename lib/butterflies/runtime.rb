@@ -9,11 +9,10 @@ module Butterflies
 
     # on_fault: called (from a thread of its own) with a message when a Rust
     # thread of the engine panicked or failed; the owner must then stop.
-    def initialize(engine, app, config, log:, on_fault: nil)
+    def initialize(engine, app, config, on_fault: nil)
       @engine = engine
       @app = app
       @config = config
-      @log = log
       @on_fault = on_fault
       @stopping = false
     end

@@ -27,7 +27,7 @@ module Butterflies
       @app = app
       @config = options.is_a?(Configuration) ? options : from_hash(options)
       @config.check_mode!
-      @log = log || (options.is_a?(Hash) && options[:log]) || $stdout
+      @log = Log.new(log || (options.is_a?(Hash) && options[:log]) || $stdout, quiet: @config[:quiet])
       @signals = SignalQueue.new
       @argv = [$PROGRAM_NAME, *ARGV]
       @dir = Dir.pwd
@@ -52,7 +52,7 @@ module Butterflies
 
     # Starts the IO threads and the app threads.
     def start
-      @runtime = Runtime.new(@engine, @app, @config, log: @log, on_fault: method(:fault)).start
+      @runtime = Runtime.new(@engine, @app, @config, on_fault: method(:fault)).start
       banner
     end
 
@@ -86,7 +86,8 @@ module Butterflies
     end
 
     def shutdown(restart: false)
-      say(restart ? "Hot restart: finishing requests in flight" : "Stopping (waiting up to #{@config[:shutdown_timeout].round(1)}s for requests in flight)")
+      grace = @config[:shutdown_timeout].round(1)
+      say(restart ? "Hot restart: finishing requests in flight" : "Stopping (waiting up to #{grace}s for requests in flight)")
       @runtime.stop(keep_listening: restart)
       if restart
         @config.hooks[:before_exec].each(&:call)
@@ -119,10 +120,7 @@ module Butterflies
     end
 
     def say(line)
-      return if @config[:quiet]
-
-      @log.puts(line)
-      @log.flush
+      @log.info(line)
     end
   end
 end

@@ -27,30 +27,14 @@ module Butterflies
 
     # Runs the worker until it is told to stop; never returns.
     def run
-      $PROGRAM_NAME = "butterflies worker #{@index}"
-      Butterflies.sync_output!
-      signals = SignalQueue.new
-      signals.trap(%w[TERM INT QUIT])
-      %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
-      pin if @config[:pin_workers]
-      @config.hooks[:on_worker_boot].each { |hook| hook.call(@index) }
-      runtime = Runtime.new(@engine, @app || @loader.call, @config, log: @log,
-                                                       on_fault: ->(_message) { signals.push(FAULT) }).start
+      signals = boot
+      runtime = Runtime.new(@engine, @app || @loader.call, @config, on_fault: ->(_message) { signals.push(FAULT) }).start
       beat(READY)
-      beater = Thread.new do
-        loop do
-          beat(runtime.engine.stuck? ? STUCK : BEAT) || break
-          sleep HEARTBEAT_SECONDS
-        end
-      end
+      beater = heartbeat(runtime)
       reason = wait(signals)
       beater.kill
-      say "worker #{@index} (pid #{Process.pid}) stopping: #{reason}" if ["master died", FAULT].include?(reason)
-      runtime.stop
-      stats = runtime.stats
-      say "* worker #{@index} (pid #{Process.pid}) served #{stats[:requests]} requests" \
-          "#{", refused #{stats[:rejected]} (queue full)" if stats[:rejected].positive?}"
-      @config.hooks[:on_worker_shutdown].each { |hook| hook.call(@index) }
+      @log.event "worker #{@index} (pid #{Process.pid}) stopping: #{reason}" if ["master died", FAULT].include?(reason)
+      shut_down(runtime)
       finish(reason == FAULT ? 1 : 0)
     rescue Exception => e # rubocop:disable Lint/RescueException
       warn "butterflies: worker #{@index} failed: #{e.class}: #{e.message}"
@@ -59,9 +43,41 @@ module Butterflies
 
     private
 
+    # The process becomes a worker: its name, output, signals, CPU and
+    # the app's boot hooks. Returns the queue its signals go to.
+    def boot
+      $PROGRAM_NAME = "butterflies worker #{@index}"
+      Butterflies.sync_output!
+      signals = SignalQueue.new
+      signals.trap(%w[TERM INT QUIT])
+      %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
+      pin if @config[:pin_workers]
+      @config.hooks[:on_worker_boot].each { |hook| hook.call(@index) }
+      signals
+    end
+
+    # Tells the master every HEARTBEAT_SECONDS that this worker lives (and
+    # whether an app thread is stuck), until the pipe breaks.
+    def heartbeat(runtime)
+      Thread.new do
+        loop do
+          beat(runtime.engine.stuck? ? STUCK : BEAT) || break
+          sleep HEARTBEAT_SECONDS
+        end
+      end
+    end
+
+    def shut_down(runtime)
+      runtime.stop
+      stats = runtime.stats
+      refused = ", refused #{stats[:rejected]} (queue full)" if stats[:rejected].positive?
+      @log.event "* worker #{@index} (pid #{Process.pid}) served #{stats[:requests]} requests#{refused}"
+      @config.hooks[:on_worker_shutdown].each { |hook| hook.call(@index) }
+    end
+
     def pin
       cpu = Engine.pin_process(@index)
-      say "* worker #{@index} (pid #{Process.pid}) pinned to CPU #{cpu}" unless @config[:quiet]
+      @log.info "* worker #{@index} (pid #{Process.pid}) pinned to CPU #{cpu}"
     rescue RuntimeError => e
       warn "butterflies: worker #{@index}: #{e.message}; running unpinned"
     end
@@ -84,11 +100,6 @@ module Butterflies
       true
     rescue IOError, SystemCallError
       false
-    end
-
-    def say(line)
-      @log.puts(line)
-      @log.flush
     end
 
     # exit! skips at_exit handlers inherited from the master (they are the
