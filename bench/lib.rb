@@ -8,6 +8,8 @@ require "rbconfig"
 require "socket"
 require "tmpdir"
 
+# What the benchmark drivers share: server command lines, start and stop,
+# readiness, wrk runs and their figures, and process-group CPU and RSS.
 module Bench
   ROOT = File.expand_path("..", __dir__)
   APPS = File.join(ROOT, "bench/apps")
@@ -29,7 +31,8 @@ module Bench
       [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-b", "tcp://127.0.0.1:#{port}",
        *extra, app]
     when "butterflies-w2"
-      [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-w", "2", "-b", "tcp://127.0.0.1:#{port}", app]
+      [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-w", "2", "-b",
+       "tcp://127.0.0.1:#{port}", app]
     when "butterflies-w2-pinned"
       [RbConfig.ruby, "-I#{ROOT}/lib", "#{ROOT}/exe/butterflies", "-q", "-e", "production", "-w", "2", "--pin-workers",
        "-b", "tcp://127.0.0.1:#{port}", app]

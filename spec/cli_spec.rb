@@ -103,7 +103,7 @@ RSpec.describe "the butterflies command" do
     server = start_butterflies("-t", "3", "--io-threads", "1")
     expect(server.wait_for_output(/Use Ctrl-C to stop\n/)).to be(true)
     expect(server.output).to include("Butterflies", "ruby #{RUBY_VERSION}", "pid #{server.pid}",
-                                      "threads: 3 app, 1 io", "Ctrl-C")
+                                     "threads: 3 app, 1 io", "Ctrl-C")
   end
 
   it "finishes a request in flight on SIGTERM and exits 0" do

@@ -140,7 +140,8 @@ RSpec.describe "cluster mode", timeout: 120 do
       # One at a time: the second replacement was ready only after the
       # first old worker had been told to stop.
       log = server.output
-      expect(log.index("worker 0 (pid #{ready_workers(server)[0]}) ready")).to be < log.index("worker 1 (pid #{ready_workers(server)[1]}) ready")
+      pids = ready_workers(server)
+      expect(log.index("worker 0 (pid #{pids[0]}) ready")).to be < log.index("worker 1 (pid #{pids[1]}) ready")
     end
   end
 

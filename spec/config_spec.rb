@@ -28,7 +28,8 @@ RSpec.describe "the config file" do
 
   {
     "wokers 2\n" => "config/butterflies.rb:1: unknown option wokers",
-    "workers 2\n\nthreads 'many'\n" => "config/butterflies.rb:3: threads must be a whole number from 0 to 4611686018427387904, got \"many\"",
+    "workers 2\n\nthreads 'many'\n" =>
+      "config/butterflies.rb:3: threads must be a whole number from 0 to 4611686018427387904, got \"many\"",
     "workers 1\nidle_timeout Float::INFINITY\n" =>
       "config/butterflies.rb:2: idle_timeout must be a number of seconds above 0 and at most 86400, got Infinity",
     "write_timeout 0\n" => "config/butterflies.rb:1: write_timeout must be a number of seconds above 0 and at most 86400, got 0",
@@ -71,12 +72,14 @@ RSpec.describe "the config file" do
       wait_for_ready_workers(server, 2)
       workers = ready_workers(server).values
       expect(File.read(File.join(dir, "loaded")).split.map(&:to_i)).to eq([server.pid])
-      expect(Dir.children(dir).grep(/\Aboot\./).sort).to eq(["boot.0.#{ready_workers(server)[0]}", "boot.1.#{ready_workers(server)[1]}"])
+      expect(Dir.children(dir).grep(/\Aboot\./).sort).to eq(["boot.0.#{ready_workers(server)[0]}",
+                                                             "boot.1.#{ready_workers(server)[1]}"])
       expect(Dir.children(dir).grep(/\Abefore_fork\./)).to eq(["before_fork.#{server.pid}"])
 
-      File.write(File.join(dir, "config/butterflies.rb"), File.read(File.join(dir, "config/butterflies.rb")).sub("workers 2", "workers 3"))
+      File.write(File.join(dir, "config/butterflies.rb"),
+                 File.read(File.join(dir, "config/butterflies.rb")).sub("workers 2", "workers 3"))
       server.signal("HUP")
-      expect(server.wait_for_output(/Reloaded config\/butterflies.rb/)).to be(true)
+      expect(server.wait_for_output(%r{Reloaded config/butterflies.rb})).to be(true)
       expect(server.wait_for_output(/worker 2 \(pid \d+\) ready/, timeout: 30)).to be(true)
       wait_until(timeout: 30, message: "old workers to be replaced") { workers.none? { |pid| alive?(pid) } }
       expect(Dir.children(dir).grep(/\Ashutdown\./).size).to be >= 2

@@ -20,7 +20,7 @@ RSpec.describe "faulty apps", timeout: 120 do
       data = pipelined(path)
       expect(data).to start_with("HTTP/1.1 200 OK\r\n").and end_with("\r\n\r\nabc")
       expect(data.scan("HTTP/1.1").size).to eq(1)
-      expect(server.wait_for_output(%r{app error handling GET #{path}: the body is longer than its content-length \(3\)}))
+      expect(server.wait_for_output(/app error handling GET #{path}: the body is longer than its content-length \(3\)/))
         .to be(true)
     end
   end
@@ -37,7 +37,7 @@ RSpec.describe "faulty apps", timeout: 120 do
   %w[/length_and_chunked /each/length_and_chunked /app_chunked /each/app_chunked].each do |path|
     it "passes the app's own chunked framing on, without its content-length (#{path})" do
       data = pipelined(path)
-      first, second = data.split(/(?=HTTP\/1\.1 )/)
+      first, second = data.split(%r{(?=HTTP/1\.1 )})
       expect(first).to match(/^transfer-encoding: chunked\r$/i).and end_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
       expect(first).not_to match(/content-length/i)
       expect(second).to start_with("HTTP/1.1 200 OK\r\n").and end_with("\r\n\r\nxx")

@@ -83,8 +83,8 @@ RSpec.describe "running out of file descriptors", timeout: 120 do
   it "accepts again once descriptors free up, even after the backlog filled" do
     # A backlog larger than the descriptors left: the first round of SYNs
     # alone runs the server out (retransmitted SYNs come seconds apart).
-    server = start_butterflies("-t", "1", "--io-threads", "1", "--backlog", "64", rackup: faulty,
-                                                                                 spawn: { rlimit_nofile: 64 })
+    server = start_butterflies("-t", "1", "--io-threads", "1", "--backlog", "64",
+                               rackup: faulty, spawn: { rlimit_nofile: 64 })
     expect(Net::HTTP.get(URI(server.url("/bytes?n=2")))).to eq("xx")
     # More connections than the server has descriptors: it accepts until
     # EMFILE, the backlog fills, the kernel drops the rest's SYNs.

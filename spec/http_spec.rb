@@ -38,7 +38,8 @@ RSpec.describe "HTTP/1.1 handling" do
   end
 
   {
-    "Content-Length with Transfer-Encoding" => "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "Content-Length with Transfer-Encoding" =>
+      "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
     "two differing Content-Lengths" => "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
     "a Content-Length list" => "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n",
     "HTTP/1.1 without Host" => "GET / HTTP/1.1\r\n\r\n",

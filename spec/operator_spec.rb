@@ -76,7 +76,7 @@ RSpec.describe "app errors and disconnects in the log", timeout: 120 do
   it "names real Ruby methods in the backtrace of an each body that raised" do
     server = start_butterflies("-t", "2")
     raw_request(server, "GET /each_error HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    expect(server.wait_for_output(/broken mid-body.*butterflies\/stream.rb:\d+:in `write_each'/m)).to be(true), server.output
+    expect(server.wait_for_output(%r{broken mid-body.*butterflies/stream.rb:\d+:in `write_each'}m)).to be(true), server.output
     expect(server.output).not_to include("eval:")
   end
 

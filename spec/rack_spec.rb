@@ -61,7 +61,7 @@ RSpec.describe "Rack behaviour" do
       res = Net::HTTP.start(server.host, server.port) { |h| h.post("/input_ops", "abcdeline\nrest") }
       expect(JSON.parse(res.body)).to eq(
         "read3" => "abc", "read_buf" => "de", "buf" => "de", "gets" => "line\n", "rest" => "rest",
-        "eof_read" => "", "eof_read_n" => nil, "each" => ["abcdeline\n", "rest"]
+        "eof_read" => "", "eof_read_n" => nil, "each" => %W[abcdeline\n rest]
       )
     end
 

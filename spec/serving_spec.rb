@@ -15,8 +15,8 @@ RSpec.describe "butterflies serving a config.ru" do
 
   let(:server) { @server }
 
-  def http
-    Net::HTTP.start(server.host, server.port, read_timeout: 10, open_timeout: 5) { |h| yield h }
+  def http(&block)
+    Net::HTTP.start(server.host, server.port, read_timeout: 10, open_timeout: 5, &block)
   end
 
   it "answers a GET with the app's body, a Content-Length and one Date" do
@@ -70,7 +70,7 @@ RSpec.describe "butterflies serving a config.ru" do
   it "answers 3 pipelined requests in order" do
     request = ->(path) { "GET #{path} HTTP/1.1\r\nHost: x\r\n\r\n" }
     data = raw_request(server, request["/a"] + request["/b"] + request["/c"], read_until: %r{not found: /c})
-    expect(data.scan(/HTTP\/1.1 404/).size).to eq(3)
+    expect(data.scan(%r{HTTP/1.1 404}).size).to eq(3)
     expect(data.index("not found: /a")).to be < data.index("not found: /b")
     expect(data.index("not found: /b")).to be < data.index("not found: /c")
   end

@@ -1,6 +1,6 @@
-require "io/wait"
 # frozen_string_literal: true
 
+require "io/wait"
 require "json"
 require "net/http"
 require "socket"

@@ -26,7 +26,7 @@ RSpec.describe "WebSocket echo over rack.hijack" do
                  "Sec-WebSocket-Key: #{key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
     head = read_response(socket, read_until: /\r\n\r\n/)
     expect(head).to start_with("HTTP/1.1 101 Switching Protocols\r\n")
-    expected = [Digest::SHA1.digest(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")].pack("m0")
+    expected = [Digest::SHA1.digest("#{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11")].pack("m0")
     expect(head).to include("Sec-WebSocket-Accept: #{expected}\r\n")
 
     Timeout.timeout(10) do

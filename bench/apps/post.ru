@@ -5,8 +5,6 @@ run lambda { |env|
   input = env["rack.input"]
   total = 0
   buffer = +""
-  while input.read(16_384, buffer)
-    total += buffer.bytesize
-  end
+  total += buffer.bytesize while input.read(16_384, buffer)
   [200, { "content-type" => "text/plain" }, [total.to_s]]
 }

@@ -24,12 +24,7 @@ module Butterflies
 
     # Returns the exit status.
     def run
-      parser.parse!(@argv)
-      @cli[:rackup] = @argv.shift if @argv.any?
-      raise ConfigError, "unexpected arguments: #{@argv.join(' ')}" unless @argv.empty?
-
-      @cli[:binds] = (@cli[:binds] || []) + ["tcp://#{@host || '0.0.0.0'}:#{@port || 9292}"] if @host || @port
-      config = Configuration.load(@cli, path: @config_path)
+      config = Configuration.load(parse_arguments, path: @config_path)
       return dry_run(config) if @dry_run
 
       ENV["RACK_ENV"] = config[:environment] || ENV["RACK_ENV"] || "development"
@@ -49,6 +44,23 @@ module Butterflies
     end
 
     private
+
+    # The flags and the rackup file, as configuration values.
+    def parse_arguments
+      parser.parse!(@argv)
+      @cli[:rackup] = @argv.shift if @argv.any?
+      raise ConfigError, "unexpected arguments: #{@argv.join(' ')}" unless @argv.empty?
+
+      add_host_port_bind
+      @cli
+    end
+
+    # -o and -p add a TCP bind.
+    def add_host_port_bind
+      return unless @host || @port
+
+      @cli[:binds] = (@cli[:binds] || []) + ["tcp://#{@host || '0.0.0.0'}:#{@port || 9292}"]
+    end
 
     def serve(config)
       loader = -> { AppLoader.load(config[:rackup]) }
@@ -91,47 +103,62 @@ module Butterflies
       "--max-parked-bytes" => [:max_parked_bytes, "Response bytes left with IO threads for slow clients (default 256 MiB)", 0]
     }.freeze
 
-    def parser # rubocop:disable Metrics/MethodLength, Metrics/AbcSize
+    def parser
       OptionParser.new do |o|
         o.banner = "Usage: butterflies [options] [rackup file (default: config.ru)]"
         o.on("-C", "--config PATH", "Config file (default: config/butterflies.rb if present)") { |p| @config_path = p }
-        o.on("-b", "--bind URI", "Listen on tcp://HOST:PORT or unix:///PATH (repeatable)") do |uri|
-          Binds.to_address(uri)
-          (@cli[:binds] ||= []) << uri
-        end
-        o.on("-p", "--port PORT", Integer, "Listen on PORT (default 9292)") { |p| @port = p }
-        o.on("-o", "--host HOST", "Listen on HOST (default 0.0.0.0)") { |h| @host = h }
-        o.on("-w", "--workers N", "Worker processes (default 0: single mode)") do |n|
-          @cli[:workers] = whole("--workers", n, min: 0)
-        end
-        o.on("-t", "--threads N", "App threads: N, or MIN:MAX to grow on demand (default 5:64)") do |t|
-          min, max = t.split(":", 2)
-          @cli[:threads] = [whole("--threads", min, min: 0), 1].max
-          @cli[:max_threads] = [whole("--threads", max || min, min: 1), @cli[:threads]].max
-        end
-        o.on("--preload", "Load the app in the master before forking workers") { @cli[:preload_app] = true }
-        o.on("--pin-workers", "Pin worker i to CPU i (cluster mode)") { @cli[:pin_workers] = true }
-        o.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @cli[:pidfile] = p }
-        o.on("--tcp-fastopen [QUEUE]", Integer, "Enable TCP_FASTOPEN (queue length, default 256)") do |q|
-          @cli[:tcp_fastopen] = q || 256
-        end
+        where_flags(o)
+        process_flags(o)
         COUNT_FLAGS.each do |flag, (key, text, min)|
           o.on("#{flag} N", text) { |n| @cli[key] = whole(flag, n, min: min) }
         end
         SECONDS_FLAGS.each do |flag, (key, text)|
           o.on("#{flag} SECONDS", Float, text) { |s| @cli[key] = Configuration.seconds(key, s, label: flag) }
         end
-        o.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @cli[:environment] = e }
-        o.on("-q", "--quiet", "No boot banner") { @cli[:quiet] = true }
-        o.on("--dry-run", "Print the resolved configuration and exit") { @dry_run = true }
-        o.on("-v", "--version", "Print the version and exit") do
-          @stdout.puts("butterflies #{VERSION}")
-          throw :exit_status, 0
-        end
-        o.on("-h", "--help", "Show this help and exit") do
-          @stdout.puts(o)
-          throw :exit_status, 0
-        end
+        info_flags(o)
+      end
+    end
+
+    # Where to listen.
+    def where_flags(opts)
+      opts.on("-b", "--bind URI", "Listen on tcp://HOST:PORT or unix:///PATH (repeatable)") do |uri|
+        Binds.parse(uri)
+        (@cli[:binds] ||= []) << uri
+      end
+      opts.on("-p", "--port PORT", Integer, "Listen on PORT (default 9292)") { |p| @port = p }
+      opts.on("-o", "--host HOST", "Listen on HOST (default 0.0.0.0)") { |h| @host = h }
+      opts.on("--tcp-fastopen [QUEUE]", Integer, "Enable TCP_FASTOPEN (queue length, default 256)") do |q|
+        @cli[:tcp_fastopen] = q || 256
+      end
+    end
+
+    # Processes and threads.
+    def process_flags(opts)
+      opts.on("-w", "--workers N", "Worker processes (default 0: single mode)") do |n|
+        @cli[:workers] = whole("--workers", n, min: 0)
+      end
+      opts.on("-t", "--threads N", "App threads: N, or MIN:MAX to grow on demand (default 5:64)") do |t|
+        min, max = t.split(":", 2)
+        @cli[:threads] = [whole("--threads", min, min: 0), 1].max
+        @cli[:max_threads] = [whole("--threads", max || min, min: 1), @cli[:threads]].max
+      end
+      opts.on("--preload", "Load the app in the master before forking workers") { @cli[:preload_app] = true }
+      opts.on("--pin-workers", "Pin worker i to CPU i (cluster mode)") { @cli[:pin_workers] = true }
+      opts.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @cli[:pidfile] = p }
+    end
+
+    # The environment, output, and the flags that only print.
+    def info_flags(opts)
+      opts.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @cli[:environment] = e }
+      opts.on("-q", "--quiet", "No boot banner") { @cli[:quiet] = true }
+      opts.on("--dry-run", "Print the resolved configuration and exit") { @dry_run = true }
+      opts.on("-v", "--version", "Print the version and exit") do
+        @stdout.puts("butterflies #{VERSION}")
+        throw :exit_status, 0
+      end
+      opts.on("-h", "--help", "Show this help and exit") do
+        @stdout.puts(opts)
+        throw :exit_status, 0
       end
     end
 

@@ -101,13 +101,21 @@ module Butterflies
       if given.call(:Host, RACKUP_DEFAULT_HOSTS) || given.call(:Port, [DEFAULT_OPTIONS[:Port], DEFAULT_OPTIONS[:Port].to_s])
         result[:binds] = Binds.for_host(*default_host_port(options))
       end
-      threads = options[:Threads] || options[:threads]
-      result.merge!(threads: Integer(threads), max_threads: Integer(threads)) if threads
-      workers = options[:Workers] || options[:workers]
-      result[:workers] = Integer(workers) if workers
-      result[:io_threads] = Integer(options[:IoThreads]) if options[:IoThreads]
+      result.merge!(counts(options))
       result[:quiet] = true if options[:Quiet] || options[:Silent]
       result
+    end
+
+    # Thread and worker counts, as rackup's -O and Rails pass them.
+    def counts(options)
+      threads = options[:Threads] || options[:threads]
+      workers = options[:Workers] || options[:workers]
+      {
+        threads: (Integer(threads) if threads),
+        max_threads: (Integer(threads) if threads),
+        workers: (Integer(workers) if workers),
+        io_threads: (Integer(options[:IoThreads]) if options[:IoThreads])
+      }.compact
     end
   end
 end

@@ -27,8 +27,8 @@ class ServerProcess
     @ready = ready
     @output = +""
     @reader, writer = IO.pipe
-    @pid = Process.spawn(GcStressMode.server_env.merge(env), *command, chdir: chdir, out: writer, err: writer, pgroup: true, in: File::NULL,
-                                                         **spawn)
+    @pid = Process.spawn(GcStressMode.server_env.merge(env), *command,
+                         chdir: chdir, out: writer, err: writer, pgroup: true, in: File::NULL, **spawn)
     writer.close
     @status = nil
   end
@@ -37,15 +37,19 @@ class ServerProcess
     timeout = GcStressMode.scale(timeout)
     return wait_for_output(@ready, timeout: timeout) || raise("not ready:\n#{@output}") if @ready
 
-    deadline = now + timeout
-    until (match = @output.match(LISTENING))
-      raise "server exited before listening:\n#{@output}" if read_some(deadline).nil? && exited?
-      raise "server not listening after #{timeout}s:\n#{@output}" if now > deadline
-    end
+    match = wait_for_listening_line(now + timeout, timeout)
     host = match[1]
     @host = host == "0.0.0.0" ? "127.0.0.1" : host
     @port = Integer(match[2])
     self
+  end
+
+  def wait_for_listening_line(deadline, timeout)
+    until (match = @output.match(LISTENING))
+      raise "server exited before listening:\n#{@output}" if read_some(deadline).nil? && exited?
+      raise "server not listening after #{timeout}s:\n#{@output}" if now > deadline
+    end
+    match
   end
 
   # Reads more output until `pattern` appears (or the deadline passes).

@@ -6,6 +6,7 @@ require "action_controller/railtie"
 
 # A minimal Rails app: no database, cookie sessions, CSRF protection on.
 module Notes
+  # The app's configuration.
   class Application < Rails::Application
     config.load_defaults Rails::VERSION::STRING.to_f # 6.1 or 7.2, whichever runs
     config.eager_load = false

@@ -8,7 +8,9 @@ require "butterflies/rack_handler"
 # the handler registry is the rackup gem's: lib/rackup/handler/butterflies.rb.
 if defined?(Rack::Handler) && Rack::Handler.respond_to?(:register)
   module Rack
+    # Rack 2's handler registry.
     module Handler
+      # Butterflies as a Rack 2 handler.
       module Butterflies
         extend ::Butterflies::RackHandler
       end
