@@ -19,9 +19,6 @@ pub enum ParseError {
     BodyTooLarge(u64),
     #[error("transfer coding not implemented: {0}")]
     UnsupportedTransferCoding(String),
-    /// The server could not take the request (e.g. no disk to spool it).
-    #[error("{0}")]
-    Internal(&'static str),
 }
 
 impl ParseError {
@@ -34,7 +31,6 @@ impl ParseError {
             ParseError::HeadTooLarge(_) | ParseError::TooManyHeaders(_) => 431,
             ParseError::BodyTooLarge(_) => 413,
             ParseError::UnsupportedTransferCoding(_) => 501,
-            ParseError::Internal(_) => 500,
         }
     }
 }

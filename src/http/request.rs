@@ -224,12 +224,14 @@ fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// A request-target's parts, as ranges of the head's buffer: the
+/// authority of an absolute-form target, the path, the query.
+type TargetParts = (Option<Range<usize>>, Range<usize>, Range<usize>);
+
 /// Splits the request-target (RFC 9112 §3.2) into the authority of an
 /// absolute-form target, the path, and the query (after the first `?`).
 /// origin-form (`/p?q`), absolute-form (`http://h/p`) and asterisk-form
 /// (`OPTIONS *`) are accepted; anything else is malformed.
-type TargetParts = (Option<Range<usize>>, Range<usize>, Range<usize>);
-
 fn split_target(
     buf: &[u8],
     target: Range<usize>,

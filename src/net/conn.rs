@@ -7,8 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
 use super::body::Body;
+use super::reader::RequestError;
 use super::reader::{RequestReader, Step};
-use crate::http::{response, Head, Limits, ParseError};
+use crate::http::{response, Head, Limits};
 
 /// Size of each IO thread's read scratch buffer: bytes read per pass.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -469,7 +470,7 @@ impl Conn {
 
     /// Advances the request being read with the buffered bytes; queues
     /// `100 Continue` when the client waits for it.
-    pub fn advance(&mut self, limits: &Limits) -> Result<Progress, ParseError> {
+    pub fn advance(&mut self, limits: &Limits) -> Result<Progress, RequestError> {
         loop {
             match self.reader.advance(limits)? {
                 Step::Continue => self.queue(CONTINUE.to_vec()),

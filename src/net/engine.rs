@@ -6,7 +6,6 @@
 //! thread runs in a process that forks.
 
 use std::io;
-use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,14 +15,14 @@ use crossbeam_channel::{Receiver, Sender};
 use super::config::Config;
 use super::handoff::{Mailbox, Shared};
 use super::io_thread::IoThread;
-use super::listener::{self, BindAddr};
+use super::listener::{self, BindAddr, Listener};
 use super::queue::Queued;
 
 /// The engine before and after its threads start.
 pub struct Engine {
     config: Config,
     /// Per IO thread, its listeners (taken by `start`).
-    listeners: Vec<Vec<TcpListener>>,
+    listeners: Vec<Vec<Listener>>,
     /// What was bound, with real ports.
     addrs: Vec<BindAddr>,
     shared: Arc<Shared>,
@@ -33,7 +32,7 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     /// Duplicates of the listeners the IO threads took (single mode), so a
     /// hot restart can pass them on after the threads are gone.
-    kept_listeners: Vec<TcpListener>,
+    kept_listeners: Vec<Listener>,
 }
 
 impl Engine {
@@ -42,7 +41,7 @@ impl Engine {
     pub fn bind(config: Config) -> io::Result<Engine> {
         let threads = config.io_threads.max(1);
         let mut inherited = adopt_all(&config.inherit)?;
-        let mut listeners: Vec<Vec<TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut listeners: Vec<Vec<Listener>> = (0..threads).map(|_| Vec::new()).collect();
         let mut addrs = Vec::with_capacity(config.binds.len());
         // Several addresses asking for port 0 (`localhost` is 127.0.0.1 and
         // ::1) all get the port the first one was given.
@@ -60,8 +59,8 @@ impl Engine {
                 None => listener::bind(addr, threads, config.listen)
                     .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
             };
-            addrs.push(match (addr, group.first().map(TcpListener::local_addr)) {
-                (BindAddr::Tcp(_), Some(Ok(real))) => {
+            addrs.push(match (addr, group.first().and_then(Listener::tcp_addr)) {
+                (BindAddr::Tcp(_), Some(real)) => {
                     if wants_any_port {
                         zero_port.get_or_insert(real.port());
                     }
@@ -175,8 +174,8 @@ impl Engine {
 }
 
 /// Adopts inherited listening sockets, grouped by address.
-fn adopt_all(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<(BindAddr, Vec<TcpListener>)>> {
-    let mut groups: Vec<(BindAddr, Vec<TcpListener>)> = Vec::new();
+fn adopt_all(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<(BindAddr, Vec<Listener>)>> {
+    let mut groups: Vec<(BindAddr, Vec<Listener>)> = Vec::new();
     for &fd in fds {
         // SAFETY: descriptors listed as inherited are open in this process
         // (passed by the previous master across exec) and owned by nobody.
@@ -191,7 +190,7 @@ fn adopt_all(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<(BindAddr, Vec<TcpLis
 
 /// At least `threads` listeners from a group: a short group (inherited from
 /// a process with fewer IO threads) is filled with duplicates.
-fn spread(mut group: Vec<TcpListener>, threads: usize) -> io::Result<Vec<TcpListener>> {
+fn spread(mut group: Vec<Listener>, threads: usize) -> io::Result<Vec<Listener>> {
     let mut i = 0;
     while group.len() < threads {
         let dup = group[i].try_clone()?;

@@ -4,7 +4,7 @@
 //! response is written, finishes writes that would block, and enforces
 //! timeouts. It never calls Ruby.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +17,9 @@ use nix::sys::socket::{accept4, getpeername, SockFlag, SockaddrStorage};
 use super::config::Config;
 use super::conn::{Afterwards, Conn, Fill, Progress};
 use super::handoff::{Job, Mailbox, Shared, CONN_EVENTS};
+use super::listener::Listener;
 use super::queue::Queued;
+use super::slots::{Expired, Slots, Timeouts};
 use crate::http::Limits;
 
 const WAKER: u64 = u64::MAX;
@@ -34,26 +36,11 @@ const TICK: Duration = Duration::from_millis(500);
 /// Epoll events taken per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 256;
 
-enum Slot {
-    Free,
-    Present(Box<Conn>),
-    /// Lent to an app thread with a request; comes back by the mailbox.
-    /// `events`: epoll reported the socket while it was away (its edge is
-    /// gone, so it must be read when it comes back); `hangup`: one of those
-    /// reports said the peer shut its side.
-    Lent {
-        events: bool,
-        hangup: bool,
-    },
-}
-
 pub(crate) struct IoThread {
     /// Each listener with the local address its connections report.
-    listeners: Vec<(TcpListener, SocketAddr)>,
+    listeners: Vec<(Listener, SocketAddr)>,
     shared_listeners: bool,
-    slots: Vec<Slot>,
-    free: Vec<usize>,
-    live: usize,
+    slots: Slots,
     jobs: Sender<Queued>,
     mailbox: Arc<Mailbox>,
     shared: Arc<Shared>,
@@ -102,7 +89,7 @@ impl AcceptPaused {
 
 impl IoThread {
     pub(crate) fn new(
-        listeners: Vec<TcpListener>,
+        listeners: Vec<Listener>,
         config: &Config,
         jobs: Sender<Queued>,
         mailbox: Arc<Mailbox>,
@@ -122,16 +109,14 @@ impl IoThread {
         let listeners = listeners
             .into_iter()
             .map(|l| {
-                let local = l.local_addr().unwrap_or(UNIX_PLACEHOLDER);
+                let local = l.tcp_addr().unwrap_or(UNIX_PLACEHOLDER);
                 (l, local)
             })
             .collect();
         Ok(IoThread {
             listeners,
             shared_listeners: config.shared_listeners,
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
+            slots: Slots::default(),
             jobs,
             mailbox,
             shared,
@@ -195,7 +180,7 @@ impl IoThread {
                     stop_started + self.shutdown_timeout
                 });
                 self.close_idle(stop_started.elapsed() > FRESH_GRACE);
-                if self.live == 0 || Instant::now() >= deadline {
+                if self.slots.live() == 0 || Instant::now() >= deadline {
                     return Ok(());
                 }
             }
@@ -270,21 +255,18 @@ impl IoThread {
                 })
                 .unwrap_or(UNIX_PLACEHOLDER);
             let _ = stream.set_nodelay(true);
-            let token = self.free.pop().unwrap_or_else(|| {
-                self.slots.push(Slot::Free);
-                self.slots.len() - 1
-            });
+            let token = self.slots.reserve();
             if self
                 .mailbox
                 .epoll
                 .add(&stream, EpollEvent::new(CONN_EVENTS, token as u64))
                 .is_err()
             {
-                self.free.push(token);
+                self.slots.unreserve(token);
                 continue;
             }
-            self.slots[token] = Slot::Present(Box::new(Conn::new(stream, token, peer, local)));
-            self.live += 1;
+            self.slots
+                .insert(token, Box::new(Conn::new(stream, token, peer, local)));
         }
     }
 
@@ -295,12 +277,11 @@ impl IoThread {
         let shut =
             flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
         let readable = shut || flags.contains(EpollFlags::EPOLLIN);
-        match self.slots.get_mut(token) {
-            Some(Slot::Lent { events, hangup }) => {
-                *events |= readable;
-                *hangup |= shut;
-            }
-            Some(Slot::Present(conn)) if readable || conn.has_output() => {
+        if self.slots.note_while_lent(token, readable, shut) {
+            return;
+        }
+        match self.slots.present(token) {
+            Some(conn) if readable || conn.has_output() => {
                 // The FIN may have come with the last data, in the same
                 // edge: read on to it rather than stop at a short read.
                 if shut {
@@ -326,15 +307,15 @@ impl IoThread {
             // Read events again, if an app thread read it itself; epoll
             // reports the socket now if it is readable already.
             conn.arm(&self.mailbox.epoll, CONN_EVENTS);
-            let (events, hangup) = match self.slots[token] {
-                Slot::Lent { events, hangup } => (events, hangup),
-                _ => (false, false),
+            let quiet_before = conn.is_quiet();
+            let seen = self.slots.put_back(conn);
+            let Some(conn) = self.slots.present(token) else {
+                continue;
             };
-            if hangup {
+            if seen.hangup {
                 conn.note_peer_shut();
             }
-            let quiet = !events && conn.is_quiet();
-            self.slots[token] = Slot::Present(conn);
+            let quiet = !seen.events && quiet_before;
             if !quiet || self.shared.stopping.load(Ordering::Relaxed) {
                 self.drive(token);
             }
@@ -348,7 +329,7 @@ impl IoThread {
     /// is held back by its own socket buffers, not by our memory.
     fn drive(&mut self, token: usize) {
         let cap = super::conn::input_cap(&self.limits);
-        let Some(Slot::Present(conn)) = self.slots.get_mut(token) else {
+        let Some(conn) = self.slots.present(token) else {
             return;
         };
         let mut last_fill = None;
@@ -388,18 +369,10 @@ impl IoThread {
 
     /// Lends the connection and its request to the app threads.
     fn dispatch(&mut self, token: usize, request: super::conn::Request) {
-        if let Slot::Present(conn) = &mut self.slots[token] {
-            conn.served += 1;
-        }
-        let Slot::Present(conn) = std::mem::replace(
-            &mut self.slots[token],
-            Slot::Lent {
-                events: false,
-                hangup: false,
-            },
-        ) else {
+        let Some(mut conn) = self.slots.lend(token) else {
             return;
         };
+        conn.served += 1;
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let job = Job::new(request, conn, self.mailbox.clone(), self.shared.clone());
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -419,12 +392,12 @@ impl IoThread {
             "Service Unavailable\n",
         ));
         conn.settle(Afterwards::CloseAfterWrite);
-        self.slots[token] = Slot::Present(conn);
+        self.slots.put_back(conn);
         self.drive(token);
     }
 
     fn close(&mut self, token: usize) {
-        if let Slot::Present(conn) = std::mem::replace(&mut self.slots[token], Slot::Free) {
+        if let Some(conn) = self.slots.remove(token) {
             let _ = self.mailbox.epoll.delete(&conn.stream);
             if conn.has_output() && !conn.is_hijacked() {
                 // Unsent bytes to a peer that stopped reading: reset rather
@@ -432,8 +405,6 @@ impl IoThread {
                 // minutes holding the rest of the response.
                 let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
             }
-            self.free.push(token);
-            self.live -= 1;
             // A descriptor is free again: take what waits in the backlog.
             for index in self.accept_paused.take() {
                 self.accept(index);
@@ -472,178 +443,17 @@ impl IoThread {
     /// response to tell it the connection was ever usable, so closing it
     /// would lose a request it has already sent.
     fn close_idle(&mut self, fresh_too: bool) {
-        let idle: Vec<usize> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(t, s)| {
-                matches!(s, Slot::Present(c) if c.is_idle() && (c.served > 0 || fresh_too))
-                    .then_some(t)
-            })
-            .collect();
-        for token in idle {
+        for token in self.slots.idle(fresh_too) {
             self.close(token);
         }
     }
 
     fn enforce_timeouts(&mut self) {
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        for (token, slot) in self.slots.iter_mut().enumerate() {
-            let Slot::Present(conn) = slot else { continue };
-            match self.timeouts.check(conn, now) {
-                Expired::No => {}
-                Expired::Close => expired.push((token, false)),
-                Expired::Answer408 => {
-                    conn.queue_error(408, "Request Timeout\n");
-                    expired.push((token, true));
-                }
+        for (token, expired) in self.slots.expired(&self.timeouts, Instant::now()) {
+            match expired {
+                Expired::Answer408 => self.drive(token),
+                Expired::Close | Expired::No => self.close(token),
             }
         }
-        for (token, answer) in expired {
-            if answer {
-                self.drive(token);
-            } else {
-                self.close(token);
-            }
-        }
-    }
-}
-
-/// The timeouts an IO thread enforces. None of them involves an app thread:
-/// a connection is only checked while its IO thread owns it.
-#[derive(Debug, Clone, Copy)]
-struct Timeouts {
-    /// Keep-alive: between requests.
-    idle: Duration,
-    /// From a request's first byte to the end of its head.
-    header: Duration,
-    /// Between two reads of a request body.
-    body: Duration,
-    /// Without progress writing a pending response.
-    write: Duration,
-}
-
-enum Expired {
-    No,
-    Close,
-    Answer408,
-}
-
-impl Timeouts {
-    fn check(&self, conn: &Conn, now: Instant) -> Expired {
-        if conn.has_output() {
-            return if now - conn.last_write > self.write {
-                Expired::Close
-            } else {
-                Expired::No
-            };
-        }
-        if conn.reading_body() {
-            return if now - conn.last_read > self.body {
-                Expired::Answer408
-            } else {
-                Expired::No
-            };
-        }
-        match conn.request_started {
-            Some(started) if now - started > self.header => Expired::Answer408,
-            None if conn.is_idle() && now - conn.idle_since > self.idle => Expired::Close,
-            _ => Expired::No,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::net::conn::tests::pair;
-
-    const T: Timeouts = Timeouts {
-        idle: Duration::from_secs(20),
-        header: Duration::from_secs(10),
-        body: Duration::from_secs(30),
-        write: Duration::from_secs(40),
-    };
-
-    #[test]
-    fn idle_connections_close_after_the_idle_timeout() {
-        let (c, _client) = pair();
-        let now = c.idle_since;
-        assert!(matches!(
-            T.check(&c, now + Duration::from_secs(19)),
-            Expired::No
-        ));
-        assert!(matches!(
-            T.check(&c, now + Duration::from_secs(21)),
-            Expired::Close
-        ));
-    }
-
-    #[test]
-    fn a_slow_head_gets_408_after_the_header_timeout() {
-        use std::io::Write;
-        let (mut c, mut client) = pair();
-        client.write_all(b"GET / HT").unwrap();
-        let mut scratch = vec![0; 1024];
-        let until = Instant::now() + Duration::from_secs(5);
-        while c.request_started.is_none() {
-            assert!(Instant::now() < until, "the bytes never came");
-            c.fill(&mut scratch, usize::MAX).unwrap();
-        }
-        let started = c.request_started.unwrap();
-        assert!(matches!(
-            T.check(&c, started + Duration::from_secs(9)),
-            Expired::No
-        ));
-        assert!(matches!(
-            T.check(&c, started + Duration::from_secs(11)),
-            Expired::Answer408
-        ));
-    }
-
-    #[test]
-    fn a_stalled_body_gets_408_after_the_body_timeout() {
-        use std::io::Write;
-        let (mut c, mut client) = pair();
-        client
-            .write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
-            .unwrap();
-        let mut scratch = vec![0; 1024];
-        let until = Instant::now() + Duration::from_secs(5);
-        while !c.reading_body() {
-            assert!(Instant::now() < until, "the head never came");
-            c.fill(&mut scratch, usize::MAX).unwrap();
-            assert!(matches!(
-                c.advance(&Limits::default()),
-                Ok(Progress::Pending)
-            ));
-        }
-        let last = c.last_read;
-        // The header timeout no longer applies once the head is complete.
-        assert!(matches!(
-            T.check(&c, last + Duration::from_secs(29)),
-            Expired::No
-        ));
-        assert!(matches!(
-            T.check(&c, last + Duration::from_secs(31)),
-            Expired::Answer408
-        ));
-    }
-
-    #[test]
-    fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
-        let (mut c, _client) = pair();
-        c.queue(vec![b'x'; 64 << 20]);
-        assert!(!c.flush().unwrap(), "64 MiB cannot fit in socket buffers");
-        let last = c.last_write;
-        assert!(matches!(
-            T.check(&c, last + Duration::from_secs(39)),
-            Expired::No
-        ));
-        assert!(matches!(
-            T.check(&c, last + Duration::from_secs(41)),
-            Expired::Close
-        ));
     }
 }

@@ -3,13 +3,14 @@
 //! over the threads and no user-space accept queue is needed. A Unix socket
 //! has one accept queue; each IO thread gets its own descriptor of it.
 //!
-//! Listeners are held as `std::net::TcpListener` for both kinds: only the
-//! descriptor is used (epoll, accept4), never TCP-specific calls.
+//! Both kinds are a [`Listener`]; the IO threads use only its descriptor
+//! (epoll, accept4), so one loop serves both.
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -44,6 +45,46 @@ impl fmt::Display for BindAddr {
     }
 }
 
+/// A listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// The TCP address it listens on; `None` for a Unix socket.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        }
+    }
+
+    /// Another descriptor of the same socket (the same accept queue).
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+        })
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
 /// Per-listener options.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenOptions {
@@ -63,7 +104,7 @@ impl Default for ListenOptions {
 
 /// `count` listeners for `addr`: a SO_REUSEPORT group for TCP, one socket
 /// (and `count - 1` duplicates of it) for Unix.
-pub fn bind(addr: &BindAddr, count: usize, options: ListenOptions) -> io::Result<Vec<TcpListener>> {
+pub fn bind(addr: &BindAddr, count: usize, options: ListenOptions) -> io::Result<Vec<Listener>> {
     match addr {
         BindAddr::Tcp(addr) => {
             let group = bind_group(*addr, count, options.backlog)?;
@@ -72,14 +113,16 @@ pub fn bind(addr: &BindAddr, count: usize, options: ListenOptions) -> io::Result
                     set_fastopen(listener, options.tcp_fastopen)?;
                 }
             }
-            Ok(group)
+            Ok(group.into_iter().map(Listener::Tcp).collect())
         }
-        BindAddr::Unix(path) => duplicates(bind_unix(path, options.backlog)?, count),
+        BindAddr::Unix(path) => {
+            duplicates(Listener::Unix(bind_unix(path, options.backlog)?), count)
+        }
     }
 }
 
 /// The listener and `count - 1` duplicates of its descriptor.
-pub fn duplicates(listener: TcpListener, count: usize) -> io::Result<Vec<TcpListener>> {
+pub fn duplicates(listener: Listener, count: usize) -> io::Result<Vec<Listener>> {
     let mut all = Vec::with_capacity(count);
     for _ in 1..count.max(1) {
         all.push(listener.try_clone()?);
@@ -110,7 +153,7 @@ fn set_fastopen(listener: &TcpListener, queue: u32) -> io::Result<()> {
 
 /// Binds a Unix socket. A leftover socket file that nobody listens on
 /// (a crashed server's) is removed first; a live one is "in use".
-fn bind_unix(path: &std::path::Path, backlog: i32) -> io::Result<TcpListener> {
+fn bind_unix(path: &std::path::Path, backlog: i32) -> io::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(io::ErrorKind::AddrInUse.into());
@@ -121,7 +164,7 @@ fn bind_unix(path: &std::path::Path, backlog: i32) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&SockAddr::unix(path)?)?;
     socket.listen(backlog)?;
-    Ok(TcpListener::from(OwnedFd::from(socket)))
+    Ok(UnixListener::from(OwnedFd::from(socket)))
 }
 
 /// Takes over a listening socket inherited across exec (hot restart).
@@ -130,7 +173,7 @@ fn bind_unix(path: &std::path::Path, backlog: i32) -> io::Result<TcpListener> {
 /// # Safety
 ///
 /// `fd` must be an open descriptor that nothing else in this process owns.
-pub unsafe fn adopt(fd: RawFd) -> io::Result<(TcpListener, BindAddr)> {
+pub unsafe fn adopt(fd: RawFd) -> io::Result<(Listener, BindAddr)> {
     // SAFETY: the caller passes an open descriptor nobody else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let socket = Socket::from(owned);
@@ -142,20 +185,21 @@ pub unsafe fn adopt(fd: RawFd) -> io::Result<(TcpListener, BindAddr)> {
     socket.set_cloexec(true)?;
     socket.set_nonblocking(true)?;
     let local = socket.local_addr()?;
-    let addr = match (local.as_socket(), local.as_pathname()) {
-        (Some(addr), _) => BindAddr::Tcp(addr),
-        (None, Some(path)) => BindAddr::Unix(path.to_path_buf()),
-        _ => {
-            return Err(io::Error::other(format!(
-                "inherited descriptor {fd} has no usable address"
-            )))
-        }
-    };
-    Ok((TcpListener::from(OwnedFd::from(socket)), addr))
+    let owned = OwnedFd::from(socket);
+    match (local.as_socket(), local.as_pathname()) {
+        (Some(addr), _) => Ok((Listener::Tcp(TcpListener::from(owned)), BindAddr::Tcp(addr))),
+        (None, Some(path)) => Ok((
+            Listener::Unix(UnixListener::from(owned)),
+            BindAddr::Unix(path.to_path_buf()),
+        )),
+        _ => Err(io::Error::other(format!(
+            "inherited descriptor {fd} has no usable address"
+        ))),
+    }
 }
 
 /// Lets a listener survive exec (for a hot restart's new master).
-pub fn keep_across_exec(listener: &TcpListener) -> io::Result<RawFd> {
+pub fn keep_across_exec(listener: &Listener) -> io::Result<RawFd> {
     let socket = socket2::SockRef::from(listener);
     socket.set_cloexec(false)?;
     Ok(listener.as_raw_fd())

@@ -8,7 +8,7 @@
 //! 64 KiB run's samples. The settings here are the ones glibc's own dynamic
 //! tuning reaches after the first 4 MiB block is freed, fixed from the
 //! start: blocks under 4 MiB come from the arenas, and up to 8 MiB may stay
-//! free at a heap's top. Measured in docs/ARCHITECTURE.md ("Memory").
+//! free at a heap's top. Measured in docs/PERFORMANCE.md ("Memory").
 
 /// Largest block served from the arenas (larger ones are mmapped).
 pub const MMAP_THRESHOLD_BYTES: i32 = 4 * 1024 * 1024;

@@ -15,6 +15,7 @@ pub mod park;
 pub mod queue;
 pub mod reader;
 pub mod sched;
+mod slots;
 pub mod supervise;
 
 pub use body::Body;
@@ -22,5 +23,5 @@ pub use config::Config;
 pub use conn::Request;
 pub use engine::Engine;
 pub use handoff::{Job, Kept, Shared};
-pub use listener::{BindAddr, ListenOptions};
+pub use listener::{BindAddr, ListenOptions, Listener};
 pub use queue::Queued;

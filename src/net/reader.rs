@@ -8,6 +8,28 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::BodyFraming;
 use crate::http::{parse_head, Head, Limits, ParseError};
 
+/// Why a request could not be read: the client's fault, or ours.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The request is not one we serve (4xx, 501).
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The body could not be stored (no disk to spool it): a 500. The
+    /// system's error is logged, not sent.
+    #[error("cannot store the request body")]
+    Spool(std::io::Error),
+}
+
+impl RequestError {
+    /// The status code answered; the connection is closed after it.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::Parse(e) => e.status(),
+            RequestError::Spool(_) => 500,
+        }
+    }
+}
+
 /// A reader's own buffer is freed between requests when larger than this.
 const KEEP_BUFFER_BYTES: usize = 4096;
 
@@ -163,7 +185,7 @@ impl RequestReader {
     }
 
     /// Advances the request being read with the buffered bytes.
-    pub fn advance(&mut self, limits: &Limits) -> Result<Step, ParseError> {
+    pub fn advance(&mut self, limits: &Limits) -> Result<Step, RequestError> {
         if let Input::Head = self.input {
             if self.buf.is_empty() {
                 return Ok(Step::Pending);
@@ -227,7 +249,7 @@ impl RequestReader {
     }
 }
 
-fn spool_error(e: std::io::Error) -> ParseError {
+fn spool_error(e: std::io::Error) -> RequestError {
     eprintln!("butterflies: cannot spool a request body: {e}");
-    ParseError::Internal("cannot store the request body")
+    RequestError::Spool(e)
 }
