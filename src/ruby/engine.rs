@@ -6,34 +6,48 @@ use std::net::ToSocketAddrs;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use magnus::value::{BoxValue, ReprValue};
-use magnus::{Error, RHash, Ruby, Value};
+use crossbeam_channel::Receiver;
+use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
 
 use super::errors::{ExtError, IntoRuby, OrRaise};
-use super::gvl::{check_interrupts, without_gvl, Gvl, Unblock};
-use super::request;
-use super::stream::{Current, EarlyHints, Hijack};
+use super::gvl::{without_gvl, Gvl, Unblock};
 use crate::http::Limits;
-use crate::net::{BindAddr, Config, Engine, Job, Kept, Queued, Shared};
+use crate::net::{BindAddr, Config, Engine, Queued, Shared};
 use crate::serve::flusher::Flusher;
-use crate::serve::pool::{Busy, Member, Pool};
+use crate::serve::pool::Pool;
 use crate::serve::watchdog::Watchdog;
-use crate::serve::Waker;
+
+pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
+    let class = module.define_class("Engine", ruby.class_object())?;
+    class.define_singleton_method("new", function!(RbEngine::new, 2))?;
+    class.define_singleton_method("defaults", function!(RbEngine::defaults, 0))?;
+    class.define_singleton_method("pin_process", function!(RbEngine::pin_process, 1))?;
+    class.define_method("addresses", method!(RbEngine::addresses, 0))?;
+    class.define_method("listener_fds", method!(RbEngine::listener_fds, 0))?;
+    class.define_method("start", method!(RbEngine::start, 0))?;
+    class.define_method("stop", method!(RbEngine::stop, 1))?;
+    class.define_method("join", method!(RbEngine::join, 0))?;
+    class.define_method("wait_for_fault", method!(RbEngine::wait_for_fault, 1))?;
+    class.define_method("stats", method!(RbEngine::stats, 0))?;
+    class.define_method("stuck?", method!(RbEngine::is_stuck, 0))?;
+    class.define_method("serve", method!(RbEngine::serve, 4))?;
+    class.define_method("wait_for_demand", method!(RbEngine::wait_for_demand, 1))?;
+    Ok(())
+}
 
 #[magnus::wrap(class = "Butterflies::Engine", free_immediately, size)]
 pub struct RbEngine {
     engine: Mutex<Engine>,
-    write_timeout: Duration,
-    limits: Limits,
-    idle_spin: Duration,
+    pub(super) write_timeout: Duration,
+    pub(super) limits: Limits,
+    pub(super) idle_spin: Duration,
     /// The per-request timeouts, when either is configured: (the 503
     /// timeout, the hard limit that reports the process stuck).
     request_timeouts: Option<(Option<Duration>, Option<Duration>)>,
     watchdog: Mutex<Option<Arc<Watchdog>>>,
-    flusher: Mutex<Option<Flusher>>,
-    pool: Pool,
-    jobs: Receiver<Queued>,
+    pub(super) flusher: Mutex<Option<Flusher>>,
+    pub(super) pool: Pool,
+    pub(super) jobs: Receiver<Queued>,
     shared: Arc<Shared>,
 }
 
@@ -211,6 +225,8 @@ impl RbEngine {
         let failed = |e: std::io::Error| ExtError::Start(e).into_ruby(ruby);
         super::env::warm(ruby);
         super::stream::warm(ruby);
+        super::hijack::warm(ruby);
+        super::early_hints::warm(ruby);
         rb_self.with_engine(|e| e.start()).map_err(failed)?;
         crate::net::malloc::keep_freed_memory();
         let (flusher, _thread) = Flusher::start(rb_self.shared.faults.clone()).map_err(failed)?;
@@ -223,7 +239,7 @@ impl RbEngine {
         Ok(())
     }
 
-    fn watchdog(&self) -> Option<Arc<Watchdog>> {
+    pub(super) fn watchdog(&self) -> Option<Arc<Watchdog>> {
         self.watchdog
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -294,10 +310,7 @@ impl RbEngine {
         Ok(stats)
     }
 
-    /// The app-thread loop. Returns when the engine has stopped and drained;
-    /// raises whatever Ruby delivers to this thread (kill, raise, signals).
-    /// `idle_exit`: seconds after which an idle thread returns (0: never);
-    /// for threads the pool added on demand.
+    /// The app-thread loop (see `app_thread.rs`).
     pub fn serve(
         ruby: &Ruby,
         rb_self: &Self,
@@ -306,77 +319,7 @@ impl RbEngine {
         on_error: Value,
         idle_exit: f64,
     ) -> Result<(), Error> {
-        let jobs = rb_self.jobs.clone();
-        let _member = Member::new(&rb_self.pool);
-        let idle_exit = (idle_exit > 0.0).then(|| Duration::from_secs_f64(idle_exit));
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
-        let waker = Arc::new(Waker::new().map_err(ExtError::Start).or_raise(ruby)?);
-        // This thread's rack.hijack and rack.early_hints, kept from the GC
-        // by the boxes for as long as the thread serves.
-        let current = Arc::new(Current::default());
-        let hijack = BoxValue::new(ruby.obj_wrap(Hijack(current.clone())).as_value());
-        let early_hints = BoxValue::new(ruby.obj_wrap(EarlyHints(current.clone())).as_value());
-        let app = request::App {
-            app,
-            base_env,
-            on_error,
-            waker,
-            write_timeout: rb_self.write_timeout,
-            watchdog: rb_self.watchdog(),
-            flusher: rb_self
-                .flusher
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            jobs: jobs.clone(),
-            keep_spin: rb_self.idle_spin,
-            current,
-            hijack: *hijack,
-            early_hints: *early_hints,
-        };
-        // Where a kept connection's next request is read.
-        let mut scratch = vec![0u8; KEPT_READ_BYTES];
-        let mut skip_keeps = 0u32;
-        loop {
-            let job = match jobs.try_recv() {
-                Ok(queued) => match queued.claim() {
-                    Some(job) => job,
-                    None => continue, // answered by the watchdog meanwhile
-                },
-                Err(TryRecvError::Disconnected) => return Ok(()),
-                Err(TryRecvError::Empty) => {
-                    match wait_for_job(ruby, &jobs, &wake_tx, &wake_rx, idle_exit)? {
-                        Waited::Job(job) => job,
-                        Waited::Closed | Waited::Idle => return Ok(()),
-                        Waited::Again => continue,
-                        Waited::Woken => {
-                            check_interrupts()?;
-                            continue;
-                        }
-                    }
-                }
-            };
-            let mut next = Some(job);
-            while let Some(job) = next.take() {
-                let may_keep = skip_keeps == 0;
-                skip_keeps = skip_keeps.saturating_sub(1);
-                let kept = {
-                    let _busy = Busy::new(&rb_self.pool);
-                    request::handle(ruby, &app, job, may_keep)?
-                };
-                let Some(connection) = kept else { break };
-                let waited =
-                    next_request(ruby, rb_self, connection, &mut scratch, &wake_tx, &wake_rx)?;
-                match waited {
-                    Waited::Job(job) => next = Some(job),
-                    Waited::Woken => check_interrupts()?,
-                    // No request came in time, or other work came first:
-                    // with several clients at once keeping costs more
-                    // than it saves, so the next few are not kept.
-                    Waited::Closed | Waited::Idle | Waited::Again => skip_keeps = KEEP_BACKOFF,
-                }
-            }
-        }
+        super::app_thread::serve(ruby, rb_self, app, base_env, on_error, idle_exit)
     }
 
     /// Waits (GVL released) up to `timeout` seconds for every app thread to
@@ -388,99 +331,6 @@ impl RbEngine {
             Duration::from_secs_f64(timeout.max(0.0)),
         )
     }
-}
-
-/// What a wait ended with. Returned once per idle wait, by value.
-#[allow(clippy::large_enum_variant)]
-enum Waited {
-    Job(Job),
-    Closed,
-    /// Nothing came for the idle-exit time.
-    Idle,
-    Woken,
-    /// A queued request the watchdog answered first: look again.
-    Again,
-}
-
-/// Blocks without the GVL until a job arrives, the queue closes, or Ruby
-/// wants this thread back (the unblock function sends on `wake`).
-fn wait_for_job(
-    ruby: &Ruby,
-    jobs: &Receiver<Queued>,
-    wake_tx: &Sender<()>,
-    wake_rx: &Receiver<()>,
-    idle_exit: Option<Duration>,
-) -> Result<Waited, Error> {
-    without_gvl(
-        ruby,
-        || match idle_exit {
-            None => crossbeam_channel::select! {
-                recv(jobs) -> queued => claimed(queued),
-                recv(wake_rx) -> _ => Waited::Woken,
-            },
-            Some(idle) => crossbeam_channel::select! {
-                recv(jobs) -> queued => claimed(queued),
-                recv(wake_rx) -> _ => Waited::Woken,
-                default(idle) => Waited::Idle,
-            },
-        },
-        Some(Unblock {
-            func: |wake: &Sender<()>| {
-                let _ = wake.try_send(());
-            },
-            arg: wake_tx,
-        }),
-    )
-}
-
-/// A job taken from the queue, or why there is none.
-fn claimed(queued: Result<Queued, crossbeam_channel::RecvError>) -> Waited {
-    match queued.map(Queued::claim) {
-        Ok(Some(job)) => Waited::Job(job),
-        Ok(None) => Waited::Again,
-        Err(_) => Waited::Closed,
-    }
-}
-
-/// Bytes read per pass from a kept connection.
-const KEPT_READ_BYTES: usize = 16 * 1024;
-/// After a kept connection brought no request, this many requests are
-/// answered without keeping their connection.
-const KEEP_BACKOFF: u32 = 16;
-
-/// Reads a kept connection's next request without the GVL, for at most
-/// `idle_spin`; gives the connection back to its IO thread as soon as
-/// another request waits in the queue or Ruby wants this thread.
-fn next_request(
-    ruby: &Ruby,
-    rb_self: &RbEngine,
-    kept: Kept,
-    scratch: &mut [u8],
-    wake_tx: &Sender<()>,
-    wake_rx: &Receiver<()>,
-) -> Result<Waited, Error> {
-    let jobs = &rb_self.jobs;
-    let mut woken = false;
-    let job = without_gvl(
-        ruby,
-        || {
-            kept.next_request(rb_self.idle_spin, &rb_self.limits, scratch, || {
-                woken = wake_rx.try_recv().is_ok();
-                woken || !jobs.is_empty()
-            })
-        },
-        Some(Unblock {
-            func: |wake: &Sender<()>| {
-                let _ = wake.try_send(());
-            },
-            arg: wake_tx,
-        }),
-    )?;
-    Ok(match job {
-        Some(job) => Waited::Job(job),
-        None if woken => Waited::Woken,
-        None => Waited::Idle,
-    })
 }
 
 /// A duration option in seconds. The Ruby side checks them; this refuses

@@ -4,7 +4,8 @@
 //! Butterflies' own classes (`lib/butterflies/errors.rb`, required before
 //! the extension) are looked up once, when the extension loads
 //! ([`init`]): never lazily from an app thread, where a first lookup
-//! racing with boot deadlocked (see docs/ARCHITECTURE.md "Boot").
+//! racing with boot deadlocked (see docs/ARCHITECTURE.md, "Lazily made
+//! Ruby values").
 
 use std::io;
 

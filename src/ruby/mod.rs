@@ -5,10 +5,13 @@
 //! - [`response`]: the app's `[status, headers, body]`, sent by body kind.
 //! - [`snapshot`]: frozen snapshots of body strings, readable without the GVL.
 //! - [`headers`]: status and headers as a response head.
-//! - [`engine`]: the `Butterflies::Engine` class and the app-thread loop.
+//! - [`engine`]: the `Butterflies::Engine` class.
+//! - [`app_thread`]: the app-thread loop (`Engine#serve`).
 //! - [`request`]: one job: env, app call, response, after-response hooks.
-//! - [`exchange`]: a request's connection while the app runs; writes.
-//! - [`stream`]: the Ruby objects for streaming, hijack and early hints.
+//! - [`errors`]: Rust errors into Ruby exceptions, in one place.
+//! - [`stream`], [`hijack`], [`early_hints`]: `Butterflies::Stream`,
+//!   `Butterflies::Hijack`, `Butterflies::EarlyHints`, one class a file,
+//!   each with its `init`; [`current`]: what an app thread serves now.
 
 /// Frozen, interned Ruby strings made once, for hash keys: `keys! { NAME = "text"; }`.
 macro_rules! keys {
@@ -39,55 +42,29 @@ fn id(ruby: &Ruby, name: &magnus::value::LazyId) -> magnus::value::Id {
     magnus::value::LazyId::get_inner_with(name, ruby)
 }
 
+mod app_thread;
+mod current;
+mod early_hints;
 mod engine;
 mod env;
 mod errors;
 mod gvl;
 mod headers;
+mod hijack;
 mod request;
 mod response;
 mod snapshot;
 mod stream;
 
-use magnus::{function, method, prelude::*, Error, Ruby};
+use magnus::{Error, Ruby};
 
 #[magnus::init(name = "butterflies")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     errors::init(ruby)?;
     let module = ruby.define_module("Butterflies")?;
-    let class = module.define_class("Engine", ruby.class_object())?;
-    class.define_singleton_method("new", function!(engine::RbEngine::new, 2))?;
-    class.define_singleton_method("defaults", function!(engine::RbEngine::defaults, 0))?;
-    class.define_singleton_method("pin_process", function!(engine::RbEngine::pin_process, 1))?;
-    class.define_method("addresses", method!(engine::RbEngine::addresses, 0))?;
-    class.define_method("listener_fds", method!(engine::RbEngine::listener_fds, 0))?;
-    class.define_method("start", method!(engine::RbEngine::start, 0))?;
-    class.define_method("stop", method!(engine::RbEngine::stop, 1))?;
-    class.define_method("join", method!(engine::RbEngine::join, 0))?;
-    class.define_method(
-        "wait_for_fault",
-        method!(engine::RbEngine::wait_for_fault, 1),
-    )?;
-    class.define_method("stats", method!(engine::RbEngine::stats, 0))?;
-    class.define_method("stuck?", method!(engine::RbEngine::is_stuck, 0))?;
-    class.define_method("serve", method!(engine::RbEngine::serve, 4))?;
-    class.define_method(
-        "wait_for_demand",
-        method!(engine::RbEngine::wait_for_demand, 1),
-    )?;
-
-    let stream = module.define_class("Stream", ruby.class_object())?;
-    stream.define_method("write", method!(stream::Stream::write, 1))?;
-    stream.define_method("<<", method!(stream::Stream::append, 1))?;
-    stream.define_method("flush", method!(stream::Stream::flush, 0))?;
-    stream.define_method("close", method!(stream::Stream::close, 0))?;
-    stream.define_method("close_write", method!(stream::Stream::close, 0))?;
-    stream.define_method("closed?", method!(stream::Stream::is_closed, 0))?;
-    stream.define_method("read", method!(stream::Stream::read, -1))?;
-    stream.define_method("close_read", method!(stream::Stream::close_read, 0))?;
-    let hijack = module.define_class("Hijack", ruby.class_object())?;
-    hijack.define_method("call", method!(stream::Hijack::call, 0))?;
-    let hints = module.define_class("EarlyHints", ruby.class_object())?;
-    hints.define_method("call", method!(stream::EarlyHints::call, 1))?;
+    engine::init(ruby, module)?;
+    stream::init(ruby, module)?;
+    hijack::init(ruby, module)?;
+    early_hints::init(ruby, module)?;
     Ok(())
 }

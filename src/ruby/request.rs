@@ -17,10 +17,10 @@ use std::time::Duration;
 use magnus::value::ReprValue;
 use magnus::{prelude::*, Error, RArray, RHash, Ruby, Value};
 
+use super::current::Current;
 use super::errors::{is_disconnect, OrRaise};
 use super::gvl::Gvl;
 use super::response::{self, Outcome};
-use super::stream::Current;
 use super::{env, id, CALL, CLOSE};
 use crate::http::response::simple;
 use crate::net::{Job, Kept};
