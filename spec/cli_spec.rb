@@ -17,13 +17,13 @@ RSpec.describe "the butterflies command" do
   it "refuses a bad thread count" do
     _out, err, status = run_cli("-t", "zero", ServerHelpers::APP)
     expect(status.exitstatus).to eq(2)
-    expect(err).to eq("butterflies: --threads needs a whole number, got \"zero\" (see butterflies --help)\n")
+    expect(err).to eq("butterflies: --threads must be a whole number from 0 to 4611686018427387904, got \"zero\"\n")
   end
 
   it "refuses a negative idle spin and takes 0 to turn it off" do
     _out, err, status = run_cli("--idle-spin", "-5", ServerHelpers::APP)
     expect(status.exitstatus).to eq(2)
-    expect(err).to start_with("butterflies: --idle-spin must be at least 0, got -5")
+    expect(err).to start_with("butterflies: --idle-spin must be a whole number from 0 to 4611686018427387904, got \"-5\"")
     out, _err, status = run_cli("--idle-spin", "0", "--dry-run", ServerHelpers::APP)
     expect(status.exitstatus).to eq(0)
     expect(out).to include("idle_spin: 0\n")
@@ -33,7 +33,8 @@ RSpec.describe "the butterflies command" do
     %w[--idle-timeout 1e30] => "--idle-timeout must be a number of seconds above 0 and at most 86400, got 1.0e+30",
     %w[--header-timeout 0] => "--header-timeout must be a number of seconds above 0 and at most 86400, got 0.0",
     %w[--request-timeout -1] => "--request-timeout must be a number of seconds above 0 and at most 86400, got -1.0",
-    %w[--queue-depth 0] => "--queue-depth must be at least 1, got 0",
+    %w[--queue-depth 0] => "--queue-depth must be a whole number from 1 to 4611686018427387904, got \"0\"",
+    %w[-w two] => "--workers must be a whole number from 0 to 4611686018427387904, got \"two\"",
     %w[--request-hard-timeout 5] => "request_hard_timeout needs cluster mode (workers >= 1)"
   }.each do |args, message|
     it "refuses #{args.join(' ')} with one line and status 2, before binding" do

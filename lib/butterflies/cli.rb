@@ -9,6 +9,8 @@ module Butterflies
   # they overlap. Settings come from defaults, then the config file
   # (config/butterflies.rb or -C), then these flags. Every user mistake ends
   # as one line on stderr and a non-zero exit status, never a backtrace.
+  # Each flag sets its value through the config file's directive (DSL), so
+  # both check a value the same way; errors name the flag.
   class CLI
     USAGE_ERROR = 2
     FAILURE = 1
@@ -17,10 +19,14 @@ module Butterflies
       @argv = argv.dup
       @stdout = stdout
       @stderr = stderr
-      @cli = {}
+      @flags = Configuration.new
+      @dsl = DSL.new(@flags, "(command line)", label: ->(name) { FLAGS.fetch(name, "--#{name.to_s.tr('_', '-')}") })
       @host = nil
       @port = nil
     end
+
+    # Flags whose name is not the directive's.
+    FLAGS = { max_threads: "--threads", preload_app: "--preload" }.freeze
 
     # Returns the exit status.
     def run
@@ -48,18 +54,11 @@ module Butterflies
     # The flags and the rackup file, as configuration values.
     def parse_arguments
       parser.parse!(@argv)
-      @cli[:rackup] = @argv.shift if @argv.any?
+      @dsl.rackup(@argv.shift) if @argv.any?
       raise ConfigError, "unexpected arguments: #{@argv.join(' ')}" unless @argv.empty?
 
-      add_host_port_bind
-      @cli
-    end
-
-    # -o and -p add a TCP bind.
-    def add_host_port_bind
-      return unless @host || @port
-
-      @cli[:binds] = (@cli[:binds] || []) + ["tcp://#{@host || '0.0.0.0'}:#{@port || 9292}"]
+      @dsl.bind("tcp://#{@host || '0.0.0.0'}:#{@port || 9292}") if @host || @port
+      @flags.given
     end
 
     def serve(config)
@@ -67,7 +66,7 @@ module Butterflies
       if ENV.key?(Cluster::WORKER_ENV)
         Cluster.run_exec_worker(config, loader: loader, log: @stdout)
       elsif config.cluster?
-        Cluster.new(config, loader: loader, cli: @cli, config_path: @config_path, log: @stdout).run
+        Cluster.new(config, loader: loader, cli: @flags.given, config_path: @config_path, log: @stdout).run
       else
         Server.new(loader.call, config, log: @stdout).run
       end
@@ -95,12 +94,12 @@ module Butterflies
     }.freeze
 
     COUNT_FLAGS = {
-      "--io-threads" => [:io_threads, "Rust IO threads per process (default: number of CPUs)", 1],
-      "--queue-depth" => [:queue_depth, "Requests waiting for an app thread before 503 (default 1024)", 1],
-      "--idle-spin" => [:idle_spin, "Microseconds to poll for more work before sleeping (default 50, 0: off)", 0],
-      "--backlog" => [:backlog, "listen(2) backlog (default 1024)", 1],
-      "--max-body-bytes" => [:max_body_bytes, "413 for larger request bodies (default 1 GiB)", 1],
-      "--max-parked-bytes" => [:max_parked_bytes, "Response bytes left with IO threads for slow clients (default 256 MiB)", 0]
+      "--io-threads" => [:io_threads, "Rust IO threads per process (default: number of CPUs)"],
+      "--queue-depth" => [:queue_depth, "Requests waiting for an app thread before 503 (default 1024)"],
+      "--idle-spin" => [:idle_spin, "Microseconds to poll for more work before sleeping (default 50, 0: off)"],
+      "--backlog" => [:backlog, "listen(2) backlog (default 1024)"],
+      "--max-body-bytes" => [:max_body_bytes, "413 for larger request bodies (default 1 GiB)"],
+      "--max-parked-bytes" => [:max_parked_bytes, "Response bytes left with IO threads for slow clients (default 256 MiB)"]
     }.freeze
 
     def parser
@@ -109,11 +108,11 @@ module Butterflies
         o.on("-C", "--config PATH", "Config file (default: config/butterflies.rb if present)") { |p| @config_path = p }
         where_flags(o)
         process_flags(o)
-        COUNT_FLAGS.each do |flag, (key, text, min)|
-          o.on("#{flag} N", text) { |n| @cli[key] = whole(flag, n, min: min) }
+        COUNT_FLAGS.each do |flag, (key, text)|
+          o.on("#{flag} N", text) { |n| @dsl.public_send(key, n) }
         end
         SECONDS_FLAGS.each do |flag, (key, text)|
-          o.on("#{flag} SECONDS", Float, text) { |s| @cli[key] = Configuration.seconds(key, s, label: flag) }
+          o.on("#{flag} SECONDS", Float, text) { |s| @dsl.public_send(key, s) }
         end
         info_flags(o)
       end
@@ -122,35 +121,32 @@ module Butterflies
     # Where to listen.
     def where_flags(opts)
       opts.on("-b", "--bind URI", "Listen on tcp://HOST:PORT or unix:///PATH (repeatable)") do |uri|
-        Binds.parse(uri)
-        (@cli[:binds] ||= []) << uri
+        @dsl.bind(uri)
       end
       opts.on("-p", "--port PORT", Integer, "Listen on PORT (default 9292)") { |p| @port = p }
       opts.on("-o", "--host HOST", "Listen on HOST (default 0.0.0.0)") { |h| @host = h }
       opts.on("--tcp-fastopen [QUEUE]", Integer, "Enable TCP_FASTOPEN (queue length, default 256)") do |q|
-        @cli[:tcp_fastopen] = q || 256
+        @dsl.tcp_fastopen(q || 256)
       end
     end
 
     # Processes and threads.
     def process_flags(opts)
       opts.on("-w", "--workers N", "Worker processes (default 0: single mode)") do |n|
-        @cli[:workers] = whole("--workers", n, min: 0)
+        @dsl.workers(n)
       end
       opts.on("-t", "--threads N", "App threads: N, or MIN:MAX to grow on demand (default 5:64)") do |t|
-        min, max = t.split(":", 2)
-        @cli[:threads] = [whole("--threads", min, min: 0), 1].max
-        @cli[:max_threads] = [whole("--threads", max || min, min: 1), @cli[:threads]].max
+        @dsl.threads(*t.split(":", 2))
       end
-      opts.on("--preload", "Load the app in the master before forking workers") { @cli[:preload_app] = true }
-      opts.on("--pin-workers", "Pin worker i to CPU i (cluster mode)") { @cli[:pin_workers] = true }
-      opts.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @cli[:pidfile] = p }
+      opts.on("--preload", "Load the app in the master before forking workers") { @dsl.preload_app! }
+      opts.on("--pin-workers", "Pin worker i to CPU i (cluster mode)") { @dsl.pin_workers }
+      opts.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @dsl.pidfile(p) }
     end
 
     # The environment, output, and the flags that only print.
     def info_flags(opts)
-      opts.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @cli[:environment] = e }
-      opts.on("-q", "--quiet", "No boot banner") { @cli[:quiet] = true }
+      opts.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @dsl.environment(e) }
+      opts.on("-q", "--quiet", "No boot banner") { @dsl.quiet }
       opts.on("--dry-run", "Print the resolved configuration and exit") { @dry_run = true }
       opts.on("-v", "--version", "Print the version and exit") do
         @stdout.puts("butterflies #{VERSION}")
@@ -160,15 +156,6 @@ module Butterflies
         @stdout.puts(opts)
         throw :exit_status, 0
       end
-    end
-
-    def whole(flag, text, min:)
-      number = Integer(text, 10, exception: false)
-      raise ConfigError, "#{flag} needs a whole number, got #{text.inspect} (see butterflies --help)" if number.nil?
-      raise ConfigError, "#{flag} must be at least #{min}, got #{number} (see butterflies --help)" if number < min
-      raise ConfigError, "#{flag} must be at most #{Configuration::MAX_COUNT}, got #{number}" if number > Configuration::MAX_COUNT
-
-      number
     end
   end
 end

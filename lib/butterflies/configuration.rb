@@ -67,9 +67,10 @@ module Butterflies
                 max_body_bytes max_head_bytes max_target_bytes max_header_fields max_field_bytes
                 max_parked_bytes].freeze
     MAX_COUNT = 2**62
-    # Counts the engine cannot work with at 0 (it raises on one).
+    # Counts that must be at least 1 (the engine raises on a 0 for the
+    # first six; a listen backlog or body limit of 0 serves nobody).
     AT_LEAST_ONE = %i[io_threads queue_depth max_head_bytes max_target_bytes max_header_fields
-                      max_field_bytes].freeze
+                      max_field_bytes backlog max_body_bytes].freeze
 
     # `value` as seconds for `key`, or a ConfigError naming `label` (a
     # flag, or the directive).
@@ -97,6 +98,7 @@ module Butterflies
       @values = DEFAULTS.dup
       @hooks = HOOKS.to_h { |name| [name, []] }
       @path = nil
+      @given = []
     end
 
     # Defaults, then the file (if any), then `cli` (a Hash of the flags that
@@ -144,7 +146,14 @@ module Butterflies
 
       value = Configuration.seconds(key, value) if SECONDS.include?(key) && !value.nil?
       check_count(key, value) if COUNTS.include?(key) && !value.nil?
+      @given |= [key]
       @values[key] = value
+    end
+
+    # The values set on this configuration, defaults left out (the
+    # command line's, to lay over the config file's).
+    def given
+      @values.slice(*@given)
     end
 
     # Settings that cannot work together, refused before anything binds.

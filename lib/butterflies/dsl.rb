@@ -10,11 +10,13 @@ module Butterflies
   #   on_worker_boot { |index| ... }
   #
   # Each directive checks its value at once; a wrong one raises ConfigError,
-  # which names the file and the line.
+  # which names the file and the line. The command line sets its values
+  # through these same directives (`label` then names the flag instead).
   class DSL
-    def initialize(config, path)
+    def initialize(config, path, label: ->(name) { name })
       @config = config
       @path = path
+      @label = label
     end
 
     # Listen on a URI: "tcp://HOST:PORT" or "unix:///path". Repeatable.
@@ -43,7 +45,7 @@ module Butterflies
 
     # Rust IO threads per process.  io_threads 2
     def io_threads(count)
-      @config[:io_threads] = integer(:io_threads, count, min: 1)
+      @config[:io_threads] = count(:io_threads, count)
     end
 
     # Load the app in the master before forking (copy-on-write).
@@ -81,14 +83,15 @@ module Butterflies
     end
 
     # Counts and byte sizes.  queue_depth 512
+    # (max_parked_bytes 0: app threads always wait for slow clients.)
     %i[queue_depth backlog max_body_bytes max_head_bytes max_target_bytes
        max_header_fields max_field_bytes max_parked_bytes].each do |name|
-      define_method(name) { |value| @config[name] = integer(name, value, min: 1) }
+      define_method(name) { |value| @config[name] = count(name, value) }
     end
 
     # Microseconds to poll for the next request before sleeping (0: off).  idle_spin 0
     def idle_spin(micros)
-      @config[:idle_spin] = integer(:idle_spin, micros, min: 0)
+      @config[:idle_spin] = count(:idle_spin, micros)
     end
 
     # TCP_FASTOPEN on TCP listeners, with this queue length (opt-in).
@@ -130,21 +133,28 @@ module Butterflies
 
     private
 
+    # A count, at least its key's minimum (Configuration.min_count).
+    def count(name, value)
+      integer(name, value, min: Configuration.min_count(name))
+    end
+
     def integer(name, value, min:)
-      number = Integer(value, exception: false) unless value.is_a?(Float)
+      number = Integer(value, 10, exception: false) if value.is_a?(String)
+      number = value if value.is_a?(Integer)
       if number.nil? || number < min || number > Configuration::MAX_COUNT
-        raise ConfigError, "#{name} must be a whole number from #{min} to #{Configuration::MAX_COUNT}, got #{value.inspect}"
+        raise ConfigError,
+              "#{@label.call(name)} must be a whole number from #{min} to #{Configuration::MAX_COUNT}, got #{value.inspect}"
       end
 
       number
     end
 
     def seconds(name, value)
-      Configuration.seconds(name, value)
+      Configuration.seconds(name, value, label: @label.call(name))
     end
 
     def string(name, value)
-      raise ConfigError, "#{name} must be a string, got #{value.inspect}" unless value.is_a?(String) && !value.empty?
+      raise ConfigError, "#{@label.call(name)} must be a string, got #{value.inspect}" unless value.is_a?(String) && !value.empty?
 
       value
     end

@@ -4,7 +4,7 @@
 
 use magnus::rb_sys::AsRawValue;
 use magnus::value::{Lazy, ReprValue};
-use magnus::{prelude::*, Error, RClass, RHash, RString, Ruby, Value};
+use magnus::{prelude::*, Error, RClass, RHash, RModule, RString, Ruby, Value};
 
 use std::os::fd::IntoRawFd;
 
@@ -70,12 +70,15 @@ static STRING_IO: Lazy<RClass> = Lazy::new(|ruby| {
 /// `rack.input` of every request without a body (`Butterflies::NullInput`),
 /// or nil when the Ruby side did not define it.
 static NULL_INPUT: Lazy<Value> = Lazy::new(|ruby| {
-    ruby.eval("defined?(Butterflies::NullInput::INSTANCE) && Butterflies::NullInput::INSTANCE")
+    ruby.class_object()
+        .const_get::<_, RModule>("Butterflies")
+        .and_then(|m| m.const_get::<_, RClass>("NullInput"))
+        .and_then(|c| c.const_get::<_, Value>("INSTANCE"))
         .unwrap_or_else(|_| ruby.qnil().as_value())
 });
 
 /// Makes the lazily made values whose making runs Ruby code (a constant
-/// lookup, an eval). Called once, before any app thread runs: made on first
+/// lookup). Called once, before any app thread runs: made on first
 /// use instead, two app threads could race for one, the first switch
 /// threads inside Ruby code, and the second wait for it while holding the
 /// GVL, a deadlock (seen in the cluster USR2 spec: 1 start in 10 hung).
