@@ -7,6 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
 use super::body::Body;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+
 use super::reader::RequestError;
 use super::reader::{RequestReader, Step};
 use crate::http::{response, Head, Limits};
@@ -209,35 +211,27 @@ impl Conn {
     /// Stops epoll from reporting the socket readable, while an app
     /// thread reads it itself (if that fails, epoll goes on reporting it:
     /// a spurious wake-up of its IO thread, no more).
-    pub(crate) fn disarm(
-        &mut self,
-        epoll: &nix::sys::epoll::Epoll,
-        events: nix::sys::epoll::EpollFlags,
-    ) {
-        if self.interest == Interest::HangupOnly {
-            return;
-        }
-        let mut event = nix::sys::epoll::EpollEvent::new(events, self.token as u64);
-        if epoll.modify(&self.stream, &mut event).is_ok() {
+    pub(crate) fn disarm(&mut self, epoll: &Epoll, events: EpollFlags) {
+        if self.interest == Interest::ReadWrite && self.register(epoll, events).is_ok() {
             self.interest = Interest::HangupOnly;
         }
     }
 
     /// Reports the socket to epoll again in full (and at once, if it is
     /// readable already); a failure closes the connection.
-    pub(crate) fn arm(
-        &mut self,
-        epoll: &nix::sys::epoll::Epoll,
-        events: nix::sys::epoll::EpollFlags,
-    ) {
+    pub(crate) fn arm(&mut self, epoll: &Epoll, events: EpollFlags) {
         if self.interest == Interest::ReadWrite {
             return;
         }
-        let mut event = nix::sys::epoll::EpollEvent::new(events, self.token as u64);
-        if epoll.modify(&self.stream, &mut event).is_err() {
+        if self.register(epoll, events).is_err() {
             self.settle(Afterwards::CloseNow);
         }
         self.interest = Interest::ReadWrite;
+    }
+
+    fn register(&self, epoll: &Epoll, events: EpollFlags) -> nix::Result<()> {
+        let mut event = EpollEvent::new(events, self.token as u64);
+        epoll.modify(&self.stream, &mut event)
     }
 
     #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use magnus::value::{BoxValue, ReprValue};
-use magnus::{Error, RHash, Ruby, Value};
+use magnus::{method, prelude::*, Error, RHash, RModule, Ruby, Value};
 
 use super::current::Current;
 use super::early_hints::EarlyHints;
@@ -25,6 +25,13 @@ use crate::serve::Waker;
 /// raises whatever Ruby delivers to this thread (kill, raise, signals).
 /// `idle_exit`: seconds after which an idle thread returns (0: never);
 /// for threads the pool added on demand.
+/// Defines `Engine#serve` (the class itself is `engine.rs`'s).
+pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
+    let class = module.define_class("Engine", ruby.class_object())?;
+    class.define_method("serve", method!(serve, 4))?;
+    Ok(())
+}
+
 pub fn serve(
     ruby: &Ruby,
     rb_self: &RbEngine,

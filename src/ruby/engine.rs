@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
+use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby};
 
 use super::errors::{ExtError, IntoRuby, OrRaise};
 use super::gvl::{without_gvl, Gvl, Unblock};
@@ -30,7 +30,6 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("wait_for_fault", method!(RbEngine::wait_for_fault, 1))?;
     class.define_method("stats", method!(RbEngine::stats, 0))?;
     class.define_method("stuck?", method!(RbEngine::is_stuck, 0))?;
-    class.define_method("serve", method!(RbEngine::serve, 4))?;
     class.define_method("wait_for_demand", method!(RbEngine::wait_for_demand, 1))?;
     Ok(())
 }
@@ -308,18 +307,6 @@ impl RbEngine {
             rb_self.shared.rejected_full.load(Relaxed),
         )?;
         Ok(stats)
-    }
-
-    /// The app-thread loop (see `app_thread.rs`).
-    pub fn serve(
-        ruby: &Ruby,
-        rb_self: &Self,
-        app: Value,
-        base_env: RHash,
-        on_error: Value,
-        idle_exit: f64,
-    ) -> Result<(), Error> {
-        super::app_thread::serve(ruby, rb_self, app, base_env, on_error, idle_exit)
     }
 
     /// Waits (GVL released) up to `timeout` seconds for every app thread to

@@ -63,6 +63,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     errors::init(ruby)?;
     let module = ruby.define_module("Butterflies")?;
     engine::init(ruby, module)?;
+    app_thread::init(ruby, module)?;
     stream::init(ruby, module)?;
     hijack::init(ruby, module)?;
     early_hints::init(ruby, module)?;

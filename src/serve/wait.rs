@@ -6,12 +6,14 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::net::conn::Conn;
 use crate::net::cursor::Cursor;
+use crate::net::park::ParkBudget;
 use crate::net::Job;
 
 /// Unwritten response bytes past which a writer waits for the client.
@@ -63,35 +65,24 @@ pub fn write_out(
     waker: &Waker,
     timeout: Duration,
 ) -> Sent {
-    let budget = job.park_budget();
-    let Some(conn) = job.conn_mut() else {
-        return Sent::Failed(io::ErrorKind::NotConnected.into());
-    };
-    if let Some((bytes, file)) = pending {
-        conn.queue(bytes);
-        if let Some((file, len)) = file {
-            conn.queue_file(file, len);
+    let mut pending = pending;
+    write_waiting(job, waker, timeout, |conn, budget| {
+        if let Some((bytes, file)) = pending.take() {
+            conn.queue(bytes);
+            if let Some((file, len)) = file {
+                conn.queue_file(file, len);
+            }
         }
-    }
-    let mut last_progress = Instant::now();
-    loop {
-        let before = conn.pending_bytes();
-        match conn.flush() {
-            Ok(true) => return Sent::Done,
-            Ok(false) if conn.pending_bytes() <= HIGH_WATER_BYTES => return Sent::Done,
+        Ok(match conn.flush()? {
+            true => Left::Nothing,
             // A slow client: leave the rest to the IO thread if the budget
             // allows, rather than hold this app thread.
-            Ok(false) if conn.park(&budget, 0) => return Sent::Done,
-            Ok(false) => {}
-            Err(e) => return Sent::Failed(e),
-        }
-        if conn.pending_bytes() < before {
-            last_progress = Instant::now();
-        }
-        if let Some(ended) = wait_for_client(conn, last_progress, waker, timeout) {
-            return ended;
-        }
-    }
+            false if conn.pending_bytes() <= HIGH_WATER_BYTES || conn.park(budget, 0) => {
+                Left::Nothing
+            }
+            false => Left::Bytes(conn.pending_bytes()),
+        })
+    })
 }
 
 /// Writes borrowed bytes, waiting for the client while more than
@@ -102,25 +93,52 @@ pub fn write_cursor(
     waker: &Waker,
     timeout: Duration,
 ) -> Sent {
+    write_waiting(job, waker, timeout, |conn, budget| {
+        cursor.write_to(conn)?;
+        if cursor.is_done() {
+            return Ok(Left::Nothing);
+        }
+        if cursor.remaining() <= HIGH_WATER_BYTES || conn.park(budget, cursor.remaining()) {
+            cursor.queue_rest(conn);
+            return Ok(Left::Nothing);
+        }
+        Ok(Left::Bytes(cursor.remaining()))
+    })
+}
+
+/// What a write step left for this thread to write.
+enum Left {
+    /// Nothing: written, or left for the IO thread.
+    Nothing,
+    /// This many bytes: wait for the client, then step again.
+    Bytes(usize),
+}
+
+/// Runs `step` on the job's connection until it leaves nothing, waiting
+/// for the client between steps; the write timeout counts from the last
+/// step that wrote something.
+fn write_waiting(
+    job: &mut Job,
+    waker: &Waker,
+    timeout: Duration,
+    mut step: impl FnMut(&mut Conn, &Arc<ParkBudget>) -> io::Result<Left>,
+) -> Sent {
     let budget = job.park_budget();
     let Some(conn) = job.conn_mut() else {
         return Sent::Failed(io::ErrorKind::NotConnected.into());
     };
     let mut last_progress = Instant::now();
+    let mut left_before = usize::MAX;
     loop {
-        let before = cursor.remaining();
-        if let Err(e) = cursor.write_to(conn) {
-            return Sent::Failed(e);
-        }
-        if cursor.is_done() {
-            return Sent::Done;
-        }
-        if cursor.remaining() <= HIGH_WATER_BYTES || conn.park(&budget, cursor.remaining()) {
-            cursor.queue_rest(conn);
-            return Sent::Done;
-        }
-        if cursor.remaining() < before {
-            last_progress = Instant::now();
+        match step(conn, &budget) {
+            Ok(Left::Nothing) => return Sent::Done,
+            Ok(Left::Bytes(left)) => {
+                if left < left_before {
+                    last_progress = Instant::now();
+                }
+                left_before = left;
+            }
+            Err(e) => return Sent::Failed(e),
         }
         if let Some(ended) = wait_for_client(conn, last_progress, waker, timeout) {
             return ended;

@@ -1,0 +1,323 @@
+//! One request/response exchange, shared by the app thread that serves it
+//! and the objects an app gets for it (`rack.hijack`, `rack.early_hints`,
+//! the Rack 3 stream), the flusher and the watchdog. It owns the job
+//! (request and connection) while the app runs, knows where the response
+//! stands ([`Phase`]), and writes response bytes as they come.
+//!
+//! Writes never let a slow client pile up memory: past
+//! [`HIGH_WATER_BYTES`] unwritten, the writer waits in a blocking section
+//! ([`Blocking`]: for Ruby, without the GVL, interruptible) until the
+//! client reads or the write timeout passes.
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::wait::Waker;
+use crate::http::body_framer::{BodyFault, BodyFramer, Framed};
+use crate::http::response::Framing;
+use crate::http::Version;
+use crate::net::conn::Afterwards;
+use crate::net::{Job, Kept};
+
+pub use writes::COALESCE_BYTES;
+
+/// Why an exchange could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError<I> {
+    /// The client went away (or the exchange is over): nothing more can
+    /// be written. Not the app's fault.
+    #[error("client connection lost: {0}")]
+    Disconnected(Gone),
+    /// Reading what the client sent after the request failed.
+    #[error("read failed: {0}")]
+    Read(io::Error),
+    /// The socket could not be handed to the app.
+    #[error("cannot hijack: {0}")]
+    Hijack(io::Error),
+    /// The thread is wanted elsewhere (for Ruby: an exception to raise).
+    #[error("interrupted")]
+    Interrupted(I),
+}
+
+/// How the client went away.
+#[derive(Debug)]
+pub enum Gone {
+    /// The connection is no longer the exchange's (written out, taken
+    /// over, or answered by the watchdog).
+    Closed,
+    /// A write failed, or made no progress for the write timeout.
+    Failed(io::Error),
+}
+
+impl fmt::Display for Gone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gone::Closed => f.write_str("closed"),
+            Gone::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+type Result<T, I> = std::result::Result<T, ExchangeError<I>>;
+
+fn gone<I>(e: io::Error) -> ExchangeError<I> {
+    ExchangeError::Disconnected(Gone::Failed(e))
+}
+
+fn closed<I>() -> ExchangeError<I> {
+    ExchangeError::Disconnected(Gone::Closed)
+}
+
+/// Where the response stands.
+#[derive(Debug, Default)]
+enum Phase {
+    /// Nothing sent yet (early hints aside).
+    #[default]
+    Unanswered,
+    /// The head is out; the body goes out framed as it announced.
+    Body(BodyFramer),
+    /// The body is complete: nothing more may be written.
+    Finished,
+    /// The app took the socket (full or partial hijack).
+    Hijacked,
+    /// The client is gone (a write failed or timed out), or the watchdog
+    /// answered in the app's place.
+    Broken,
+}
+
+/// Whether the connection may carry another request after this response.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    #[default]
+    Allowed,
+    /// The body did not match its framing, the app read from the
+    /// connection (a Rack 3 stream), or the protocol switched: what
+    /// follows on it is no request of ours.
+    Never,
+}
+
+/// The pieces of a streamed body (see [`Exchange::send_piece`]).
+#[derive(Debug, Default, Clone, Copy)]
+enum Pieces {
+    /// No piece yet: the first goes out at once.
+    #[default]
+    NoneYet,
+    /// Pieces went out; none wait.
+    Written,
+    /// Pieces wait in the connection's buffer, since then.
+    Gathered(Instant),
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// `None` while a blocking section has it, and once the exchange is over.
+    job: Option<Job>,
+    phase: Phase,
+    reuse: Reuse,
+    pieces: Pieces,
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    inner: Mutex<Inner>,
+    pub version: Version,
+    pub head_request: bool,
+    waker: Arc<Waker>,
+    write_timeout: Duration,
+}
+
+impl Exchange {
+    pub fn new(job: Job, waker: Arc<Waker>, write_timeout: Duration) -> Self {
+        let head = &job.request.head;
+        Exchange {
+            version: head.version,
+            head_request: head.is_head_method(),
+            inner: Mutex::new(Inner {
+                job: Some(job),
+                ..Inner::default()
+            }),
+            waker,
+            write_timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.lock().job.as_ref().is_some_and(Job::stopping)
+    }
+
+    /// The head went out (the body may be complete since).
+    pub fn head_sent(&self) -> bool {
+        matches!(self.lock().phase, Phase::Body(_) | Phase::Finished)
+    }
+
+    pub fn hijacked(&self) -> bool {
+        matches!(self.lock().phase, Phase::Hijacked)
+    }
+
+    pub fn broken(&self) -> bool {
+        matches!(self.lock().phase, Phase::Broken)
+    }
+
+    /// Nothing more may be written: the body is complete, the app took the
+    /// socket, or the client is gone.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.lock().phase,
+            Phase::Finished | Phase::Hijacked | Phase::Broken
+        )
+    }
+
+    /// Records that the head goes out with this framing (once: an
+    /// exchange that is over stays over).
+    pub fn set_framing(&self, framing: Framing) {
+        let mut inner = self.lock();
+        if matches!(inner.phase, Phase::Unanswered) {
+            inner.phase = Phase::Body(BodyFramer::new(framing));
+        }
+    }
+
+    /// Frames one piece of a streamed body (see [`BodyFramer`]); a fault
+    /// is logged here, once, and closes the connection after the response.
+    pub fn frame<'a>(&self, data: &'a [u8]) -> Framed<'a> {
+        let mut inner = self.lock();
+        let Phase::Body(framer) = &mut inner.phase else {
+            return BodyFramer::new(Framing::NoBody).frame(data).0;
+        };
+        let (framed, fault) = framer.frame(data);
+        if let Some(fault) = fault {
+            inner.reuse = Reuse::Never;
+            report_fault(&inner, &fault);
+        }
+        framed
+    }
+
+    /// The body ended: marks the exchange finished and returns what ends
+    /// the body on the wire (the last chunk).
+    pub fn finish_framing(&self) -> &'static [u8] {
+        let mut inner = self.lock();
+        let Phase::Body(framer) = &mut inner.phase else {
+            return b"";
+        };
+        let (last, fault) = framer.finish();
+        inner.phase = Phase::Finished;
+        if let Some(fault) = fault {
+            inner.reuse = Reuse::Never;
+            report_fault(&inner, &fault);
+        }
+        last
+    }
+
+    /// The connection closes after this response.
+    pub fn close_after(&self) {
+        self.lock().reuse = Reuse::Never;
+    }
+
+    /// Whether the client's `Upgrade` field offers `protocol`.
+    pub fn offered_protocol(&self, protocol: &[u8]) -> bool {
+        let inner = self.lock();
+        let Some(offered) = inner
+            .job
+            .as_ref()
+            .and_then(|j| j.request.head.header("upgrade"))
+        else {
+            return false;
+        };
+        offered
+            .split(|&b| b == b',')
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(protocol))
+    }
+
+    /// The body is complete.
+    pub fn mark_finished(&self) {
+        let mut inner = self.lock();
+        if matches!(inner.phase, Phase::Unanswered | Phase::Body(_)) {
+            inner.phase = Phase::Finished;
+        }
+    }
+
+    /// For the request timeout: the job, if nothing was sent yet; the
+    /// exchange is then over for the app.
+    pub fn take_job_if_unanswered(&self) -> Option<Job> {
+        let mut inner = self.lock();
+        if !matches!(inner.phase, Phase::Unanswered) {
+            return None;
+        }
+        inner.phase = Phase::Broken;
+        inner.job.take()
+    }
+
+    /// "GET /path" as the client sent it, while the exchange has its job
+    /// (for error logs: middleware may have rewritten the env's path).
+    pub fn request_line(&self) -> Option<String> {
+        let inner = self.lock();
+        let head = &inner.job.as_ref()?.request.head;
+        Some(format!(
+            "{} {}",
+            String::from_utf8_lossy(head.method()),
+            String::from_utf8_lossy(head.path())
+        ))
+    }
+
+    /// What becomes of the connection, given whether the request and the
+    /// response allow keeping it.
+    fn afterwards(inner: &Inner, keep_alive: bool) -> Afterwards {
+        match (&inner.phase, inner.reuse, keep_alive) {
+            (Phase::Broken, _, _) => Afterwards::CloseNow,
+            (_, Reuse::Allowed, true) => Afterwards::KeepAlive,
+            _ => Afterwards::CloseAfterWrite,
+        }
+    }
+
+    /// The exchange is over: the connection goes back to its IO thread.
+    pub fn hand_back(&self, keep_alive: bool) {
+        let mut inner = self.lock();
+        let afterwards = Self::afterwards(&inner, keep_alive);
+        if let Some(job) = inner.job.take() {
+            drop(inner);
+            job.finish(afterwards);
+        }
+    }
+
+    /// Like [`Exchange::hand_back`], but a quiet connection may stay with
+    /// this thread for its next request (see [`Job::finish_or_keep`]).
+    pub fn hand_back_or_keep(&self, keep_alive: bool) -> Option<Kept> {
+        let mut inner = self.lock();
+        let afterwards = Self::afterwards(&inner, keep_alive);
+        let job = inner.job.take()?;
+        drop(inner);
+        job.finish_or_keep(afterwards)
+    }
+
+    /// The response cannot be completed (an error after the head, the
+    /// client gone): the connection closes at once, so a truncated body
+    /// never looks complete.
+    pub fn abandon(&self) {
+        let job = self.lock().job.take();
+        if let Some(job) = job {
+            job.finish(Afterwards::CloseNow);
+        }
+    }
+}
+
+/// Logs an app body that did not match its framing, naming the request.
+fn report_fault(inner: &Inner, fault: &BodyFault) {
+    match inner.job.as_ref().map(|job| &job.request.head) {
+        Some(head) => eprintln!(
+            "butterflies: app error handling {} {}: {fault}; closing the connection",
+            String::from_utf8_lossy(head.method()),
+            String::from_utf8_lossy(head.target()),
+        ),
+        None => eprintln!("butterflies: app error: {fault}; closing the connection"),
+    }
+}
+
+mod writes;
+
+#[cfg(test)]
+mod tests;

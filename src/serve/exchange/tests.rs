@@ -1,0 +1,159 @@
+//! The exchange on real loopback connections.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::net::handoff::testing::{job, DEADLINE};
+use crate::net::Shared;
+use crate::serve::Direct;
+use std::io::Read;
+use std::net::TcpStream;
+
+fn exchange(
+    path: &str,
+    write_timeout: Duration,
+) -> (Exchange, TcpStream, Arc<crate::net::handoff::Mailbox>) {
+    let (job, client, mailbox) = job(path, Arc::new(Shared::default()));
+    let waker = Arc::new(Waker::new().unwrap());
+    (Exchange::new(job, waker, write_timeout), client, mailbox)
+}
+
+/// Reads exactly `len` bytes from the client.
+fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = vec![0; len];
+    client.read_exact(&mut got).unwrap();
+    got
+}
+
+/// Whether the client has nothing to read right now.
+fn nothing_to_read(client: &mut TcpStream) -> bool {
+    client.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let nothing = matches!(client.read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    client.set_nonblocking(false).unwrap();
+    nothing
+}
+
+#[test]
+fn a_response_goes_out_and_the_connection_goes_home_kept_alive() {
+    let (ex, mut client, mailbox) = exchange("/a", DEADLINE);
+    ex.set_framing(Framing::Length(2));
+    ex.send(&Direct, b"HTTP/1.1 200 OK\r\n\r\nok".to_vec())
+        .unwrap();
+    ex.mark_finished();
+    assert!(ex.head_sent() && ex.is_finished() && !ex.broken());
+    ex.hand_back(true);
+    let conn = mailbox.rx.try_recv().expect("the connection went home");
+    assert!(!conn.ends_after_write());
+    assert_eq!(read_exactly(&mut client, 21), b"HTTP/1.1 200 OK\r\n\r\nok");
+}
+
+#[test]
+fn a_client_that_reads_nothing_breaks_the_exchange_at_the_write_timeout() {
+    let (ex, _client, mailbox) = exchange("/big", Duration::from_millis(200));
+    ex.set_framing(Framing::Length(64 << 20));
+    let started = Instant::now();
+    let sent = ex.send(&Direct, vec![b'x'; 64 << 20]);
+    assert!(
+        matches!(sent, Err(ExchangeError::Disconnected(Gone::Failed(ref e))) if e.kind() == io::ErrorKind::TimedOut),
+        "{sent:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(ex.broken() && ex.is_finished());
+    // Nothing more is written, and the connection closes at once.
+    assert!(matches!(
+        ex.send(&Direct, b"more".to_vec()),
+        Err(ExchangeError::Disconnected(Gone::Closed))
+    ));
+    ex.hand_back(true);
+    assert!(mailbox.rx.try_recv().unwrap().ends_now());
+}
+
+#[test]
+fn streamed_pieces_after_the_first_gather_until_flushed() {
+    let (ex, mut client, _mailbox) = exchange("/stream", DEADLINE);
+    ex.set_framing(Framing::UntilClose);
+    assert!(!ex.send_piece(&Direct, &[b"first"], true).unwrap());
+    assert_eq!(read_exactly(&mut client, 5), b"first");
+    // The second waits for more, and asks to be watched once.
+    assert!(ex.send_piece(&Direct, &[b"second"], true).unwrap());
+    assert!(!ex.send_piece(&Direct, &[b"third"], true).unwrap());
+    assert!(nothing_to_read(&mut client));
+    ex.flush(&Direct).unwrap();
+    assert_eq!(read_exactly(&mut client, 11), b"secondthird");
+    // Nothing gathered: the flusher stops watching.
+    assert!(!ex.flush_if_older(Duration::ZERO));
+}
+
+#[test]
+fn the_flusher_writes_what_gathered_once_it_is_old_enough() {
+    let (ex, mut client, _mailbox) = exchange("/stream", DEADLINE);
+    ex.set_framing(Framing::UntilClose);
+    ex.send_piece(&Direct, &[b"a"], true).unwrap();
+    assert!(ex.send_piece(&Direct, &[b"b"], true).unwrap());
+    assert!(ex.flush_if_older(DEADLINE), "too young: still watched");
+    assert!(
+        !ex.flush_if_older(Duration::ZERO),
+        "written: no longer watched"
+    );
+    assert_eq!(read_exactly(&mut client, 2), b"ab");
+}
+
+#[test]
+fn only_an_unanswered_job_is_taken_for_a_timeout() {
+    let (ex, _client, _mailbox) = exchange("/t", DEADLINE);
+    let job = ex.take_job_if_unanswered().expect("nothing was sent");
+    drop(job);
+    assert!(ex.broken());
+    // The app's late answer finds the client gone.
+    ex.set_framing(Framing::Length(0));
+    assert!(!ex.head_sent());
+    assert!(matches!(
+        ex.send(&Direct, Vec::new()),
+        Err(ExchangeError::Disconnected(Gone::Closed))
+    ));
+
+    let (ex, _client, _mailbox) = exchange("/t", DEADLINE);
+    ex.set_framing(Framing::Chunked);
+    assert!(ex.take_job_if_unanswered().is_none(), "the head went out");
+}
+
+#[test]
+fn a_body_that_breaks_its_framing_closes_the_connection_after_it() {
+    let (ex, mut client, mailbox) = exchange("/short", DEADLINE);
+    ex.set_framing(Framing::Length(3));
+    let framed = ex.frame(b"abcdef");
+    ex.send_now(&Direct, &framed.parts()).unwrap();
+    ex.send_now(&Direct, &[ex.finish_framing()]).unwrap();
+    ex.hand_back(true);
+    assert!(mailbox.rx.try_recv().unwrap().ends_after_write());
+    assert_eq!(read_exactly(&mut client, 3), b"abc");
+}
+
+#[test]
+fn reading_from_the_connection_ends_keep_alive() {
+    let (ex, mut client, mailbox) = exchange("/read", DEADLINE);
+    std::io::Write::write_all(&mut client, b"after").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.extend(ex.read(&Direct, 16).unwrap().expect("not at the end"));
+    }
+    assert_eq!(got, b"after");
+    ex.set_framing(Framing::Length(0));
+    ex.mark_finished();
+    assert!(ex.hand_back_or_keep(true).is_none());
+    assert!(mailbox.rx.try_recv().unwrap().ends_after_write());
+}
+
+#[test]
+fn a_hijacked_connection_is_forgotten() {
+    let (ex, _client, mailbox) = exchange("/ws", DEADLINE);
+    let fd = ex.hijack::<std::convert::Infallible>().unwrap();
+    assert!(ex.hijacked() && ex.is_finished());
+    assert!(mailbox.rx.try_recv().unwrap().is_hijacked());
+    assert!(
+        ex.hijack::<std::convert::Infallible>().is_err(),
+        "taken once"
+    );
+    drop(fd);
+}
