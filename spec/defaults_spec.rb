@@ -25,3 +25,28 @@ RSpec.describe "the defaults" do
     end
   end
 end
+
+# Ruby validates every value (Configuration, the DSL); the engine raises on
+# one Ruby should never have sent rather than change or ignore it.
+RSpec.describe "Engine.new" do
+  {
+    "an unknown option" => ["{ bogus: 1 }", "unknown engine option bogus"],
+    "a queue depth of 0" => ["{ queue_depth: 0 }", "queue_depth must be at least 1, got 0"],
+    "an infinite timeout" => ["{ idle_timeout: Float::INFINITY }", "idle_timeout must be a finite number of seconds"]
+  }.each do |what, (options, message)|
+    it "raises ArgumentError for #{what}" do
+      script = <<~RUBY
+        require "butterflies"
+        begin
+          Butterflies::Engine.new([["tcp", "127.0.0.1", 0]], #{options})
+          puts "no error"
+        rescue ArgumentError => e
+          puts "ArgumentError: \#{e.message}"
+        end
+      RUBY
+      out, err, status = Open3.capture3(RbConfig.ruby, "-I#{ServerHelpers::ROOT}/lib", "-e", script)
+      expect(status).to be_success, err
+      expect(out).to start_with("ArgumentError: #{message}")
+    end
+  end
+end

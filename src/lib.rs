@@ -5,6 +5,8 @@
 //! - [`http`]: HTTP/1.1 request parsing and response framing. Pure Rust.
 //! - [`net`]: listeners, the per-thread epoll loops, connections and the
 //!   request queue to the app threads. Pure Rust.
+//! - [`process`]: process-wide settings: malloc, CPU scheduling and
+//!   affinity.
 //! - [`serve`]: an app thread's side of a request: the exchange and its
 //!   writes, the flusher, the watchdog, the pool's counting. Pure Rust;
 //!   where it blocks, the caller releases the GVL.
@@ -15,6 +17,7 @@
 
 pub mod http;
 pub mod net;
+pub mod process;
 pub mod serve;
 
 #[cfg(feature = "ruby")]

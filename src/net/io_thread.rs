@@ -141,7 +141,7 @@ impl IoThread {
         // does not preempt the app thread running Ruby on its core; it runs
         // when that thread blocks, and then finds more work at once. See
         // docs/ARCHITECTURE.md "Scheduling".
-        super::sched::batch_this_thread();
+        crate::process::sched::batch_this_thread();
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_tick = Instant::now() + TICK;
         let mut stop_deadline: Option<Instant> = None;

@@ -10,11 +10,9 @@ pub mod engine;
 pub mod handoff;
 mod io_thread;
 pub mod listener;
-pub mod malloc;
 pub mod park;
 pub mod queue;
 pub mod reader;
-pub mod sched;
 mod slots;
 pub mod supervise;
 

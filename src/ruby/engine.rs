@@ -59,6 +59,7 @@ impl RbEngine {
         binds: Vec<(String, String, u16)>,
         options: RHash,
     ) -> Result<Self, Error> {
+        check_known(ruby, options)?;
         let mut addrs: Vec<BindAddr> = Vec::new();
         for (kind, host, port) in &binds {
             let resolved = match kind.as_str() {
@@ -201,7 +202,7 @@ impl RbEngine {
     /// those it starts later) to the `index`-th CPU it may use (wrapping);
     /// returns that CPU's number. For cluster workers, before they start.
     pub fn pin_process(ruby: &Ruby, index: usize) -> Result<usize, Error> {
-        crate::net::sched::pin_process(index)
+        crate::process::sched::pin_process(index)
             .map_err(ExtError::Pin)
             .or_raise(ruby)
     }
@@ -227,7 +228,7 @@ impl RbEngine {
         super::hijack::warm(ruby);
         super::early_hints::warm(ruby);
         rb_self.with_engine(|e| e.start()).map_err(failed)?;
-        crate::net::malloc::keep_freed_memory();
+        crate::process::malloc::keep_freed_memory();
         let (flusher, _thread) = Flusher::start(rb_self.shared.faults.clone()).map_err(failed)?;
         *rb_self.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(flusher);
         if let Some((timeout, hard)) = rb_self.request_timeouts {
@@ -348,6 +349,42 @@ fn at_least_one(ruby: &Ruby, options: RHash, name: &str) -> Result<Option<usize>
         .or_raise(ruby),
         n => Ok(n),
     }
+}
+
+/// The options `Engine.new` takes (`Butterflies::Listeners` sends them).
+const OPTIONS: &[&str] = &[
+    "io_threads",
+    "queue_depth",
+    "max_parked_bytes",
+    "idle_spin",
+    "backlog",
+    "tcp_fastopen",
+    "inherit_fds",
+    "shared_listeners",
+    "shutdown_timeout",
+    "idle_timeout",
+    "header_timeout",
+    "body_timeout",
+    "write_timeout",
+    "max_body_bytes",
+    "max_head_bytes",
+    "max_target_bytes",
+    "max_header_fields",
+    "max_field_bytes",
+    "request_timeout",
+    "request_hard_timeout",
+];
+
+/// Refuses an option the engine does not know, rather than ignore it.
+fn check_known(ruby: &Ruby, options: RHash) -> Result<(), Error> {
+    options.foreach(|key: magnus::Symbol, _: magnus::Value| {
+        let name = key.name()?;
+        if OPTIONS.contains(&name.as_ref()) {
+            Ok(magnus::r_hash::ForEach::Continue)
+        } else {
+            Err(ExtError::Config(format!("unknown engine option {name}")).into_ruby(ruby))
+        }
+    })
 }
 
 fn option<T: magnus::TryConvert>(
