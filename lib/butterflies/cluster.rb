@@ -16,7 +16,8 @@ module Butterflies
   #   HUP              reload the config file, then a phased restart
   class Cluster
     SIGNALS = %w[TERM INT QUIT USR1 USR2 TTIN TTOU HUP CHLD].freeze
-    # Set in a worker started by fork + exec: "index,heartbeat fd,alive fd".
+    # Set in a worker started by fork + exec: "index,heartbeat fd,alive fd,
+    # workers,io threads" (the last two say which inherited sockets are its).
     WORKER_ENV = "BUTTERFLIES_WORKER"
     TICK_SECONDS = 0.5
     # A worker that ignores TERM this long after it was due is killed.
@@ -66,7 +67,7 @@ module Butterflies
 
     def run
       Butterflies.sync_output!
-      @engine = Listeners.bind(@config, shared: true)
+      @engine = Listeners.bind(@config, shared: true, workers: @config[:workers])
       @app = @loader.call if @config[:preload_app]
       @alive_reader, @alive_writer = IO.pipe
       @signals.trap(SIGNALS)
@@ -78,8 +79,8 @@ module Butterflies
 
     # The worker side of #exec_worker: in the new process, from the CLI.
     def self.run_exec_worker(config, loader:, log:)
-      index, heartbeat, alive = ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
-      engine = Listeners.bind(config, shared: true)
+      index, heartbeat, alive, workers, io_threads = ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
+      engine = Listeners.bind(config, shared: true, workers: workers, io_threads: io_threads)
       Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config,
                  heartbeat: IO.for_fd(heartbeat, "w", autoclose: true),
                  alive: IO.for_fd(alive, "r", autoclose: true), log: Log.new(log, quiet: config[:quiet])).run
@@ -131,6 +132,7 @@ module Butterflies
     end
 
     def spawn_worker(index)
+      @engine.add_worker while @engine.workers <= index
       @config.hooks[:before_fork].each(&:call)
       reader, writer = IO.pipe
       others = @workers.map(&:pipe)
@@ -153,7 +155,7 @@ module Butterflies
     # line as worker `index`, loading the app anew (see #phased_restart).
     def exec_worker(index, heartbeat)
       [heartbeat, @alive_reader].each { |io| io.close_on_exec = false }
-      ENV[WORKER_ENV] = [index, heartbeat.fileno, @alive_reader.fileno].join(",")
+      ENV[WORKER_ENV] = [index, heartbeat.fileno, @alive_reader.fileno, @engine.workers, @engine.io_threads].join(",")
       Listeners.exec_keeping(@engine, @argv, @dir)
     end
 
@@ -249,6 +251,9 @@ module Butterflies
 
       @config[:workers] = count
       say "* workers: #{count}"
+      # The master lets go of the leaving workers' sockets first: each
+      # worker accepts what is queued on its own before it closes them.
+      @engine.remove_worker while @engine.workers > count
       @workers.select { |w| w.index >= count && !w.stopping }.each { |w| terminate(w) }
     end
 
@@ -307,7 +312,7 @@ module Butterflies
     end
 
     def banner
-      io = @config[:io_threads] || Etc.nprocessors
+      io = @engine.io_threads
       say "Butterflies #{VERSION} (ruby #{RUBY_VERSION}), cluster master pid #{Process.pid}"
       say "* workers: #{@config[:workers]}, each with #{@config[:threads]} app and #{io} io threads" \
           "#{', app preloaded' if @config[:preload_app]}"

@@ -17,14 +17,25 @@ module Butterflies
     module_function
 
     # A bound Engine (no thread started). `shared`: cluster workers will
-    # share these sockets.
-    def bind(config, shared: false)
+    # share these sockets; `workers`: how many, each with its own TCP
+    # sockets (the kernel spreads connections over them).
+    # `io_threads` overrides the configured count (an exec'd worker takes
+    # its master's, which laid the sockets out).
+    def bind(config, shared: false, workers: nil, io_threads: nil)
       binds = config.binds.map { |uri| Binds.parse(uri).to_engine }
       options = config.to_h.slice(*ENGINE_OPTIONS).compact
-      options[:io_threads] = config[:io_threads] || Etc.nprocessors
+      options[:io_threads] = io_threads || config[:io_threads] || default_io_threads(workers)
       options[:shared_listeners] = shared
+      options[:workers] = workers if workers
       options[:inherit_fds] = inherited_fds
       Engine.new(binds, options)
+    end
+
+    # One IO thread per CPU in all: in single mode, one per CPU; in a
+    # cluster, where each worker's IO threads now get connections of their
+    # own, the CPUs shared out over the workers (at least one each).
+    def default_io_threads(workers)
+      [Etc.nprocessors / (workers || 1), 1].max
     end
 
     def inherited_fds

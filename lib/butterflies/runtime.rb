@@ -9,8 +9,11 @@ module Butterflies
 
     # on_fault: called (from a thread of its own) with a message when a Rust
     # thread of the engine panicked or failed; the owner must then stop.
-    def initialize(engine, app, config, on_fault: nil)
+    # worker: the cluster worker's index, whose sockets this process takes
+    # (nil: single mode, all of them).
+    def initialize(engine, app, config, on_fault: nil, worker: nil)
       @engine = engine
+      @worker = worker
       @app = app
       @config = config
       @on_fault = on_fault
@@ -23,7 +26,7 @@ module Butterflies
     # Starts the IO threads, then the app threads: `threads` of them, and
     # up to `max_threads` while every one is busy with the GVL free.
     def start
-      @engine.start
+      @engine.start(@worker)
       @base = base_env.freeze
       @reporter = method(:report_app_error)
       @lock = Mutex.new

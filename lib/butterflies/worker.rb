@@ -28,7 +28,8 @@ module Butterflies
     # Runs the worker until it is told to stop; never returns.
     def run
       signals = boot
-      runtime = Runtime.new(@engine, @app || @loader.call, @config, on_fault: ->(_message) { signals.push(FAULT) }).start
+      runtime = Runtime.new(@engine, @app || @loader.call, @config,
+                            on_fault: ->(_message) { signals.push(FAULT) }, worker: @index).start
       beat(READY)
       beater = heartbeat(runtime)
       reason = wait(signals)

@@ -33,6 +33,9 @@ pub struct Config {
     /// The listeners are shared with other processes (cluster workers): on
     /// stop, close them but do not shut them down.
     pub shared_listeners: bool,
+    /// The cluster workers each TCP address gets `io_threads` sockets for
+    /// (1 in single mode); see `net::engine`.
+    pub workers: usize,
     pub queue_depth: usize,
     pub limits: Limits,
     pub idle_timeout: Duration,
@@ -58,6 +61,7 @@ impl Config {
             listen: ListenOptions::default(),
             inherit: Vec::new(),
             shared_listeners: false,
+            workers: 1,
             queue_depth: QUEUE_DEPTH,
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),

@@ -4,6 +4,13 @@
 //! Binding and starting are separate steps so that a cluster master
 //! can bind, fork, and only then let each worker start its threads: no
 //! thread runs in a process that forks.
+//!
+//! Each TCP address gets `io_threads` sockets per worker (`Config::workers`,
+//! 1 in single mode), all in one SO_REUSEPORT group, so the kernel spreads
+//! new connections evenly over the workers as well as over their threads.
+//! The cluster master keeps every socket for its whole life: a worker that
+//! dies leaves its sockets, and the connections queued on them, to its
+//! replacement. A Unix socket has one queue, shared by everyone.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -18,11 +25,20 @@ use super::io_thread::IoThread;
 use super::listener::{self, BindAddr, Listener};
 use super::queue::Queued;
 
+/// The listening sockets of one bound address.
+struct Group {
+    /// TCP: `io_threads` sockets per worker of one SO_REUSEPORT group,
+    /// worker by worker (worker w's thread k has socket w * io_threads + k).
+    /// Unix: `io_threads` descriptors of one socket, every worker's.
+    listeners: Vec<Listener>,
+    tcp: bool,
+}
+
 /// The engine before and after its threads start.
 pub struct Engine {
     config: Config,
-    /// Per IO thread, its listeners (taken by `start`).
-    listeners: Vec<Vec<Listener>>,
+    /// Per bound address, its sockets (taken by `start`).
+    groups: Vec<Group>,
     /// What was bound, with real ports.
     addrs: Vec<BindAddr>,
     shared: Arc<Shared>,
@@ -36,12 +52,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Binds every address, `io_threads` sockets each, reusing inherited
-    /// listening sockets where they match. Starts no thread.
+    /// Binds every address (`io_threads` sockets per worker for TCP),
+    /// reusing inherited listening sockets where they match. Starts no
+    /// thread.
     pub fn bind(config: Config) -> io::Result<Engine> {
         let threads = config.io_threads.max(1);
+        let workers = config.workers.max(1);
         let mut inherited = adopt_all(&config.inherit)?;
-        let mut listeners: Vec<Vec<Listener>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut groups = Vec::with_capacity(config.binds.len());
         let mut addrs = Vec::with_capacity(config.binds.len());
         // Several addresses asking for port 0 (`localhost` is 127.0.0.1 and
         // ::1) all get the port the first one was given.
@@ -54,32 +72,41 @@ impl Engine {
                 }
                 _ => addr.clone(),
             };
-            let group = match inherited.iter().position(|(a, _)| a.satisfies(addr)) {
+            let tcp = matches!(addr, BindAddr::Tcp(_));
+            let wanted = if tcp { threads * workers } else { threads };
+            let listeners = match inherited.iter().position(|(a, _)| a.satisfies(addr)) {
                 Some(at) => inherited.swap_remove(at).1,
-                None => listener::bind(addr, threads, config.listen)
+                None => listener::bind(addr, wanted, config.listen)
                     .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
             };
-            addrs.push(match (addr, group.first().and_then(Listener::tcp_addr)) {
-                (BindAddr::Tcp(_), Some(real)) => {
-                    if wants_any_port {
-                        zero_port.get_or_insert(real.port());
+            addrs.push(
+                match (addr, listeners.first().and_then(Listener::tcp_addr)) {
+                    (BindAddr::Tcp(_), Some(real)) => {
+                        if wants_any_port {
+                            zero_port.get_or_insert(real.port());
+                        }
+                        BindAddr::Tcp(real)
                     }
-                    BindAddr::Tcp(real)
-                }
-                _ => addr.clone(),
+                    _ => addr.clone(),
+                },
+            );
+            groups.push(Group {
+                listeners: resize_group(listeners, wanted, tcp, config.listen)?,
+                tcp,
             });
-            for (i, listener) in spread(group, threads)?.into_iter().enumerate() {
-                listeners[i % threads].push(listener);
-            }
         }
         // Inherited sockets no longer configured close here.
+        let unused = inherited.len();
         drop(inherited);
+        if unused > 0 {
+            listener::warn_unless_migrating("addresses no longer configured");
+        }
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
         let shared = Arc::new(Shared::default());
         shared.parked.set_limit(config.max_parked_bytes);
         Ok(Engine {
             config,
-            listeners,
+            groups,
             addrs,
             shared,
             jobs_tx: Some(jobs_tx),
@@ -99,20 +126,64 @@ impl Engine {
     /// the bound ones (a cluster master never starts), or the duplicates
     /// kept when the IO threads started (single mode).
     pub fn listener_fds(&self) -> io::Result<Vec<std::os::fd::RawFd>> {
-        self.listeners
+        self.groups
             .iter()
-            .flatten()
+            .flat_map(|g| &g.listeners)
             .chain(&self.kept_listeners)
             .map(listener::keep_across_exec)
             .collect()
     }
 
-    /// Starts the IO threads. Call once, after any fork.
-    pub fn start(&mut self) -> io::Result<()> {
+    /// The workers the TCP sockets are dealt to.
+    pub fn workers(&self) -> usize {
+        self.config.workers.max(1)
+    }
+
+    /// Binds one more worker's sockets for every TCP address (a cluster
+    /// master growing, TTIN). Returns the worker count.
+    pub fn add_worker(&mut self) -> io::Result<usize> {
+        let threads = self.config.io_threads.max(1);
+        for (group, addr) in self.groups.iter_mut().zip(&self.addrs) {
+            if let (true, BindAddr::Tcp(addr)) = (group.tcp, addr) {
+                for _ in 0..threads {
+                    group.listeners.push(Listener::Tcp(listener::join_group(
+                        *addr,
+                        self.config.listen,
+                    )?));
+                }
+            }
+        }
+        self.config.workers = self.workers() + 1;
+        Ok(self.config.workers)
+    }
+
+    /// Closes the last worker's sockets here (a cluster master shrinking,
+    /// TTOU), before that worker is told to stop: the worker holds them
+    /// until it has accepted what is queued on them, so nothing queued is
+    /// lost (between its last accept and its close, the kernel migrates a
+    /// newcomer if `net.ipv4.tcp_migrate_req` is set, else resets it).
+    /// Returns the worker count.
+    pub fn remove_worker(&mut self) -> usize {
+        let workers = self.workers();
+        if workers <= 1 {
+            return workers;
+        }
+        let keep = self.config.io_threads.max(1) * (workers - 1);
+        for group in self.groups.iter_mut().filter(|g| g.tcp) {
+            group.listeners.truncate(keep);
+        }
+        self.config.workers = workers - 1;
+        self.config.workers
+    }
+
+    /// Starts the IO threads, on the sockets of cluster worker `worker`
+    /// (`None`: single mode, all of them). Call once, after any fork. A
+    /// worker closes the other workers' sockets: the master holds them.
+    pub fn start(&mut self, worker: Option<usize>) -> io::Result<()> {
         let Some(jobs_tx) = self.jobs_tx.take() else {
             return Err(io::Error::other("engine already started"));
         };
-        let groups = std::mem::take(&mut self.listeners);
+        let groups = self.take_listeners(worker)?;
         if !self.config.shared_listeners {
             for listener in groups.iter().flatten() {
                 self.kept_listeners.push(listener.try_clone()?);
@@ -188,13 +259,54 @@ fn adopt_all(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<(BindAddr, Vec<Listen
     Ok(groups)
 }
 
-/// At least `threads` listeners from a group: a short group (inherited from
-/// a process with fewer IO threads) is filled with duplicates.
-fn spread(mut group: Vec<Listener>, threads: usize) -> io::Result<Vec<Listener>> {
+impl Engine {
+    /// Per IO thread, its listeners: worker `worker`'s sockets of every
+    /// TCP address, and a descriptor of every Unix socket. The rest close.
+    fn take_listeners(&mut self, worker: Option<usize>) -> io::Result<Vec<Vec<Listener>>> {
+        let threads = self.config.io_threads.max(1);
+        let mut per_thread: Vec<Vec<Listener>> = (0..threads).map(|_| Vec::new()).collect();
+        for group in std::mem::take(&mut self.groups) {
+            let mine = match (group.tcp, worker) {
+                (true, Some(w)) => w * threads..(w + 1) * threads,
+                _ => 0..group.listeners.len(),
+            };
+            for (i, listener) in group.listeners.into_iter().enumerate() {
+                if mine.contains(&i) {
+                    per_thread[i % threads].push(listener);
+                }
+            }
+        }
+        if per_thread.iter().any(Vec::is_empty) {
+            return Err(io::Error::other(format!(
+                "no sockets for worker {worker:?} of {}",
+                self.workers()
+            )));
+        }
+        Ok(per_thread)
+    }
+}
+
+/// A group of exactly `wanted` sockets: a short one (inherited from a
+/// process with fewer threads or workers) is filled, with new members of
+/// the SO_REUSEPORT group for TCP and duplicates for Unix; a long one's
+/// surplus is closed.
+fn resize_group(
+    mut group: Vec<Listener>,
+    wanted: usize,
+    tcp: bool,
+    options: listener::ListenOptions,
+) -> io::Result<Vec<Listener>> {
+    if group.len() > wanted {
+        group.truncate(wanted);
+        listener::warn_unless_migrating("workers or threads no longer configured");
+    }
     let mut i = 0;
-    while group.len() < threads {
-        let dup = group[i].try_clone()?;
-        group.push(dup);
+    while group.len() < wanted {
+        let more = match (tcp, group[i].tcp_addr()) {
+            (true, Some(addr)) => Listener::Tcp(listener::join_group(addr, options)?),
+            _ => group[i].try_clone()?,
+        };
+        group.push(more);
         i += 1;
     }
     Ok(group)
@@ -205,5 +317,97 @@ impl Drop for Engine {
     /// must not block on joins.
     fn drop(&mut self) {
         self.stop(false);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::{SocketAddr, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    fn cluster(workers: usize, threads: usize) -> (Engine, SocketAddr) {
+        let mut config = Config::new(vec![BindAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
+        config.io_threads = threads;
+        config.workers = workers;
+        config.shared_listeners = true;
+        let engine = Engine::bind(config).unwrap();
+        let BindAddr::Tcp(addr) = engine.local_addrs()[0] else {
+            panic!("not TCP")
+        };
+        (engine, addr)
+    }
+
+    #[test]
+    fn each_worker_gets_io_threads_sockets_of_its_own() {
+        let (mut engine, _) = cluster(3, 2);
+        assert_eq!(engine.groups[0].listeners.len(), 6);
+        let fds: Vec<i32> = engine.groups[0]
+            .listeners
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .collect();
+        let mine = engine.take_listeners(Some(1)).unwrap();
+        let taken: Vec<i32> = mine.iter().flatten().map(AsRawFd::as_raw_fd).collect();
+        assert_eq!(
+            taken,
+            fds[2..4],
+            "worker 1 has the third and fourth sockets"
+        );
+    }
+
+    #[test]
+    fn the_kernel_spreads_new_connections_over_the_workers_sockets() {
+        let (mut engine, addr) = cluster(2, 1);
+        let listeners = std::mem::take(&mut engine.groups[0].listeners);
+        let clients: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let accepted: Vec<usize> = listeners
+            .iter()
+            .map(|l| {
+                let Listener::Tcp(l) = l else {
+                    panic!("not TCP")
+                };
+                l.set_nonblocking(true).unwrap();
+                std::iter::from_fn(|| l.accept().ok()).count()
+            })
+            .collect();
+        assert_eq!(accepted.iter().sum::<usize>(), clients.len());
+        // Hashing by 4-tuple: 64 on one of two sockets has odds 2^-63.
+        assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
+    }
+
+    #[test]
+    fn workers_are_added_and_removed_with_their_sockets() {
+        let (mut engine, addr) = cluster(1, 2);
+        assert_eq!(engine.add_worker().unwrap(), 2);
+        assert_eq!(engine.groups[0].listeners.len(), 4);
+        let ports: Vec<u16> = engine.groups[0]
+            .listeners
+            .iter()
+            .map(|l| l.tcp_addr().unwrap().port())
+            .collect();
+        assert!(ports.iter().all(|&p| p == addr.port()), "{ports:?}");
+        assert_eq!(engine.remove_worker(), 1);
+        assert_eq!(engine.groups[0].listeners.len(), 2);
+        assert_eq!(
+            engine.remove_worker(),
+            1,
+            "the last worker keeps its sockets"
+        );
+    }
+
+    #[test]
+    fn an_inherited_group_is_filled_or_trimmed_to_the_workers() {
+        let (engine, addr) = cluster(1, 1);
+        drop(engine);
+        let group =
+            listener::bind(&BindAddr::Tcp(addr), 3, listener::ListenOptions::default()).unwrap();
+        let options = listener::ListenOptions::default();
+        assert_eq!(resize_group(group, 1, true, options).unwrap().len(), 1);
+        let group = listener::bind(&BindAddr::Tcp(addr), 1, options).unwrap();
+        let grown = resize_group(group, 4, true, options).unwrap();
+        assert_eq!(grown.len(), 4);
+        assert!(grown.iter().all(|l| l.tcp_addr() == Some(addr)));
     }
 }

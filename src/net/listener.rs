@@ -244,6 +244,34 @@ fn probe(addr: SocketAddr) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
+/// One more member of the SO_REUSEPORT group already bound at `addr`
+/// (with its real port).
+pub fn join_group(addr: SocketAddr, options: ListenOptions) -> io::Result<TcpListener> {
+    let listener = bind_one(addr, options.backlog)?;
+    if options.tcp_fastopen > 0 {
+        set_fastopen(&listener, options.tcp_fastopen)?;
+    }
+    Ok(listener)
+}
+
+/// Whether the kernel moves the connections queued on a closed listening
+/// socket to the other sockets of its SO_REUSEPORT group
+/// (`net.ipv4.tcp_migrate_req`, Linux 5.14+), instead of resetting them.
+pub fn migrating() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
+}
+
+/// Says, when closing listening sockets nobody else holds, that what is
+/// queued on them is reset, unless the kernel migrates it.
+pub fn warn_unless_migrating(what: &str) {
+    if !migrating() {
+        eprintln!(
+            "butterflies: closing the listening sockets of {what}: connections queued on them \
+             are reset (set net.ipv4.tcp_migrate_req = 1 to move them to the other sockets)"
+        );
+    }
+}
+
 fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),

@@ -24,7 +24,11 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_singleton_method("pin_process", function!(RbEngine::pin_process, 1))?;
     class.define_method("addresses", method!(RbEngine::addresses, 0))?;
     class.define_method("listener_fds", method!(RbEngine::listener_fds, 0))?;
-    class.define_method("start", method!(RbEngine::start, 0))?;
+    class.define_method("start", method!(RbEngine::start, 1))?;
+    class.define_method("workers", method!(RbEngine::workers, 0))?;
+    class.define_method("io_threads", method!(RbEngine::io_threads, 0))?;
+    class.define_method("add_worker", method!(RbEngine::add_worker, 0))?;
+    class.define_method("remove_worker", method!(RbEngine::remove_worker, 0))?;
     class.define_method("stop", method!(RbEngine::stop, 1))?;
     class.define_method("join", method!(RbEngine::join, 0))?;
     class.define_method("wait_for_fault", method!(RbEngine::wait_for_fault, 1))?;
@@ -103,6 +107,9 @@ impl RbEngine {
         }
         if let Some(shared) = option::<bool>(ruby, options, "shared_listeners")? {
             config.shared_listeners = shared;
+        }
+        if let Some(n) = at_least_one(ruby, options, "workers")? {
+            config.workers = n;
         }
         for (name, slot) in [
             ("shutdown_timeout", &mut config.shutdown_timeout),
@@ -220,14 +227,39 @@ impl RbEngine {
         self.with_engine(|e| e.local_addrs().iter().map(|a| a.to_string()).collect())
     }
 
-    /// Starts the IO threads. Call after any fork.
-    pub fn start(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
+    /// IO threads per process (per worker, in a cluster).
+    pub fn io_threads(&self) -> usize {
+        self.with_engine(|e| e.config().io_threads.max(1))
+    }
+
+    /// The cluster workers the TCP sockets are dealt to.
+    pub fn workers(&self) -> usize {
+        self.with_engine(|e| e.workers())
+    }
+
+    /// Binds one more worker's sockets (a cluster master growing).
+    pub fn add_worker(ruby: &Ruby, rb_self: &Self) -> Result<usize, Error> {
+        rb_self
+            .with_engine(|e| e.add_worker())
+            .map_err(|e| ExtError::Bind(format!("cannot bind a worker's sockets: {e}")))
+            .or_raise(ruby)
+    }
+
+    /// Closes the last worker's sockets here (a cluster master shrinking,
+    /// before it stops that worker).
+    pub fn remove_worker(&self) -> usize {
+        self.with_engine(|e| e.remove_worker())
+    }
+
+    /// `start(worker)`: starts the IO threads on cluster worker `worker`'s
+    /// sockets, or on all of them (nil: single mode). Call after any fork.
+    pub fn start(ruby: &Ruby, rb_self: &Self, worker: Option<usize>) -> Result<(), Error> {
         let failed = |e: std::io::Error| ExtError::Start(e).into_ruby(ruby);
         super::env::warm(ruby);
         super::stream::warm(ruby);
         super::hijack::warm(ruby);
         super::early_hints::warm(ruby);
-        rb_self.with_engine(|e| e.start()).map_err(failed)?;
+        rb_self.with_engine(|e| e.start(worker)).map_err(failed)?;
         crate::process::malloc::keep_freed_memory();
         let (flusher, _thread) = Flusher::start(rb_self.shared.faults.clone()).map_err(failed)?;
         *rb_self.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(flusher);
@@ -361,6 +393,7 @@ const OPTIONS: &[&str] = &[
     "tcp_fastopen",
     "inherit_fds",
     "shared_listeners",
+    "workers",
     "shutdown_timeout",
     "idle_timeout",
     "header_timeout",
