@@ -34,7 +34,7 @@ fn start(apps: usize) -> Started {
     let BindAddr::Tcp(addr) = engine.local_addrs()[0] else {
         panic!("not TCP")
     };
-    engine.start().expect("start");
+    engine.start(None).expect("start");
     let (slow_tx, slow_started) = crossbeam_channel::unbounded();
     let apps = (0..apps)
         .map(|_| {

@@ -94,7 +94,7 @@ module Butterflies
     }.freeze
 
     COUNT_FLAGS = {
-      "--io-threads" => [:io_threads, "Rust IO threads per process (default: number of CPUs)"],
+      "--io-threads" => [:io_threads, "Rust IO threads per process (default: CPUs, or CPUs / workers)"],
       "--queue-depth" => [:queue_depth, "Requests waiting for an app thread before 503 (default 1024)"],
       "--idle-spin" => [:idle_spin, "Microseconds to poll for more work before sleeping (default 50, 0: off)"],
       "--backlog" => [:backlog, "listen(2) backlog (default 1024)"],

@@ -43,7 +43,8 @@ module Butterflies
       @config[:max_threads] = [integer(:threads, max || min, min: 1), @config[:threads]].max
     end
 
-    # Rust IO threads per process.  io_threads 2
+    # Rust IO threads per process (per worker in a cluster; default: the
+    # CPUs, shared out over the workers).  io_threads 2
     def io_threads(count)
       @config[:io_threads] = count(:io_threads, count)
     end
