@@ -5,6 +5,8 @@
 //! - [`http`]: HTTP/1.1 request parsing and response framing. Pure Rust.
 //! - [`net`]: listeners, the per-thread epoll loops, connections and the
 //!   request queue to the app threads. Pure Rust.
+//! - [`logs`]: what the engine prints (the access log, its own errors),
+//!   through a bounded queue and a writer thread: never blocking.
 //! - [`process`]: process-wide settings: malloc, CPU scheduling and
 //!   affinity.
 //! - [`serve`]: an app thread's side of a request: the exchange and its
@@ -16,6 +18,7 @@
 //! Without the `ruby` feature the crate builds and tests with no Ruby VM.
 
 pub mod http;
+pub mod logs;
 pub mod net;
 pub mod process;
 pub mod serve;

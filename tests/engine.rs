@@ -90,8 +90,8 @@ fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>) -> Option<Kep
     let framing = head.framing(version, false, Some(body.len() as u64));
     let mut out = Vec::new();
     let keep = head.write(&mut out, version, framing, keep_alive && !ex.stopping());
+    ex.set_head(200, out.len(), framing);
     out.extend_from_slice(body.as_bytes());
-    ex.set_framing(framing);
     ex.send(&Direct, out).unwrap();
     ex.mark_finished();
     ex.hand_back_or_keep(keep)

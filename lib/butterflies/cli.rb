@@ -147,6 +147,9 @@ module Butterflies
     def info_flags(opts)
       opts.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @dsl.environment(e) }
       opts.on("-q", "--quiet", "No boot banner") { @dsl.quiet }
+      opts.on("--log-requests [FORMAT]", "An access log line per request on stdout: common (default) or json") do |f|
+        @dsl.log_requests(f || true)
+      end
       opts.on("--dry-run", "Print the resolved configuration and exit") { @dry_run = true }
       opts.on("-v", "--version", "Print the version and exit") do
         @stdout.puts("butterflies #{VERSION}")

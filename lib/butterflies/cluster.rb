@@ -316,6 +316,7 @@ module Butterflies
       say "Butterflies #{VERSION} (ruby #{RUBY_VERSION}), cluster master pid #{Process.pid}"
       say "* workers: #{@config[:workers]}, each with #{@config[:threads]} app and #{io} io threads" \
           "#{', app preloaded' if @config[:preload_app]}"
+      @config.banner_lines.each { |line| say line }
       @engine.addresses.each { |address| say "* Listening on #{Binds.to_url(address)}" }
       say "Use Ctrl-C to stop"
     end

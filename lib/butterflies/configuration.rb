@@ -22,6 +22,10 @@ module Butterflies
       environment: nil, # RACK_ENV, else development
       rackup: "config.ru",
       quiet: false,
+      # One access log line per request on stdout, written by Rust off the
+      # request path: false, "common" (Apache's, plus the duration, as
+      # Puma's log_requests) or "json".
+      log_requests: false,
       pidfile: nil,
       shutdown_timeout: 30.0,
       worker_timeout: 60.0,
@@ -87,6 +91,17 @@ module Butterflies
       number.finite? && low_ok && number <= MAX_SECONDS
     end
 
+    LOG_FORMATS = %w[common json].freeze
+
+    # An access log setting: false (off), true ("common"), or a format name.
+    def self.log_format(value, label: :log_requests)
+      return false if value.nil? || value == false
+      return "common" if value == true
+      return value.to_s if LOG_FORMATS.include?(value.to_s)
+
+      raise ConfigError, "#{label} must be true, false or one of #{LOG_FORMATS.join(', ')}, got #{value.inspect}"
+    end
+
     # The smallest value `key` may have, if it is a count.
     def self.min_count(key)
       AT_LEAST_ONE.include?(key) ? 1 : 0
@@ -145,6 +160,7 @@ module Butterflies
       raise ConfigError, "unknown option #{key}" unless @values.key?(key)
 
       value = Configuration.seconds(key, value) if SECONDS.include?(key) && !value.nil?
+      value = Configuration.log_format(value) if key == :log_requests
       check_count(key, value) if COUNTS.include?(key) && !value.nil?
       @given |= [key]
       @values[key] = value
@@ -175,6 +191,14 @@ module Butterflies
 
     def cluster?
       self[:workers].positive?
+    end
+
+    # What the boot banner says of where the settings came from.
+    def banner_lines
+      environment = ENV["RACK_ENV"] || self[:environment] || "development"
+      lines = ["* environment: #{environment}, config file: #{@path || 'none'}, rackup: #{self[:rackup]}"]
+      lines << "* access log: #{self[:log_requests]}" if self[:log_requests]
+      lines
     end
 
     # The resolved configuration, one "key: value" line each (--dry-run).

@@ -69,6 +69,12 @@ module Butterflies
       @config[:rackup] = string(:rackup, path)
     end
 
+    # One line per request on stdout: log_requests (Apache common format
+    # plus the duration, as Puma), log_requests :json, log_requests false.
+    def log_requests(format = true)
+      @config[:log_requests] = Configuration.log_format(format, label: @label.call(:log_requests))
+    end
+
     def quiet(enabled = true)
       @config[:quiet] = enabled ? true : false
     end

@@ -27,6 +27,7 @@ module Butterflies
       options[:io_threads] = io_threads || config[:io_threads] || default_io_threads(workers)
       options[:shared_listeners] = shared
       options[:workers] = workers if workers
+      options[:access_log] = config[:log_requests] if config[:log_requests]
       options[:inherit_fds] = inherited_fds
       Engine.new(binds, options)
     end

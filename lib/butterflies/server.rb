@@ -101,6 +101,7 @@ module Butterflies
       io = @config[:io_threads] || Etc.nprocessors
       say "Butterflies #{VERSION} (ruby #{RUBY_VERSION}), pid #{Process.pid}"
       say "* threads: #{thread_range} app, #{io} io"
+      @config.banner_lines.each { |line| say line }
       @addresses.each { |address| say "* Listening on #{Binds.to_url(address)}" }
       say "Use Ctrl-C to stop"
     end

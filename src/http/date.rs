@@ -56,7 +56,7 @@ fn put2(dst: &mut [u8], n: u64) {
 }
 
 /// Howard Hinnant's days-to-civil algorithm, for days since 1970-01-01.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;

@@ -36,6 +36,8 @@ pub struct Config {
     /// The cluster workers each TCP address gets `io_threads` sockets for
     /// (1 in single mode); see `net::engine`.
     pub workers: usize,
+    /// Log every request, in this format (`crate::logs::access`).
+    pub access_log: Option<crate::logs::access::Format>,
     pub queue_depth: usize,
     pub limits: Limits,
     pub idle_timeout: Duration,
@@ -62,6 +64,7 @@ impl Config {
             inherit: Vec::new(),
             shared_listeners: false,
             workers: 1,
+            access_log: None,
             queue_depth: QUEUE_DEPTH,
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),

@@ -36,6 +36,8 @@ pub struct Request {
     pub body: Body,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// When it was complete (the access log's durations start here).
+    pub received: Instant,
 }
 
 /// What reading and parsing produced.
@@ -478,6 +480,7 @@ impl Conn {
                         body,
                         peer,
                         local,
+                        received: Instant::now(),
                     }));
                 }
             }
@@ -547,6 +550,7 @@ impl Conn {
     /// Queues an error response; the connection closes after it and reads
     /// nothing more.
     pub fn queue_error(&mut self, status: u16, message: &str) {
+        crate::logs::access::rejected(self.peer, None, status, self.request_started);
         self.queue(response::simple(status, message, false));
         self.settle(Afterwards::CloseAfterWrite);
         self.reader.clear();

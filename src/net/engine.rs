@@ -184,6 +184,10 @@ impl Engine {
             return Err(io::Error::other("engine already started"));
         };
         let groups = self.take_listeners(worker)?;
+        crate::logs::sink::start(self.shared.faults.clone())?;
+        if let Some(format) = self.config.access_log {
+            crate::logs::access::enable(format, worker);
+        }
         if !self.config.shared_listeners {
             for listener in groups.iter().flatten() {
                 self.kept_listeners.push(listener.try_clone()?);

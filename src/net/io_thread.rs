@@ -75,7 +75,7 @@ impl AcceptPaused {
             .is_none_or(|at| at.elapsed() >= ACCEPT_LOG_EVERY)
         {
             self.logged = Some(Instant::now());
-            eprintln!(
+            crate::log_err!(
                 "butterflies: accept failed: {error}; retrying every {} ms",
                 TICK.as_millis()
             );
@@ -385,6 +385,13 @@ impl IoThread {
         };
         self.shared.rejected_full.fetch_add(1, Ordering::Relaxed);
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let request = &job.request;
+        crate::logs::access::rejected(
+            request.peer,
+            Some(&request.head),
+            503,
+            Some(request.received),
+        );
         let Some(mut conn) = job.take_conn() else {
             return;
         };

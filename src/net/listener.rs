@@ -265,7 +265,7 @@ pub fn migrating() -> bool {
 /// queued on them is reset, unless the kernel migrates it.
 pub fn warn_unless_migrating(what: &str) {
     if !migrating() {
-        eprintln!(
+        crate::log_err!(
             "butterflies: closing the listening sockets of {what}: connections queued on them \
              are reset (set net.ipv4.tcp_migrate_req = 1 to move them to the other sockets)"
         );

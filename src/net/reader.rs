@@ -250,6 +250,6 @@ impl RequestReader {
 }
 
 fn spool_error(e: std::io::Error) -> RequestError {
-    eprintln!("butterflies: cannot spool a request body: {e}");
+    crate::log_err!("butterflies: cannot spool a request body: {e}");
     RequestError::Spool(e)
 }

@@ -105,6 +105,13 @@ impl RbEngine {
         if let Some(fds) = option::<Vec<i32>>(ruby, options, "inherit_fds")? {
             config.inherit = fds;
         }
+        if let Some(name) = option::<String>(ruby, options, "access_log")? {
+            config.access_log = Some(
+                crate::logs::access::Format::parse(&name)
+                    .ok_or_else(|| ExtError::Config(format!("unknown access log format {name:?}")))
+                    .or_raise(ruby)?,
+            );
+        }
         if let Some(shared) = option::<bool>(ruby, options, "shared_listeners")? {
             config.shared_listeners = shared;
         }
@@ -301,6 +308,8 @@ impl RbEngine {
             move || {
                 let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
                 engine.join();
+                // The last access log lines go out before the process ends.
+                crate::logs::sink::drain(Duration::from_secs(1));
             },
             None::<Unblock<'_, ()>>,
         )
@@ -393,6 +402,7 @@ const OPTIONS: &[&str] = &[
     "tcp_fastopen",
     "inherit_fds",
     "shared_listeners",
+    "access_log",
     "workers",
     "shutdown_timeout",
     "idle_timeout",

@@ -167,13 +167,15 @@ fn fail(
             Some(Ok(response::Outcome::Sent { keep_alive })) => Ok(keep_alive),
             Some(Ok(response::Outcome::Hijacked)) => Ok(false),
             Some(Err(e)) if ex.head_sent() => Err(e),
-            Some(Err(_)) | None => ex
-                .send(
+            Some(Err(_)) | None => {
+                ex.note_status(500);
+                ex.send(
                     &Gvl(ruby),
                     simple(500, "Internal Server Error\n", keep_alive),
                 )
                 .or_raise(ruby)
-                .map(|()| keep_alive),
+                .map(|()| keep_alive)
+            }
         };
         match sent {
             Ok(keep_alive) => ex.hand_back(keep_alive),

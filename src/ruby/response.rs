@@ -103,7 +103,7 @@ fn send_parts(
     if let Some((file, len)) = file_body(ruby, ex, &head, body)? {
         let mut out = Vec::with_capacity(256);
         let keep_alive = head.write(&mut out, ex.version, Framing::Length(len), keep_alive);
-        ex.set_framing(Framing::Length(len));
+        ex.set_head(head.status(), out.len(), Framing::Length(len));
         ex.send_file(&Gvl(ruby), out, file, len).or_raise(ruby)?;
         ex.mark_finished();
         return Ok(Outcome::Sent { keep_alive });
@@ -115,7 +115,7 @@ fn send_parts(
     let framing = head.framing(ex.version, ex.head_request, None);
     let mut out = Vec::with_capacity(256);
     let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
-    ex.set_framing(framing);
+    ex.set_head(head.status(), out.len(), framing);
     ex.send(&Gvl(ruby), out).or_raise(ruby)?;
     if ResponseHead::sends_body(framing) {
         let stream = Stream(ex.clone(), flusher.cloned());
@@ -170,7 +170,7 @@ fn send_array(
         // One buffer for head and body: the only allocation of the response.
         let mut out = Vec::with_capacity(head.len_hint() + total as usize);
         let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
-        ex.set_framing(framing);
+        ex.set_head(head.status(), out.len(), framing);
         if ResponseHead::sends_body(framing) {
             append_body(&mut out, chunks);
         }
@@ -180,7 +180,7 @@ fn send_array(
     }
     let mut out = Vec::with_capacity(head.len_hint());
     let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
-    ex.set_framing(framing);
+    ex.set_head(head.status(), out.len(), framing);
     // The writes below may release the GVL (a slow client): the body is
     // read from frozen snapshots that no other thread can change or free.
     let snapshot = Snapshot::take(ruby, chunks);
@@ -246,7 +246,7 @@ fn partial_hijack(
 ) -> Result<Outcome, Error> {
     let mut out = Vec::with_capacity(256);
     head.write_raw(&mut out, ex.version);
-    ex.set_framing(Framing::NoBody);
+    ex.set_head(head.status(), out.len(), Framing::NoBody);
     ex.send(&Gvl(ruby), out).or_raise(ruby)?;
     let io = hijack_io(ruby, ex)?;
     let _: Value = hijack.funcall("call", (io,))?;
@@ -278,7 +278,7 @@ fn switch_protocols(
     }
     let mut out = Vec::with_capacity(256);
     head.write_upgrade(&mut out, &protocol);
-    ex.set_framing(Framing::UntilClose);
+    ex.set_head(head.status(), out.len(), Framing::UntilClose);
     ex.close_after();
     ex.send(&Gvl(ruby), out).or_raise(ruby)?;
     let stream = Stream(ex.clone(), flusher.cloned());

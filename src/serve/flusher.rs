@@ -80,7 +80,7 @@ mod tests {
             Arc::new(Waker::new().unwrap()),
             DEADLINE,
         ));
-        ex.set_framing(Framing::UntilClose);
+        ex.set_head(200, 0, Framing::UntilClose);
         ex.send_piece(&Direct, &[b"data: 1\n\n"], true).unwrap();
         assert!(ex.send_piece(&Direct, &[b"data: 2\n\n"], true).unwrap());
         flusher.watch(&ex);

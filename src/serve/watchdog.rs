@@ -120,8 +120,15 @@ impl Watchdog {
 /// Answers 503 in the app's place (the app has not started answering, or
 /// the request never left the queue).
 fn answer_timeout(mut job: Job, timeout: Duration) {
-    let head = &job.request.head;
-    eprintln!(
+    let request = &job.request;
+    crate::logs::access::rejected(
+        request.peer,
+        Some(&request.head),
+        503,
+        Some(request.received),
+    );
+    let head = &request.head;
+    crate::log_err!(
         "butterflies: {} {} timed out after {:.1}s; answered 503",
         String::from_utf8_lossy(head.method()),
         String::from_utf8_lossy(head.path()),

@@ -117,6 +117,12 @@ struct Inner {
     phase: Phase,
     reuse: Reuse,
     pieces: Pieces,
+    /// The response's status, once known (the access log's).
+    status: Option<u16>,
+    /// Response bytes handed to the connection so far.
+    sent: u64,
+    /// `sent` where the body starts (after the head and any early hints).
+    body_from: u64,
 }
 
 #[derive(Debug)]
@@ -126,6 +132,8 @@ pub struct Exchange {
     pub head_request: bool,
     waker: Arc<Waker>,
     write_timeout: Duration,
+    /// When an app thread took the request (its queue time ends here).
+    started: Instant,
 }
 
 impl Exchange {
@@ -140,6 +148,7 @@ impl Exchange {
             }),
             waker,
             write_timeout,
+            started: Instant::now(),
         }
     }
 
@@ -173,13 +182,45 @@ impl Exchange {
         )
     }
 
-    /// Records that the head goes out with this framing (once: an
-    /// exchange that is over stays over).
-    pub fn set_framing(&self, framing: Framing) {
+    /// Records that a head with `status`, `head_len` bytes long, goes out
+    /// next with this framing (once: an exchange that is over stays over).
+    pub fn set_head(&self, status: u16, head_len: usize, framing: Framing) {
         let mut inner = self.lock();
         if matches!(inner.phase, Phase::Unanswered) {
             inner.phase = Phase::Body(BodyFramer::new(framing));
+            inner.status = Some(status);
+            inner.body_from = inner.sent + head_len as u64;
         }
+    }
+
+    /// Records the status of a response the server made in the app's place
+    /// (a 500 for an app error).
+    pub fn note_status(&self, status: u16) {
+        self.lock().status = Some(status);
+    }
+
+    /// Counts response bytes handed to the connection.
+    fn count(&self, bytes: usize) {
+        self.lock().sent += bytes as u64;
+    }
+
+    /// The access log's line for this exchange, while it has its job.
+    fn log(&self, inner: &Inner) {
+        if !crate::logs::access::enabled() {
+            return;
+        }
+        let Some(job) = inner.job.as_ref() else {
+            return;
+        };
+        let request = &job.request;
+        crate::logs::access::record(&crate::logs::access::Entry {
+            peer: request.peer,
+            head: Some(&request.head),
+            status: inner.status.unwrap_or(500),
+            bytes: inner.sent.saturating_sub(inner.body_from),
+            duration: request.received.elapsed(),
+            queue: Some(self.started.saturating_duration_since(request.received)),
+        });
     }
 
     /// Frames one piece of a streamed body (see [`BodyFramer`]); a fault
@@ -277,6 +318,7 @@ impl Exchange {
     /// The exchange is over: the connection goes back to its IO thread.
     pub fn hand_back(&self, keep_alive: bool) {
         let mut inner = self.lock();
+        self.log(&inner);
         let afterwards = Self::afterwards(&inner, keep_alive);
         if let Some(job) = inner.job.take() {
             drop(inner);
@@ -288,6 +330,7 @@ impl Exchange {
     /// this thread for its next request (see [`Job::finish_or_keep`]).
     pub fn hand_back_or_keep(&self, keep_alive: bool) -> Option<Kept> {
         let mut inner = self.lock();
+        self.log(&inner);
         let afterwards = Self::afterwards(&inner, keep_alive);
         let job = inner.job.take()?;
         drop(inner);
@@ -298,7 +341,11 @@ impl Exchange {
     /// client gone): the connection closes at once, so a truncated body
     /// never looks complete.
     pub fn abandon(&self) {
-        let job = self.lock().job.take();
+        let job = {
+            let mut inner = self.lock();
+            self.log(&inner);
+            inner.job.take()
+        };
         if let Some(job) = job {
             job.finish(Afterwards::CloseNow);
         }
@@ -308,12 +355,12 @@ impl Exchange {
 /// Logs an app body that did not match its framing, naming the request.
 fn report_fault(inner: &Inner, fault: &BodyFault) {
     match inner.job.as_ref().map(|job| &job.request.head) {
-        Some(head) => eprintln!(
+        Some(head) => crate::log_err!(
             "butterflies: app error handling {} {}: {fault}; closing the connection",
             String::from_utf8_lossy(head.method()),
             String::from_utf8_lossy(head.target()),
         ),
-        None => eprintln!("butterflies: app error: {fault}; closing the connection"),
+        None => crate::log_err!("butterflies: app error: {fault}; closing the connection"),
     }
 }
 

@@ -37,7 +37,7 @@ fn nothing_to_read(client: &mut TcpStream) -> bool {
 #[test]
 fn a_response_goes_out_and_the_connection_goes_home_kept_alive() {
     let (ex, mut client, mailbox) = exchange("/a", DEADLINE);
-    ex.set_framing(Framing::Length(2));
+    ex.set_head(200, 0, Framing::Length(2));
     ex.send(&Direct, b"HTTP/1.1 200 OK\r\n\r\nok".to_vec())
         .unwrap();
     ex.mark_finished();
@@ -51,7 +51,7 @@ fn a_response_goes_out_and_the_connection_goes_home_kept_alive() {
 #[test]
 fn a_client_that_reads_nothing_breaks_the_exchange_at_the_write_timeout() {
     let (ex, _client, mailbox) = exchange("/big", Duration::from_millis(200));
-    ex.set_framing(Framing::Length(64 << 20));
+    ex.set_head(200, 0, Framing::Length(64 << 20));
     let started = Instant::now();
     let sent = ex.send(&Direct, vec![b'x'; 64 << 20]);
     assert!(
@@ -72,7 +72,7 @@ fn a_client_that_reads_nothing_breaks_the_exchange_at_the_write_timeout() {
 #[test]
 fn streamed_pieces_after_the_first_gather_until_flushed() {
     let (ex, mut client, _mailbox) = exchange("/stream", DEADLINE);
-    ex.set_framing(Framing::UntilClose);
+    ex.set_head(200, 0, Framing::UntilClose);
     assert!(!ex.send_piece(&Direct, &[b"first"], true).unwrap());
     assert_eq!(read_exactly(&mut client, 5), b"first");
     // The second waits for more, and asks to be watched once.
@@ -88,7 +88,7 @@ fn streamed_pieces_after_the_first_gather_until_flushed() {
 #[test]
 fn the_flusher_writes_what_gathered_once_it_is_old_enough() {
     let (ex, mut client, _mailbox) = exchange("/stream", DEADLINE);
-    ex.set_framing(Framing::UntilClose);
+    ex.set_head(200, 0, Framing::UntilClose);
     ex.send_piece(&Direct, &[b"a"], true).unwrap();
     assert!(ex.send_piece(&Direct, &[b"b"], true).unwrap());
     assert!(ex.flush_if_older(DEADLINE), "too young: still watched");
@@ -106,7 +106,7 @@ fn only_an_unanswered_job_is_taken_for_a_timeout() {
     drop(job);
     assert!(ex.broken());
     // The app's late answer finds the client gone.
-    ex.set_framing(Framing::Length(0));
+    ex.set_head(200, 0, Framing::Length(0));
     assert!(!ex.head_sent());
     assert!(matches!(
         ex.send(&Direct, Vec::new()),
@@ -114,14 +114,14 @@ fn only_an_unanswered_job_is_taken_for_a_timeout() {
     ));
 
     let (ex, _client, _mailbox) = exchange("/t", DEADLINE);
-    ex.set_framing(Framing::Chunked);
+    ex.set_head(200, 0, Framing::Chunked);
     assert!(ex.take_job_if_unanswered().is_none(), "the head went out");
 }
 
 #[test]
 fn a_body_that_breaks_its_framing_closes_the_connection_after_it() {
     let (ex, mut client, mailbox) = exchange("/short", DEADLINE);
-    ex.set_framing(Framing::Length(3));
+    ex.set_head(200, 0, Framing::Length(3));
     let framed = ex.frame(b"abcdef");
     ex.send_now(&Direct, &framed.parts()).unwrap();
     ex.send_now(&Direct, &[ex.finish_framing()]).unwrap();
@@ -139,7 +139,7 @@ fn reading_from_the_connection_ends_keep_alive() {
         got.extend(ex.read(&Direct, 16).unwrap().expect("not at the end"));
     }
     assert_eq!(got, b"after");
-    ex.set_framing(Framing::Length(0));
+    ex.set_head(200, 0, Framing::Length(0));
     ex.mark_finished();
     assert!(ex.hand_back_or_keep(true).is_none());
     assert!(mailbox.rx.try_recv().unwrap().ends_after_write());

@@ -22,6 +22,7 @@ impl Exchange {
     /// Queues bytes and writes them; returns once the socket took them or
     /// few enough are left for the IO thread to finish later.
     pub fn send<B: Blocking>(&self, gvl: &B, bytes: Vec<u8>) -> Result<(), B::Interrupt> {
+        self.count(bytes.len());
         self.send_with(gvl, Some((bytes, None)))
     }
 
@@ -34,6 +35,7 @@ impl Exchange {
         file: std::fs::File,
         len: u64,
     ) -> Result<(), B::Interrupt> {
+        self.count(head.len() + usize::try_from(len).unwrap_or(usize::MAX));
         self.send_with(gvl, Some((head, Some((file, len)))))
     }
 
@@ -83,6 +85,7 @@ impl Exchange {
         if first {
             return self.send_now(gvl, parts).map(|()| false);
         }
+        self.count(parts.iter().map(|p| p.len()).sum());
         let (backlog, register) = {
             let mut inner = self.lock();
             if matches!(inner.phase, Phase::Broken | Phase::Hijacked) {
@@ -163,6 +166,7 @@ impl Exchange {
     /// take is copied; past the high-water mark the caller waits in a
     /// blocking section.
     pub fn send_now<B: Blocking>(&self, gvl: &B, parts: &[&[u8]]) -> Result<(), B::Interrupt> {
+        self.count(parts.iter().map(|p| p.len()).sum());
         let backlog = {
             let mut inner = self.lock();
             if matches!(inner.phase, Phase::Broken | Phase::Hijacked) {
@@ -198,6 +202,7 @@ impl Exchange {
     /// the budget for bytes parked with IO threads: that much is copied
     /// and the IO thread finishes it.
     pub fn send_borrowed<B: Blocking>(&self, gvl: &B, parts: &[&[u8]]) -> Result<(), B::Interrupt> {
+        self.count(parts.iter().map(|p| p.len()).sum());
         let mut cursor = Cursor::new(parts);
         {
             let mut inner = self.lock();
@@ -308,6 +313,9 @@ impl Exchange {
     pub fn hijack<I>(&self) -> Result<OwnedFd, I> {
         let job = {
             let mut inner = self.lock();
+            // A full hijack's answer is the app's own (a WebSocket's 101).
+            inner.status.get_or_insert(101);
+            self.log(&inner);
             inner.phase = Phase::Hijacked;
             inner.job.take()
         };
