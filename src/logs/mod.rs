@@ -1,7 +1,7 @@
 //! What the engine prints, without ever blocking a thread that serves
-//! requests on a slow terminal, pipe or disk: lines go through a bounded
-//! queue to a writer thread of their own ([`sink`]), and are dropped and
-//! counted when it is full. [`access`] formats the access log's lines.
+//! requests on a slow terminal, pipe or disk: lines gather in a bounded
+//! buffer that a writer thread of their own empties ([`sink`]), and are
+//! dropped and counted when it is full. [`access`] formats the access log's lines.
 
 pub mod access;
 pub mod sink;

@@ -1,20 +1,24 @@
-//! The log sink: one writer thread per process, fed by a bounded queue.
-//! An IO thread, an app thread or the watchdog hands it a line and goes
-//! on; if the queue is full (the output is slower than the requests), the
-//! line is dropped and counted, and the writer says how many it lost once
-//! it catches up.
+//! The log sink: lines gather in a bounded in-memory buffer per stream,
+//! and one writer thread per process writes what gathered every
+//! `FLUSH_EVERY`, with one `write(2)` per stream. An IO thread, an app
+//! thread or the watchdog appends its line (a short lock, no allocation,
+//! nobody woken) and goes on; past `MAX_BUFFERED_BYTES` (the output is
+//! slower than the requests) a line is dropped and counted, and the
+//! writer says how many it lost. Waking the writer for each line cost
+//! more than formatting it (docs/PERFORMANCE.md).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::time::{Duration, Instant};
 
 use crate::net::supervise::{self, Faults};
 
-/// Lines waiting for the writer, at most.
-pub const QUEUE_LINES: usize = 16 * 1024;
+/// Bytes a stream's buffer may hold before lines are dropped.
+pub const MAX_BUFFERED_BYTES: usize = 4 * 1024 * 1024;
+/// How often the writer writes what gathered.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
 
 /// Where a line goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +28,29 @@ pub enum Stream {
 }
 
 struct Sink {
-    tx: Sender<(Stream, Vec<u8>)>,
+    out: Mutex<Vec<u8>>,
+    err: Mutex<Vec<u8>>,
     dropped: AtomicU64,
-    /// Lines queued and not yet written.
-    pending: AtomicU64,
+}
+
+impl Sink {
+    fn buffer(&self, stream: Stream) -> MutexGuard<'_, Vec<u8>> {
+        let buffer = match stream {
+            Stream::Stdout => &self.out,
+            Stream::Stderr => &self.err,
+        };
+        buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes what gathered for `stream`, leaving `spare` (emptied) in its
+    /// place, and writes it.
+    fn flush(&self, stream: Stream, spare: &mut Vec<u8>) {
+        spare.clear();
+        std::mem::swap(&mut *self.buffer(stream), spare);
+        if !spare.is_empty() {
+            write_now(stream, spare);
+        }
+    }
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -35,63 +58,46 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 /// Starts this process's writer thread (once; later calls do nothing).
 /// Call after any fork.
 pub fn start(faults: Arc<Faults>) -> std::io::Result<Option<JoinHandle<()>>> {
-    let (tx, rx) = crossbeam_channel::bounded(QUEUE_LINES);
-    if SINK
-        .set(Sink {
-            tx,
-            dropped: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-        })
-        .is_err()
-    {
+    let sink = Sink {
+        out: Mutex::new(Vec::with_capacity(64 * 1024)),
+        err: Mutex::new(Vec::new()),
+        dropped: AtomicU64::new(0),
+    };
+    if SINK.set(sink).is_err() {
         return Ok(None);
     }
     supervise::spawn("butterflies-log".into(), faults, move || {
-        run(&rx);
+        run();
         Ok(())
     })
     .map(Some)
 }
 
-/// Queues `line` (a newline is added if missing) for `stream`; without a
+/// Appends `line` (a newline is added if missing) for `stream`; without a
 /// running sink, writes it at once.
-pub fn write(stream: Stream, mut line: Vec<u8>) {
-    if line.last() != Some(&b'\n') {
-        line.push(b'\n');
-    }
+pub fn write(stream: Stream, line: &[u8]) {
+    let newline: &[u8] = if line.last() == Some(&b'\n') {
+        b""
+    } else {
+        b"\n"
+    };
     let Some(sink) = SINK.get() else {
-        write_now(stream, &line);
+        write_now(stream, &[line, newline].concat());
         return;
     };
-    sink.pending.fetch_add(1, Ordering::AcqRel);
-    match sink.tx.try_send((stream, line)) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            sink.pending.fetch_sub(1, Ordering::AcqRel);
-            sink.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(TrySendError::Disconnected((stream, line))) => {
-            sink.pending.fetch_sub(1, Ordering::AcqRel);
-            write_now(stream, &line);
-        }
-    }
-}
-
-/// Waits, up to `deadline`, until every queued line is written: before
-/// the process exits.
-pub fn drain(deadline: std::time::Duration) {
-    let Some(sink) = SINK.get() else {
+    let mut buffer = sink.buffer(stream);
+    if buffer.len() + line.len() + newline.len() > MAX_BUFFERED_BYTES {
+        drop(buffer);
+        sink.dropped.fetch_add(1, Ordering::Relaxed);
         return;
-    };
-    let until = std::time::Instant::now() + deadline;
-    while sink.pending.load(Ordering::Acquire) > 0 && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    buffer.extend_from_slice(line);
+    buffer.extend_from_slice(newline);
 }
 
 /// A line for stderr.
 pub fn err(line: String) {
-    write(Stream::Stderr, line.into_bytes());
+    write(Stream::Stderr, line.as_bytes());
 }
 
 /// Lines dropped so far because the writer could not keep up.
@@ -99,36 +105,51 @@ pub fn dropped() -> u64 {
     SINK.get().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
 }
 
-fn write_now(stream: Stream, line: &[u8]) {
+/// Writes what gathered now, from the caller: before the process exits.
+pub fn drain() {
+    if let Some(sink) = SINK.get() {
+        let mut spare = Vec::new();
+        sink.flush(Stream::Stdout, &mut spare);
+        sink.flush(Stream::Stderr, &mut spare);
+    }
+}
+
+fn write_now(stream: Stream, bytes: &[u8]) {
     // A failed write to our own output has nowhere to be reported.
     let _ = match stream {
-        Stream::Stdout => std::io::stdout().lock().write_all(line),
-        Stream::Stderr => std::io::stderr().lock().write_all(line),
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush())
+        }
+        Stream::Stderr => std::io::stderr().lock().write_all(bytes),
     };
 }
 
-/// The writer: ends when the process does (the queue's sender is static).
-fn run(rx: &Receiver<(Stream, Vec<u8>)>) {
+/// The writer: every `FLUSH_EVERY`, what gathered. Runs as long as the
+/// process.
+fn run() {
+    let Some(sink) = SINK.get() else {
+        return;
+    };
     let mut reported = 0;
-    while let Ok((stream, line)) = rx.recv() {
-        write_now(stream, &line);
-        if let Some(sink) = SINK.get() {
-            sink.pending.fetch_sub(1, Ordering::AcqRel);
+    let mut spare = Vec::with_capacity(64 * 1024);
+    let mut next = Instant::now() + FLUSH_EVERY;
+    loop {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        next += FLUSH_EVERY;
+        sink.flush(Stream::Stdout, &mut spare);
+        let dropped = dropped();
+        if dropped > reported {
+            let note = format!(
+                "butterflies: {} log lines dropped: the output was slower than the requests",
+                dropped - reported
+            );
+            write(Stream::Stderr, note.as_bytes());
+            reported = dropped;
         }
-        if rx.is_empty() {
-            let _ = std::io::stdout().lock().flush();
-            let dropped = dropped();
-            if dropped > reported {
-                write_now(
-                    Stream::Stderr,
-                    format!(
-                        "butterflies: {} log lines dropped: the output was slower than the requests\n",
-                        dropped - reported
-                    )
-                    .as_bytes(),
-                );
-                reported = dropped;
-            }
+        sink.flush(Stream::Stderr, &mut spare);
+        if spare.capacity() > MAX_BUFFERED_BYTES {
+            spare = Vec::with_capacity(64 * 1024);
         }
     }
 }

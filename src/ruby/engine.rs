@@ -309,7 +309,7 @@ impl RbEngine {
                 let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
                 engine.join();
                 // The last access log lines go out before the process ends.
-                crate::logs::sink::drain(Duration::from_secs(1));
+                crate::logs::sink::drain();
             },
             None::<Unblock<'_, ()>>,
         )
