@@ -30,6 +30,8 @@ require "butterflies/runtime"
 require "butterflies/server"
 require "butterflies/worker"
 require "butterflies/phased_restart"
+require "butterflies/stats_report"
+require "butterflies/control"
 require "butterflies/cluster"
 
 # Butterflies is a Rack web server whose engine is written in Rust.

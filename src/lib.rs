@@ -9,6 +9,8 @@
 //!   through a bounded queue and a writer thread: never blocking.
 //! - [`process`]: process-wide settings: malloc, CPU scheduling and
 //!   affinity.
+//! - [`stats`]: counters and histograms in memory shared by a cluster's
+//!   processes, for `/stats` and `/metrics`.
 //! - [`serve`]: an app thread's side of a request: the exchange and its
 //!   writes, the flusher, the watchdog, the pool's counting. Pure Rust;
 //!   where it blocks, the caller releases the GVL.
@@ -22,6 +24,7 @@ pub mod logs;
 pub mod net;
 pub mod process;
 pub mod serve;
+pub mod stats;
 
 #[cfg(feature = "ruby")]
 mod ruby;

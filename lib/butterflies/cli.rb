@@ -147,6 +147,10 @@ module Butterflies
     def info_flags(opts)
       opts.on("-e", "--environment ENV", "RACK_ENV (default: development)") { |e| @dsl.environment(e) }
       opts.on("-q", "--quiet", "No boot banner") { @dsl.quiet }
+      opts.on("--control-url URL", "Serve /stats and /metrics on tcp://HOST:PORT or unix:///PATH") do |u|
+        @dsl.control_url(u)
+      end
+      opts.on("--control-token TOKEN", "The control server's token (required for TCP)") { |t| @dsl.control_token(t) }
       opts.on("--log-requests [FORMAT]", "An access log line per request on stdout: common (default) or json") do |f|
         @dsl.log_requests(f || true)
       end

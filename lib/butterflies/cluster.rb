@@ -24,7 +24,10 @@ module Butterflies
     KILL_GRACE_SECONDS = 5
 
     # One forked worker, as the master sees it.
-    Record = Struct.new(:index, :pid, :pipe, :last_beat, :ready, :stopping, :term_at, keyword_init: true)
+    # slot: its place in the shared stats region; phase: the phased restart
+    # it was started in.
+    Record = Struct.new(:index, :pid, :pipe, :last_beat, :ready, :stopping, :term_at, :slot, :phase,
+                        keyword_init: true)
 
     # When each worker index last died before it was ready: such a worker
     # is not respawned more than once a second (an app that does not load
@@ -49,6 +52,7 @@ module Butterflies
     # would re-run that command line) is refused.
     def initialize(config, loader:, cli: {}, config_path: nil, log: $stdout, embedded: false)
       @embedded = embedded
+      config.check_mode!
       @config = config
       @loader = loader
       @cli = cli
@@ -56,6 +60,8 @@ module Butterflies
       @log = Log.new(log, quiet: config[:quiet])
       @signals = SignalQueue.new
       @workers = []
+      @phase = 0
+      @started_at = Time.now
       @respawns = RespawnThrottle.new
       @phased = nil # a PhasedRestart in progress
       # Fork and exec workers (instead of only forking) from the first
@@ -68,6 +74,8 @@ module Butterflies
     def run
       Butterflies.sync_output!
       @engine = Listeners.bind(@config, shared: true, workers: @config[:workers])
+      @stats = Runtime.stats_region
+      @control = Control.open(@config[:control_url], @config[:control_token], method(:report)) if @config[:control_url]
       @app = @loader.call if @config[:preload_app]
       @alive_reader, @alive_writer = IO.pipe
       @signals.trap(SIGNALS)
@@ -79,8 +87,9 @@ module Butterflies
 
     # The worker side of #exec_worker: in the new process, from the CLI.
     def self.run_exec_worker(config, loader:, log:)
-      index, heartbeat, alive, workers, io_threads = ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
+      index, heartbeat, alive, workers, io_threads, stats_fd, slot = ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
       engine = Listeners.bind(config, shared: true, workers: workers, io_threads: io_threads)
+      Stats.adopt(stats_fd).attach(slot)
       Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config,
                  heartbeat: IO.for_fd(heartbeat, "w", autoclose: true),
                  alive: IO.for_fd(alive, "r", autoclose: true), log: Log.new(log, quiet: config[:quiet])).run
@@ -91,14 +100,23 @@ module Butterflies
     def supervise
       loop do
         spawn_missing unless @stopping
-        signal = @signals.pop(TICK_SECONDS, also: @workers.map(&:pipe))
+        signal = @signals.pop(TICK_SECONDS, also: watched_ios)
         read_heartbeats
         handle(signal) if signal
+        @control&.serve_ready
         reap
         enforce_heartbeat_timeouts
         step_phased_restart
         break if @stopping && @workers.empty?
       end
+    end
+
+    # What the master's loop wakes for besides signals: worker pipes and
+    # the control server.
+    def watched_ios
+      ios = @workers.map(&:pipe)
+      ios << @control.io if @control
+      ios
     end
 
     def handle(signal)
@@ -133,6 +151,7 @@ module Butterflies
 
     def spawn_worker(index)
       @engine.add_worker while @engine.workers <= index
+      slot = @stats.allocate(index)
       @config.hooks[:before_fork].each(&:call)
       reader, writer = IO.pipe
       others = @workers.map(&:pipe)
@@ -141,22 +160,27 @@ module Butterflies
         others.each(&:close)
         @alive_writer.close
         @signals.close
-        exec_worker(index, writer) if @exec_workers
+        @control&.close
+        exec_worker(index, writer, slot) if @exec_workers
+        @stats.attach(slot)
         Worker.new(index: index, engine: @engine, app: @app, loader: @loader, config: @config,
                    heartbeat: writer, alive: @alive_reader, log: @log).run
       end
       writer.close
-      record = Record.new(index: index, pid: pid, pipe: reader, last_beat: monotonic, ready: false, stopping: false)
+      record = Record.new(index: index, pid: pid, pipe: reader, last_beat: monotonic, ready: false, stopping: false,
+                          slot: slot, phase: @phase)
       @workers << record
       record
     end
 
     # In the forked child: become a fresh process running this same command
     # line as worker `index`, loading the app anew (see #phased_restart).
-    def exec_worker(index, heartbeat)
+    def exec_worker(index, heartbeat, slot)
       [heartbeat, @alive_reader].each { |io| io.close_on_exec = false }
-      ENV[WORKER_ENV] = [index, heartbeat.fileno, @alive_reader.fileno, @engine.workers, @engine.io_threads].join(",")
-      Listeners.exec_keeping(@engine, @argv, @dir)
+      stats_fd = @stats.fd_for_exec
+      ENV[WORKER_ENV] = [index, heartbeat.fileno, @alive_reader.fileno, @engine.workers, @engine.io_threads,
+                         stats_fd, slot].join(",")
+      Listeners.exec_keeping(@engine, @argv, @dir, keep: [stats_fd])
     end
 
     def read_heartbeats
@@ -165,6 +189,7 @@ module Butterflies
         next unless data.is_a?(String)
 
         worker.last_beat = monotonic
+        @stats.checkin(worker.slot)
         replace_stuck(worker) if data.include?(Worker::STUCK)
         next if worker.ready || !data.include?(Worker::READY)
 
@@ -191,9 +216,11 @@ module Butterflies
         worker = @workers.find { |w| w.pid == pid } or next
         @workers.delete(worker)
         worker.pipe.close
+        @stats.retire(worker.slot)
         @respawns.failed(worker.index, monotonic) unless worker.ready
         next if worker.stopping
 
+        @stats.count_restart("crash")
         event "* worker #{worker.index} (pid #{pid}) died: #{describe(status)}; respawning"
       end
     rescue Errno::ECHILD
@@ -211,6 +238,7 @@ module Butterflies
           kill(worker, "KILL") if monotonic > worker.term_at + grace
         elsif monotonic - worker.last_beat > timeout
           event "* worker #{worker.index} (pid #{worker.pid}) sent no heartbeat for #{timeout}s; replacing it"
+          @stats.count_restart("timeout")
           terminate(worker)
           worker.stopping = false # it is replaced like a dead one
         end
@@ -241,6 +269,7 @@ module Butterflies
 
       @stopping = true
       @restart = restart
+      @workers.each { @stats.count_restart("hot") } if restart
       say(restart ? "Hot restart: stopping workers, then re-executing" : "Stopping #{@workers.size} workers")
       @workers.each { |w| terminate(w) }
     end
@@ -263,6 +292,7 @@ module Butterflies
     # (no copy-on-write sharing until the next hot restart).
     def phased_restart
       @exec_workers = true if @config[:preload_app] && !@embedded
+      @phase += 1
       say "Phased restart: replacing #{@workers.count { |w| !w.stopping }} workers one at a time"
       @phased = PhasedRestart.new(@workers.reject(&:stopping).sort_by(&:index))
     end
@@ -271,7 +301,10 @@ module Butterflies
       return unless @phased
 
       going = @phased.step(@workers) do |action, worker|
-        action == :spawn ? spawn_worker(worker.index) : terminate(worker)
+        next terminate(worker) unless action == :spawn
+
+        @stats.count_restart("phased")
+        spawn_worker(worker.index)
       end
       @phased = nil unless going
     end
@@ -296,7 +329,7 @@ module Butterflies
     def finish
       if @restart
         @config.hooks[:before_exec].each(&:call)
-        Listeners.exec_keeping(@engine, @argv, @dir)
+        Listeners.exec_keeping(@engine, @argv, @dir, keep: inherited_fds)
       end
       remove_pidfile
       Listeners.unlink_unix_sockets(@config)
@@ -323,6 +356,25 @@ module Butterflies
 
     def say(line)
       @log.info(line)
+    end
+
+    # What a hot restart's new master takes over besides the listeners.
+    def inherited_fds
+      ENV[Runtime::STATS_ENV] = @stats.fd_for_exec.to_s
+      fds = [@stats.fd_for_exec]
+      if @control
+        ENV[Control::INHERIT_ENV] = @control.fd_for_exec.to_s
+        fds << @control.fd_for_exec
+      end
+      fds
+    end
+
+    # The control server's report: the region and the master's view.
+    def report
+      workers = @workers.map do |w|
+        { index: w.index, pid: w.pid, phase: w.phase, booted: w.ready, slot: w.slot }
+      end
+      StatsReport.new(@stats, @config, started_at: @started_at, workers: workers, phase: @phase)
     end
 
     def event(line)

@@ -26,6 +26,10 @@ module Butterflies
       # request path: false, "common" (Apache's, plus the duration, as
       # Puma's log_requests) or "json".
       log_requests: false,
+      # The control server (/stats, /metrics): tcp://HOST:PORT (needs the
+      # token) or unix:///path; off by default.
+      control_url: nil,
+      control_token: nil,
       pidfile: nil,
       shutdown_timeout: 30.0,
       worker_timeout: 60.0,
@@ -174,6 +178,7 @@ module Butterflies
 
     # Settings that cannot work together, refused before anything binds.
     def check_mode!
+      Control.parse(self[:control_url], self[:control_token]) if self[:control_url]
       return if cluster? || self[:request_hard_timeout].nil?
 
       raise ConfigError, "request_hard_timeout needs cluster mode (workers >= 1): a stuck worker is " \

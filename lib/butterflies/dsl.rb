@@ -75,6 +75,17 @@ module Butterflies
       @config[:log_requests] = Configuration.log_format(format, label: @label.call(:log_requests))
     end
 
+    # The control server: GET /stats and /metrics.
+    #   control_url "tcp://127.0.0.1:9293"; control_token "secret"
+    #   control_url "unix:///run/app/control.sock"   (no token needed)
+    def control_url(url)
+      @config[:control_url] = string(:control_url, url)
+    end
+
+    def control_token(token)
+      @config[:control_token] = string(:control_token, token)
+    end
+
     def quiet(enabled = true)
       @config[:quiet] = enabled ? true : false
     end

@@ -44,14 +44,15 @@ module Butterflies
       fds.empty? ? nil : fds
     end
 
-    # Re-executes this process's command line, keeping `engine`'s sockets.
-    def exec_keeping(engine, argv, dir)
+    # Re-executes this process's command line, keeping `engine`'s sockets
+    # and the descriptors in `keep`.
+    def exec_keeping(engine, argv, dir, keep: [])
       fds = engine.listener_fds
       # The new process must find this same Butterflies, however this one
       # found it (ruby -I, Bundler, an installed gem).
       lib = File.expand_path("..", __dir__)
       env = { INHERIT_ENV => fds.join(","), "RUBYLIB" => [lib, ENV["RUBYLIB"]].compact.join(File::PATH_SEPARATOR) }
-      redirects = fds.to_h { |fd| [fd, fd] }
+      redirects = (fds + keep).to_h { |fd| [fd, fd] }
       Dir.chdir(dir)
       Butterflies.flush_output
       Kernel.exec(env, RbConfig.ruby, *argv, redirects.merge(close_others: false))

@@ -20,6 +20,15 @@ module Butterflies
       @stopping = false
     end
 
+    # Names the shared stats region's memfd across exec.
+    STATS_ENV = "BUTTERFLIES_STATS_FD"
+
+    # The shared stats region: inherited across a hot restart, else new.
+    def self.stats_region
+      fd = ENV.delete(STATS_ENV)
+      fd ? Stats.adopt(Integer(fd)) : Stats.create
+    end
+
     # Seconds an app thread added on demand may sit idle before it leaves.
     EXTRA_THREAD_IDLE_SECONDS = 10.0
 

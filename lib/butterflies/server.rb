@@ -52,6 +52,11 @@ module Butterflies
 
     # Starts the IO threads and the app threads.
     def start
+      @started_at = Time.now
+      @stats = Runtime.stats_region
+      @slot = @stats.allocate(-1)
+      @stats.attach(@slot)
+      @control = Control.open(@config[:control_url], @config[:control_token], method(:report)) if @config[:control_url]
       @runtime = Runtime.new(@engine, @app, @config, on_fault: method(:fault)).start
       banner
     end
@@ -71,8 +76,9 @@ module Butterflies
     # logged and ignored.
     def next_signal
       loop do
-        signal = @signals.pop
-        next if signal.nil? # a wake-up byte whose signal was already taken
+        signal = @signals.pop(nil, also: [@control&.io].compact)
+        @control&.serve_ready
+        next if signal.nil? # a wake-up byte whose signal was already taken, or the control server
         return signal unless IGNORED_SIGNALS.key?(signal)
 
         warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"
@@ -91,10 +97,29 @@ module Butterflies
       @runtime.stop(keep_listening: restart)
       if restart
         @config.hooks[:before_exec].each(&:call)
-        Listeners.exec_keeping(@engine, @argv, @dir)
+        Listeners.exec_keeping(@engine, @argv, @dir, keep: inherited_fds)
       end
       Listeners.unlink_unix_sockets(@config)
       say "Goodbye"
+    end
+
+    # The control server's report.
+    def report
+      StatsReport.new(@stats, @config, started_at: @started_at)
+    end
+
+    # What the re-executed process takes over besides the listeners: the
+    # stats region (this process's slot retired into it) and the control
+    # socket.
+    def inherited_fds
+      @stats.retire(@slot)
+      ENV[Runtime::STATS_ENV] = @stats.fd_for_exec.to_s
+      fds = [@stats.fd_for_exec]
+      if @control
+        ENV[Control::INHERIT_ENV] = @control.fd_for_exec.to_s
+        fds << @control.fd_for_exec
+      end
+      fds
     end
 
     def banner

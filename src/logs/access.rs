@@ -98,6 +98,7 @@ pub fn rejected(
     status: u16,
     since: Option<std::time::Instant>,
 ) {
+    crate::stats::rejected(status);
     if enabled() {
         record(&Entry {
             peer,

@@ -398,6 +398,7 @@ impl Conn {
             }
         }
         self.reader.extend(&scratch[..total]);
+        crate::stats::add(crate::stats::BYTES_IN, total as u64);
         self.socket = if total < scratch.len() {
             Socket::Drained
         } else {

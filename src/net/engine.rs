@@ -185,6 +185,7 @@ impl Engine {
         };
         let groups = self.take_listeners(worker)?;
         crate::logs::sink::start(self.shared.faults.clone())?;
+        crate::stats::set(crate::stats::QUEUE_CAPACITY, self.config.queue_depth as u64);
         if let Some(format) = self.config.access_log {
             crate::logs::access::enable(format, worker);
         }

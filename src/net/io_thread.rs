@@ -267,6 +267,7 @@ impl IoThread {
             }
             self.slots
                 .insert(token, Box::new(Conn::new(stream, token, peer, local)));
+            crate::stats::gauge(crate::stats::CONNECTIONS, 1);
         }
     }
 
@@ -378,7 +379,10 @@ impl IoThread {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let queued = self.shared.claims.wrap(job);
         let Some(job) = (match self.jobs.try_send(queued) {
-            Ok(()) => return,
+            Ok(()) => {
+                crate::stats::gauge(crate::stats::QUEUED, 1);
+                return;
+            }
             Err(TrySendError::Full(queued) | TrySendError::Disconnected(queued)) => queued.claim(),
         }) else {
             return;
@@ -405,6 +409,7 @@ impl IoThread {
 
     fn close(&mut self, token: usize) {
         if let Some(conn) = self.slots.remove(token) {
+            crate::stats::gauge(crate::stats::CONNECTIONS, -1);
             let _ = self.mailbox.epoll.delete(&conn.stream);
             if conn.has_output() && !conn.is_hijacked() {
                 // Unsent bytes to a peer that stopped reading: reset rather

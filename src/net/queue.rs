@@ -84,7 +84,10 @@ impl Claims {
             if claim.queued_at.elapsed() <= timeout {
                 return true;
             }
-            expired.extend(claim.take());
+            if let Some(job) = claim.take() {
+                crate::stats::gauge(crate::stats::QUEUED, -1);
+                expired.push(job);
+            }
             false
         });
         expired

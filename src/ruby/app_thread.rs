@@ -4,7 +4,7 @@
 //! (without the GVL) while nothing else waits.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use magnus::value::{BoxValue, ReprValue};
@@ -74,7 +74,10 @@ pub fn serve(
     loop {
         let job = match jobs.try_recv() {
             Ok(queued) => match queued.claim() {
-                Some(job) => job,
+                Some(job) => {
+                    crate::stats::gauge(crate::stats::QUEUED, -1);
+                    job
+                }
                 None => continue, // answered by the watchdog meanwhile
             },
             Err(TryRecvError::Disconnected) => return Ok(()),
@@ -133,18 +136,21 @@ fn wait_for_job(
     wake_rx: &Receiver<()>,
     idle_exit: Option<Duration>,
 ) -> Result<Waited, Error> {
-    without_gvl(
+    let (waited, arrived) = without_gvl(
         ruby,
-        || match idle_exit {
-            None => crossbeam_channel::select! {
-                recv(jobs) -> queued => claimed(queued),
-                recv(wake_rx) -> _ => Waited::Woken,
-            },
-            Some(idle) => crossbeam_channel::select! {
-                recv(jobs) -> queued => claimed(queued),
-                recv(wake_rx) -> _ => Waited::Woken,
-                default(idle) => Waited::Idle,
-            },
+        || {
+            let waited = match idle_exit {
+                None => crossbeam_channel::select! {
+                    recv(jobs) -> queued => claimed(queued),
+                    recv(wake_rx) -> _ => Waited::Woken,
+                },
+                Some(idle) => crossbeam_channel::select! {
+                    recv(jobs) -> queued => claimed(queued),
+                    recv(wake_rx) -> _ => Waited::Woken,
+                    default(idle) => Waited::Idle,
+                },
+            };
+            (waited, Instant::now())
         },
         Some(Unblock {
             func: |wake: &Sender<()>| {
@@ -152,13 +158,21 @@ fn wait_for_job(
             },
             arg: wake_tx,
         }),
-    )
+    )?;
+    if let Waited::Job(_) = waited {
+        // From the job's arrival to holding the GVL again.
+        crate::stats::observe(crate::stats::GVL_WAIT, arrived.elapsed());
+    }
+    Ok(waited)
 }
 
 /// A job taken from the queue, or why there is none.
 fn claimed(queued: Result<Queued, crossbeam_channel::RecvError>) -> Waited {
     match queued.map(Queued::claim) {
-        Ok(Some(job)) => Waited::Job(job),
+        Ok(Some(job)) => {
+            crate::stats::gauge(crate::stats::QUEUED, -1);
+            Waited::Job(job)
+        }
         Ok(None) => Waited::Again,
         Err(_) => Waited::Closed,
     }

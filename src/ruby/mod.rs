@@ -54,6 +54,7 @@ mod hijack;
 mod request;
 mod response;
 mod snapshot;
+mod stats;
 mod stream;
 
 use magnus::{Error, Ruby};
@@ -67,5 +68,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     stream::init(ruby, module)?;
     hijack::init(ruby, module)?;
     early_hints::init(ruby, module)?;
+    stats::init(ruby, module)?;
     Ok(())
 }

@@ -42,6 +42,7 @@ pub struct Busy<'a>(&'a Pool);
 
 impl<'a> Busy<'a> {
     pub fn new(pool: &'a Pool) -> Self {
+        crate::stats::gauge(crate::stats::BUSY_THREADS, 1);
         let busy = pool.busy.fetch_add(1, Ordering::AcqRel) + 1;
         if busy >= pool.threads.load(Ordering::Acquire)
             && pool.watcher_asleep.swap(false, Ordering::AcqRel)
@@ -56,6 +57,7 @@ impl<'a> Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
+        crate::stats::gauge(crate::stats::BUSY_THREADS, -1);
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -65,6 +67,7 @@ pub struct Member<'a>(&'a Pool);
 
 impl<'a> Member<'a> {
     pub fn new(pool: &'a Pool) -> Self {
+        crate::stats::gauge(crate::stats::THREADS, 1);
         pool.threads.fetch_add(1, Ordering::AcqRel);
         Member(pool)
     }
@@ -72,6 +75,7 @@ impl<'a> Member<'a> {
 
 impl Drop for Member<'_> {
     fn drop(&mut self) {
+        crate::stats::gauge(crate::stats::THREADS, -1);
         self.0.threads.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -204,23 +204,26 @@ impl Exchange {
         self.lock().sent += bytes as u64;
     }
 
-    /// The access log's line for this exchange, while it has its job.
+    /// Counts the exchange (`crate::stats`) and writes its access log
+    /// line, while it has its job.
     fn log(&self, inner: &Inner) {
-        if !crate::logs::access::enabled() {
-            return;
-        }
         let Some(job) = inner.job.as_ref() else {
             return;
         };
         let request = &job.request;
-        crate::logs::access::record(&crate::logs::access::Entry {
-            peer: request.peer,
-            head: Some(&request.head),
-            status: inner.status.unwrap_or(500),
-            bytes: inner.sent.saturating_sub(inner.body_from),
-            duration: request.received.elapsed(),
-            queue: Some(self.started.saturating_duration_since(request.received)),
-        });
+        let status = inner.status.unwrap_or(500);
+        let queue = self.started.saturating_duration_since(request.received);
+        crate::stats::answered(status, inner.sent, queue, self.started.elapsed());
+        if crate::logs::access::enabled() {
+            crate::logs::access::record(&crate::logs::access::Entry {
+                peer: request.peer,
+                head: Some(&request.head),
+                status,
+                bytes: inner.sent.saturating_sub(inner.body_from),
+                duration: request.received.elapsed(),
+                queue: Some(queue),
+            });
+        }
     }
 
     /// Frames one piece of a streamed body (see [`BodyFramer`]); a fault

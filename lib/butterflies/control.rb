@@ -1,0 +1,149 @@
+# frozen_string_literal: true
+
+require "socket"
+require "uri"
+
+module Butterflies
+  # The control server (`control_url`, off by default): `GET /stats` (JSON,
+  # Puma's shape) and `GET /metrics` (Prometheus text). Served by the
+  # cluster master's own loop (or single mode's main loop), never by a Rust
+  # thread, one short request at a time; nothing in it reaches the app. A
+  # TCP one needs the token (`?token=` as Puma's, or `Authorization:
+  # Bearer`), compared in constant time; a missing or wrong one gets 401
+  # with `WWW-Authenticate: Bearer` (RFC 6750).
+  class Control
+    INHERIT_ENV = "BUTTERFLIES_CONTROL_FD"
+    # A client gets this long to send its request.
+    READ_SECONDS = 2
+
+    # Checks a control URL and token; returns [kind, host or path, port].
+    def self.parse(url, token)
+      uri = URI.parse(url.to_s)
+      case uri.scheme
+      when "tcp"
+        raise ConfigError, "control_url #{url}: a TCP control server needs a control_token" if token.to_s.empty?
+        raise ConfigError, "control_url #{url}: expected tcp://HOST:PORT" unless uri.host && uri.port
+
+        [:tcp, uri.host.delete_prefix("[").delete_suffix("]"), uri.port]
+      when "unix" then [:unix, "#{uri.host}#{uri.path}", nil]
+      else raise ConfigError, "control_url must be tcp://HOST:PORT or unix:///path, got #{url.inspect}"
+      end
+    rescue URI::InvalidURIError
+      raise ConfigError, "control_url must be tcp://HOST:PORT or unix:///path, got #{url.inspect}"
+    end
+
+    # Binds (or adopts, after a hot restart) the control socket.
+    def self.open(url, token, report)
+      kind, where, port = parse(url, token)
+      inherited = ENV.delete(INHERIT_ENV)
+      io = if inherited
+             Socket.for_fd(Integer(inherited)).tap { |s| s.autoclose = true }
+           elsif kind == :tcp
+             TCPServer.new(where, port)
+           else
+             File.unlink(where) if File.socket?(where)
+             UNIXServer.new(where)
+           end
+      new(io, token, report)
+    rescue SystemCallError => e
+      raise BindError, "control_url #{url}: #{e.message}"
+    end
+
+    attr_reader :io
+
+    # `report`: called for each request, returns a StatsReport.
+    def initialize(io, token, report)
+      @io = io
+      @token = token.to_s
+      @report = report
+    end
+
+    # Serves the requests waiting to be accepted; never blocks.
+    def serve_ready
+      loop do
+        client = @io.accept_nonblock(exception: false)
+        return if client == :wait_readable || client.nil?
+
+        serve(client)
+      end
+    rescue IOError, SystemCallError
+      nil
+    end
+
+    # The descriptor, kept across exec (a hot restart keeps listening).
+    def fd_for_exec
+      @io.close_on_exec = false
+      @io.fileno
+    end
+
+    def close
+      @io.close
+    rescue IOError
+      nil
+    end
+
+    private
+
+    def serve(client)
+      request = read_head(client)
+      respond(client, *answer(request)) if request
+    rescue IOError, SystemCallError
+      nil
+    ensure
+      client.close
+    end
+
+    def read_head(client)
+      head = +""
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + READ_SECONDS
+      until head.include?("\r\n\r\n")
+        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        return nil if left <= 0 || head.bytesize > 16_384 || !client.wait_readable(left)
+
+        chunk = client.read_nonblock(4096, exception: false)
+        return nil if chunk.nil?
+
+        head << chunk if chunk.is_a?(String)
+      end
+      head
+    end
+
+    def answer(head)
+      method, target = head.lines.first.to_s.split(" ", 3)
+      path, query = target.to_s.split("?", 2)
+      return [401, "text/plain", "a control token is needed\n", true] unless authorized?(head, query)
+      return [405, "text/plain", "only GET\n"] unless method == "GET"
+
+      case path
+      when "/stats" then [200, "application/json", "#{JSON.generate(@report.call.stats)}\n"]
+      when "/metrics" then [200, "text/plain; version=0.0.4; charset=utf-8", @report.call.metrics]
+      else [404, "text/plain", "no such control action: #{path}\n"]
+      end
+    end
+
+    def authorized?(head, query)
+      return true if @token.empty?
+
+      given = URI.decode_www_form(query.to_s).to_h["token"] ||
+              head[/^authorization:\s*bearer\s+(\S+)\r?$/i, 1]
+      secure_compare(given.to_s, @token)
+    end
+
+    # Compares in time that does not depend on where the strings differ.
+    def secure_compare(given, expected)
+      a = given.b
+      b = expected.b
+      diff = a.bytesize ^ b.bytesize
+      b.bytesize.times { |i| diff |= (a.getbyte(i % [a.bytesize, 1].max) || 0) ^ b.getbyte(i) }
+      diff.zero?
+    end
+
+    def respond(client, status, type, body, challenge = false)
+      reason = { 200 => "OK", 401 => "Unauthorized", 404 => "Not Found", 405 => "Method Not Allowed" }[status]
+      head = +"HTTP/1.1 #{status} #{reason}\r\ncontent-type: #{type}\r\ncontent-length: #{body.bytesize}\r\n"
+      head << "www-authenticate: Bearer realm=\"butterflies\"\r\n" if challenge
+      head << "connection: close\r\n\r\n"
+      client.write(head, body)
+    end
+  end
+end

@@ -1,0 +1,208 @@
+# frozen_string_literal: true
+
+require "json"
+require "time"
+
+module Butterflies
+  # `/stats` (Puma's shape, plus Butterflies' own keys) and `/metrics`
+  # (Prometheus text exposition) from the shared stats region
+  # (Butterflies::Stats) and what the master knows of its workers.
+  class StatsReport
+    # `workers`: nil in single mode; else the master's view, a Hash per
+    # worker: index:, pid:, phase:, booted:, slot:.
+    def initialize(stats, config, started_at:, workers: nil, phase: 0)
+      @snapshot = stats.snapshot
+      @config = config
+      @started_at = started_at
+      @workers = workers
+      @phase = phase
+    end
+
+    # Puma's /stats: the cluster shape, or the single-mode one at top level.
+    def stats
+      return single_stats if @workers.nil?
+
+      statuses = @workers.map { |w| worker_status(w) }
+      {
+        "started_at" => @started_at.utc.iso8601,
+        "workers" => @workers.size,
+        "phase" => @phase,
+        "booted_workers" => @workers.count { |w| w[:booted] },
+        "old_workers" => @workers.count { |w| w[:phase] != @phase },
+        "worker_status" => statuses,
+        "butterflies" => own_keys
+      }
+    end
+
+    def metrics
+      lines = []
+      counters(lines)
+      gauges(lines)
+      histograms(lines)
+      restarts(lines) if @workers
+      "#{lines.join("\n")}\n"
+    end
+
+    private
+
+    def live
+      @snapshot[:live]
+    end
+
+    def slot(at)
+      live.find { |s| s[:slot] == at }
+    end
+
+    def single_stats
+      s = live.first || { values: Hash.new(0) }
+      last_status(s[:values]).merge("started_at" => @started_at.utc.iso8601, "butterflies" => own_keys)
+    end
+
+    def worker_status(worker)
+      s = slot(worker[:slot])
+      values = s ? s[:values] : Hash.new(0)
+      {
+        "started_at" => s ? Time.at(s[:started_ms] / 1000.0).utc.iso8601 : nil,
+        "pid" => worker[:pid],
+        "index" => worker[:index],
+        "phase" => worker[:phase],
+        "booted" => worker[:booted],
+        "last_checkin" => s ? Time.at(s[:checkin_ms] / 1000.0).utc.iso8601 : nil,
+        "last_status" => last_status(values)
+      }
+    end
+
+    # Puma's per-process figures: backlog (requests waiting for an app
+    # thread), running (app threads), pool_capacity (requests it can take
+    # now: max_threads less the busy ones), max_threads, requests_count.
+    def last_status(values)
+      max = @config[:max_threads] || @config[:threads]
+      busy = values["busy_threads"].to_i
+      {
+        "backlog" => values["queued"].to_i,
+        "running" => values["threads"].to_i,
+        "pool_capacity" => [max - busy, 0].max,
+        "max_threads" => max,
+        "busy_threads" => busy,
+        "requests_count" => requests(values)
+      }
+    end
+
+    def requests(values)
+      %w[1xx 2xx 3xx 4xx 5xx].sum { |c| values["requests_#{c}"].to_i }
+    end
+
+    # Totals over every process that ever served, the retired included.
+    def own_keys
+      totals = Hash.new(0)
+      (live.map { |s| s[:values] } + @snapshot[:retired].values.map { |r| r[:values] }).each do |values|
+        values.each { |name, n| totals[name] += n unless gauge?(name) }
+      end
+      { "totals" => totals, "restarts" => @snapshot[:restarts] }
+    end
+
+    GAUGES = %w[connections queued queue_capacity threads busy_threads].freeze
+
+    def gauge?(name)
+      GAUGES.include?(name)
+    end
+
+    # Per worker label: figures of its live processes plus its retired totals.
+    def by_worker
+      groups = Hash.new { |h, k| h[k] = { values: Hash.new(0), live: Hash.new(0), histograms: {} } }
+      live.each { |s| add(groups[label(s[:index])], s, live: true) }
+      @snapshot[:retired].each { |index, r| add(groups[label(index)], r, live: false) }
+      groups
+    end
+
+    def label(index)
+      index.negative? || index >= 255 ? "single" : index.to_s
+    end
+
+    def add(group, figures, live:)
+      figures[:values].each do |name, n|
+        gauge?(name) ? (group[:live][name] += n if live) : group[:values][name] += n
+      end
+      figures[:histograms].each do |name, h|
+        mine = group[:histograms][name] ||= { counts: Array.new(h[:counts].size, 0), sum_seconds: 0.0 }
+        h[:counts].each_with_index { |c, i| mine[:counts][i] += c }
+        mine[:sum_seconds] += h[:sum_seconds]
+      end
+    end
+
+    COUNTERS = {
+      "butterflies_requests_total" => ["Requests the app answered, by status class.", "code", /\Arequests_(\dxx)\z/],
+      "butterflies_rejected_total" => ["Requests answered before the app, by status.", "status", /\Arejected_(\d+)\z/]
+    }.freeze
+
+    def counters(lines)
+      groups = by_worker
+      COUNTERS.each do |metric, (help, key, pattern)|
+        header(lines, metric, help, "counter")
+        groups.each do |worker, g|
+          g[:values].each do |name, n|
+            code = name[pattern, 1] or next
+            lines << %(#{metric}{worker="#{worker}",#{key}="#{code}"} #{n})
+          end
+        end
+      end
+      bytes(lines, groups)
+    end
+
+    def bytes(lines, groups)
+      { "butterflies_received_bytes_total" => "bytes_in", "butterflies_sent_bytes_total" => "bytes_out" }.each do |metric, name|
+        header(lines, metric, "Bytes #{name == 'bytes_in' ? 'read from' : 'written to'} clients.", "counter")
+        groups.each { |worker, g| lines << %(#{metric}{worker="#{worker}"} #{g[:values][name]}) }
+      end
+    end
+
+    def gauges(lines)
+      groups = by_worker.select { |_, g| g[:live].any? }
+      {
+        "connections" => "Open client connections.", "queued" => "Requests waiting for an app thread.",
+        "queue_capacity" => "Requests that may wait before new ones get 503.", "threads" => "App threads.",
+        "busy_threads" => "App threads running a request."
+      }.each do |name, help|
+        metric = "butterflies_#{name}"
+        header(lines, metric, help, "gauge")
+        groups.each { |worker, g| lines << %(#{metric}{worker="#{worker}"} #{g[:live][name]}) }
+      end
+    end
+
+    HISTOGRAMS = {
+      "queue" => ["butterflies_queue_seconds", "From a complete request to an app thread taking it."],
+      "gvl_wait" => ["butterflies_gvl_wait_seconds", "From a request reaching an app thread to it holding the GVL."],
+      "app" => ["butterflies_app_seconds", "From an app thread taking a request to handing its connection back."]
+    }.freeze
+
+    def histograms(lines)
+      groups = by_worker
+      HISTOGRAMS.each do |name, (metric, help)|
+        header(lines, metric, help, "histogram")
+        groups.each do |worker, g|
+          h = g[:histograms][name] or next
+          running = 0
+          Stats::BUCKETS_SECONDS.each_with_index do |le, i|
+            running += h[:counts][i]
+            lines << %(#{metric}_bucket{worker="#{worker}",le="#{le}"} #{running})
+          end
+          total = h[:counts].sum
+          lines << %(#{metric}_bucket{worker="#{worker}",le="+Inf"} #{total})
+          lines << %(#{metric}_sum{worker="#{worker}"} #{h[:sum_seconds]})
+          lines << %(#{metric}_count{worker="#{worker}"} #{total})
+        end
+      end
+    end
+
+    def restarts(lines)
+      metric = "butterflies_worker_restarts_total"
+      header(lines, metric, "Workers replaced, by reason.", "counter")
+      @snapshot[:restarts].each { |reason, n| lines << %(#{metric}{reason="#{reason}"} #{n}) }
+    end
+
+    def header(lines, metric, help, type)
+      lines << "# HELP #{metric} #{help}"
+      lines << "# TYPE #{metric} #{type}"
+    end
+  end
+end

@@ -1,0 +1,141 @@
+# frozen_string_literal: true
+
+require "json"
+require "open3"
+require "tmpdir"
+
+# The control server: /stats in Puma's shape, /metrics in Prometheus' text
+# format (checked by promtool, and scraped by a real Prometheus), with
+# token authentication.
+RSpec.describe "the control server", timeout: 180 do
+  def token
+    "s3cret"
+  end
+
+  def control_port
+    TCPServer.open("127.0.0.1", 0) { |s| s.addr[1] }
+  end
+
+  def control_get(port, path, headers = {})
+    Net::HTTP.start("127.0.0.1", port, read_timeout: 10) { |h| h.get(path, headers) }
+  end
+
+  def stats(port)
+    JSON.parse(control_get(port, "/stats?token=#{token}").body)
+  end
+
+  def start_with_control(*args, workers: nil)
+    port = control_port
+    flags = ["--control-url", "tcp://127.0.0.1:#{port}", "--control-token", token, *args]
+    server = workers ? start_cluster(*flags, workers: workers) : start_butterflies("-t", "2", *flags)
+    [server, port]
+  end
+
+  it "refuses a missing or wrong token with 401 and a Bearer challenge" do
+    _server, port = start_with_control
+    [control_get(port, "/stats"), control_get(port, "/stats?token=wrong"),
+     control_get(port, "/metrics", "Authorization" => "Bearer wrong")].each do |response|
+      expect(response.code).to eq("401")
+      expect(response["www-authenticate"]).to start_with("Bearer")
+    end
+    expect(control_get(port, "/stats", "Authorization" => "Bearer #{token}").code).to eq("200")
+    expect(control_get(port, "/nothing?token=#{token}").code).to eq("404")
+  end
+
+  it "refuses a TCP control server without a token" do
+    out, err, status = Open3.capture3(*butterflies_command("--control-url", "tcp://127.0.0.1:1",
+                                                           "-b", "tcp://127.0.0.1:0", ServerHelpers::APP))
+    expect(status.exitstatus).to eq(2), out
+    expect(err).to include("a TCP control server needs a control_token")
+  end
+
+  it "needs no token on a Unix socket" do
+    Dir.mktmpdir do |dir|
+      path = File.join(dir, "control.sock")
+      server = start_butterflies("-t", "2", "--control-url", "unix://#{path}")
+      Net::HTTP.get(URI(server.url("/")))
+      response = UNIXSocket.open(path) do |s|
+        s.write("GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.read
+      end
+      expect(response).to start_with("HTTP/1.1 200 OK")
+      expect(JSON.parse(response.split("\r\n\r\n", 2).last)["requests_count"]).to eq(1)
+    end
+  end
+
+  it "reports single mode in Puma's single-mode shape" do
+    server, port = start_with_control
+    3.times { Net::HTTP.get(URI(server.url("/"))) }
+    s = stats(port)
+    expect(s.keys).to include("started_at", "backlog", "running", "pool_capacity", "max_threads",
+                              "requests_count", "busy_threads")
+    expect(s["requests_count"]).to eq(3)
+    expect(s["running"]).to eq(2)
+  end
+
+  it "reports each worker in Puma's cluster shape, adding up to what the clients sent" do
+    server, port = start_with_control(workers: 2)
+    threads = Array.new(4) { Thread.new { 25.times { Net::HTTP.get(URI(server.url("/"))) } } }
+    threads.each(&:join)
+    s = stats(port)
+    expect(s.keys).to include("started_at", "workers", "phase", "booted_workers", "old_workers", "worker_status")
+    expect(s["workers"]).to eq(2)
+    expect(s["booted_workers"]).to eq(2)
+    s["worker_status"].each do |w|
+      expect(w.keys).to include("started_at", "pid", "index", "phase", "booted", "last_checkin", "last_status")
+      expect(w["last_status"].keys).to include("backlog", "running", "pool_capacity", "max_threads", "requests_count")
+    end
+    counts = s["worker_status"].map { |w| w["last_status"]["requests_count"] }
+    expect(counts.sum).to eq(100)
+    expect(s["butterflies"]["totals"]["requests_2xx"]).to eq(100)
+  end
+
+  it "keeps a killed worker's requests in the totals" do
+    server, port = start_with_control(workers: 2)
+    20.times { Net::HTTP.get(URI(server.url("/"))) }
+    victim = ready_workers(server)[0]
+    Process.kill("KILL", victim)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 3, timeout: 30)).to be(true)
+    s = stats(port)
+    expect(s["butterflies"]["totals"]["requests_2xx"]).to eq(20)
+    expect(s["butterflies"]["restarts"]["crash"]).to eq(1)
+  end
+
+  it "serves /metrics that promtool accepts and a real Prometheus scrapes" do
+    server, port = start_with_control(workers: 2)
+    10.times { Net::HTTP.get(URI(server.url("/"))) }
+    metrics = control_get(port, "/metrics?token=#{token}").body
+    expect(metrics).to include('butterflies_queue_seconds_bucket{worker="0",le="+Inf"}')
+    out, status = Open3.capture2e("promtool", "check", "metrics", stdin_data: metrics)
+    expect(status).to be_success, out
+
+    Dir.mktmpdir do |dir|
+      web = control_port
+      File.write(File.join(dir, "prometheus.yml"), <<~YAML)
+        global: { scrape_interval: 1s }
+        scrape_configs:
+          - job_name: butterflies
+            authorization: { credentials: #{token} }
+            static_configs: [{ targets: ["127.0.0.1:#{port}"] }]
+      YAML
+      prometheus = ServerProcess.new(["prometheus", "--config.file=#{dir}/prometheus.yml",
+                                      "--storage.tsdb.path=#{dir}/data", "--web.listen-address=127.0.0.1:#{web}"],
+                                     ready: /Server is ready to receive web requests/)
+      begin
+        prometheus.wait_until_listening(timeout: 60)
+        query = lambda do |q|
+          body = Net::HTTP.get(URI("http://127.0.0.1:#{web}/api/v1/query?query=#{URI.encode_www_form_component(q)}"))
+          JSON.parse(body).dig("data", "result", 0, "value", 1)
+        end
+        total = wait_until(timeout: 30, message: "Prometheus to scrape the request counter") do
+          query.call('sum(butterflies_requests_total{code="2xx"})')
+        end
+        expect(total.to_i).to eq(10)
+        bucket = query.call('sum(butterflies_queue_seconds_bucket{le="+Inf"})')
+        expect(bucket.to_i).to eq(10)
+      ensure
+        prometheus.stop
+      end
+    end
+  end
+end

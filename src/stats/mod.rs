@@ -1,0 +1,130 @@
+//! Counters that survive forks and restarts. A cluster master maps one
+//! shared region (a memfd, `MAP_SHARED`) before it forks; each serving
+//! process (a worker, or single mode) is given a slot of its own and adds
+//! to it with relaxed atomics, so the master reads every worker's figures
+//! without asking them. A slot is per process, not per worker index: during
+//! a phased restart the old and new worker of an index keep apart gauges.
+//! When a worker is gone, the master folds its counters into the retired
+//! totals of its index, so no request counted is ever lost. The memfd is
+//! handed across exec like the listeners (hot restarts, exec'd workers).
+
+pub mod region;
+
+pub use region::{Region, Slot};
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Counters and gauges of a slot, by name (as `/stats` and `/metrics`
+/// show them). Gauges go up and down (wrapping adds of -1).
+pub const VALUES: [&str; VALUE_COUNT] = [
+    "requests_1xx",
+    "requests_2xx",
+    "requests_3xx",
+    "requests_4xx",
+    "requests_5xx",
+    "rejected_400",
+    "rejected_408",
+    "rejected_413",
+    "rejected_414",
+    "rejected_431",
+    "rejected_501",
+    "rejected_503",
+    "bytes_in",
+    "bytes_out",
+    "connections",
+    "queued",
+    "queue_capacity",
+    "threads",
+    "busy_threads",
+];
+pub const VALUE_COUNT: usize = 19;
+
+/// Which of [`VALUES`] are gauges (not summed into retired totals).
+pub fn is_gauge(index: usize) -> bool {
+    index >= CONNECTIONS
+}
+
+pub const BYTES_IN: usize = 12;
+pub const BYTES_OUT: usize = 13;
+pub const CONNECTIONS: usize = 14;
+pub const QUEUED: usize = 15;
+pub const QUEUE_CAPACITY: usize = 16;
+pub const THREADS: usize = 17;
+pub const BUSY_THREADS: usize = 18;
+
+/// Histograms of a slot.
+pub const HISTOGRAMS: [&str; HISTOGRAM_COUNT] = ["queue", "gvl_wait", "app"];
+pub const HISTOGRAM_COUNT: usize = 3;
+pub const QUEUE_TIME: usize = 0;
+pub const GVL_WAIT: usize = 1;
+pub const APP_TIME: usize = 2;
+
+/// Bucket upper bounds, in microseconds (then +Inf).
+pub const BUCKETS_US: [u64; BUCKET_COUNT] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+pub const BUCKET_COUNT: usize = 12;
+
+/// Worker restart reasons the master counts.
+pub const RESTARTS: [&str; 4] = ["crash", "timeout", "phased", "hot"];
+
+/// This process's slot, once attached.
+static CURRENT: OnceLock<&'static Slot> = OnceLock::new();
+
+/// Makes `slot` this process's (once; after any fork).
+pub fn attach(slot: &'static Slot) {
+    let _ = CURRENT.set(slot);
+}
+
+/// Adds `n` to value `index` of this process's slot (nothing if none).
+pub fn add(index: usize, n: u64) {
+    if let Some(slot) = CURRENT.get() {
+        slot.add(index, n);
+    }
+}
+
+/// Moves gauge `index` by `delta`.
+pub fn gauge(index: usize, delta: i64) {
+    add(index, delta as u64);
+}
+
+/// Sets gauge `index`.
+pub fn set(index: usize, value: u64) {
+    if let Some(slot) = CURRENT.get() {
+        slot.set(index, value);
+    }
+}
+
+/// Records `d` in histogram `index`.
+pub fn observe(index: usize, d: Duration) {
+    if let Some(slot) = CURRENT.get() {
+        slot.observe(index, d);
+    }
+}
+
+/// A request the app answered, with `status`.
+pub fn answered(status: u16, bytes: u64, queue: Duration, app: Duration) {
+    let Some(slot) = CURRENT.get() else {
+        return;
+    };
+    let class = usize::from(status / 100).clamp(1, 5) - 1;
+    slot.add(class, 1);
+    slot.add(BYTES_OUT, bytes);
+    slot.observe(QUEUE_TIME, queue);
+    slot.observe(APP_TIME, app);
+}
+
+/// A request the server answered itself before the app saw it.
+pub fn rejected(status: u16) {
+    let index = match status {
+        400 => 5,
+        408 => 6,
+        413 => 7,
+        414 => 8,
+        431 => 9,
+        501 => 10,
+        _ => 11,
+    };
+    add(index, 1);
+}
