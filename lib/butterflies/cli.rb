@@ -44,8 +44,13 @@ module Butterflies
       fail_with(e.message, FAILURE)
     end
 
-    # Runs and returns the exit status, handling --help and --version.
+    # Runs and returns the exit status, handling --help and --version;
+    # `butterflies ctl ...` is the control client (Butterflies::Ctl).
     def self.start(argv)
+      if argv.first == "ctl"
+        require "butterflies/ctl"
+        return catch(:exit_status) { Ctl.new(argv.drop(1)).run }
+      end
       catch(:exit_status) { new(argv).run }
     end
 
@@ -141,6 +146,9 @@ module Butterflies
       opts.on("--preload", "Load the app in the master before forking workers") { @dsl.preload_app! }
       opts.on("--pin-workers", "Pin worker i to CPU i (cluster mode)") { @dsl.pin_workers }
       opts.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @dsl.pidfile(p) }
+      opts.on("-S", "--state PATH", "Write pid, control URL and token to PATH (for butterflies ctl -S)") do |p|
+        @dsl.state_path(p)
+      end
     end
 
     # The environment, output, and the flags that only print.

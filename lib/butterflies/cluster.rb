@@ -75,7 +75,7 @@ module Butterflies
       Butterflies.sync_output!
       @engine = Listeners.bind(@config, shared: true, workers: @config[:workers])
       @stats = Runtime.stats_region
-      @control = Control.open(@config[:control_url], @config[:control_token], method(:report)) if @config[:control_url]
+      @control = Control.for(@config, self)
       @app = @loader.call if @config[:preload_app]
       @alive_reader, @alive_writer = IO.pipe
       @signals.trap(SIGNALS)
@@ -337,11 +337,11 @@ module Butterflies
     end
 
     def write_pidfile
-      File.write(@config[:pidfile], "#{Process.pid}\n") if @config[:pidfile]
+      ProcessFiles.new(@config).write
     end
 
     def remove_pidfile
-      File.unlink(@config[:pidfile]) if @config[:pidfile] && File.exist?(@config[:pidfile])
+      ProcessFiles.new(@config).remove
     end
 
     def banner
@@ -369,7 +369,25 @@ module Butterflies
       fds
     end
 
-    # The control server's report: the region and the master's view.
+    # A control action: `name?` asks whether it can be done (nil: yes);
+    # `name` does it, as its signal would.
+    def act(name)
+      return nil if name.end_with?("?")
+      return halt if name == "halt"
+
+      @signals.push({ "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP" }.fetch(name))
+    end
+
+    # Stops at once: workers are killed, requests in flight are lost.
+    def halt
+      @workers.each { |w| kill(w, "KILL") }
+      say "Halted"
+      remove_pidfile
+      Butterflies.flush_output
+      exit!(0)
+    end
+
+    # The control server's report: the region and the master's view (public: Control calls it).
     def report
       workers = @workers.map do |w|
         { index: w.index, pid: w.pid, phase: w.phase, booted: w.ready, slot: w.slot }

@@ -31,6 +31,8 @@ module Butterflies
       control_url: nil,
       control_token: nil,
       pidfile: nil,
+      # pid, control URL and token for `butterflies ctl -S PATH` (mode 0600).
+      state_path: nil,
       shutdown_timeout: 30.0,
       worker_timeout: 60.0,
       request_timeout: nil,

@@ -5,7 +5,9 @@ require "uri"
 
 module Butterflies
   # The control server (`control_url`, off by default): `GET /stats` (JSON,
-  # Puma's shape) and `GET /metrics` (Prometheus text). Served by the
+  # Puma's shape), `GET /metrics` (Prometheus text), and the actions
+  # `/stop`, `/halt`, `/restart`, `/phased-restart`, `/reload` (GET or
+  # POST, as Puma's control app takes them), each what its signal does. Served by the
   # cluster master's own loop (or single mode's main loop), never by a Rust
   # thread, one short request at a time; nothing in it reaches the app. A
   # TCP one needs the token (`?token=` as Puma's, or `Authorization:
@@ -33,7 +35,20 @@ module Butterflies
     end
 
     # Binds (or adopts, after a hot restart) the control socket.
-    def self.open(url, token, report)
+    ACTIONS = %w[stop halt restart phased-restart reload].freeze
+
+    # The control server `config` asks for (nil if none), reporting on and
+    # acting through `owner` (its `report` and `act` methods).
+    def self.for(config, owner)
+      return nil unless config[:control_url]
+
+      Control.open(config[:control_url], config[:control_token], owner.method(:report), owner.method(:act))
+    end
+
+    # `report`: returns a StatsReport; `act`: called with an action's name
+    # after its answer went out, returns an error message if the server
+    # cannot do it (single mode has no phased restart).
+    def self.open(url, token, report, act)
       kind, where, port = parse(url, token)
       inherited = ENV.delete(INHERIT_ENV)
       io = if inherited
@@ -44,18 +59,18 @@ module Butterflies
              File.unlink(where) if File.socket?(where)
              UNIXServer.new(where)
            end
-      new(io, token, report)
+      new(io, token, report, act)
     rescue SystemCallError => e
       raise BindError, "control_url #{url}: #{e.message}"
     end
 
     attr_reader :io
 
-    # `report`: called for each request, returns a StatsReport.
-    def initialize(io, token, report)
+    def initialize(io, token, report, act)
       @io = io
       @token = token.to_s
       @report = report
+      @act = act
     end
 
     # Serves the requests waiting to be accepted; never blocks.
@@ -86,7 +101,12 @@ module Butterflies
 
     def serve(client)
       request = read_head(client)
-      respond(client, *answer(request)) if request
+      return unless request
+
+      status, type, body, challenge, action = answer(request)
+      respond(client, status, type, body, challenge)
+      client.close
+      @act.call(action) if action
     rescue IOError, SystemCallError
       nil
     ensure
@@ -112,13 +132,22 @@ module Butterflies
       method, target = head.lines.first.to_s.split(" ", 3)
       path, query = target.to_s.split("?", 2)
       return [401, "text/plain", "a control token is needed\n", true] unless authorized?(head, query)
-      return [405, "text/plain", "only GET\n"] unless method == "GET"
+      return [405, "text/plain", "only GET or POST\n"] unless %w[GET POST].include?(method)
 
       case path
       when "/stats" then [200, "application/json", "#{JSON.generate(@report.call.stats)}\n"]
       when "/metrics" then [200, "text/plain; version=0.0.4; charset=utf-8", @report.call.metrics]
-      else [404, "text/plain", "no such control action: #{path}\n"]
+      else action(path.to_s.delete_prefix("/"))
       end
+    end
+
+    def action(name)
+      return [404, "text/plain", "no such control action: /#{name}\n"] unless ACTIONS.include?(name)
+
+      refused = @act.call("#{name}?")
+      return [409, "text/plain", "#{refused}\n"] if refused
+
+      [200, "application/json", "#{JSON.generate('status' => 'ok', 'action' => name)}\n", false, name]
     end
 
     def authorized?(head, query)
@@ -139,7 +168,8 @@ module Butterflies
     end
 
     def respond(client, status, type, body, challenge = false)
-      reason = { 200 => "OK", 401 => "Unauthorized", 404 => "Not Found", 405 => "Method Not Allowed" }[status]
+      reason = { 200 => "OK", 401 => "Unauthorized", 404 => "Not Found", 405 => "Method Not Allowed",
+                 409 => "Conflict" }[status]
       head = +"HTTP/1.1 #{status} #{reason}\r\ncontent-type: #{type}\r\ncontent-length: #{body.bytesize}\r\n"
       head << "www-authenticate: Bearer realm=\"butterflies\"\r\n" if challenge
       head << "connection: close\r\n\r\n"

@@ -94,6 +94,11 @@ module Butterflies
       @config[:pidfile] = string(:pidfile, path)
     end
 
+    # The state file for `butterflies ctl -S PATH`: pid, control URL, token.
+    def state_path(path)
+      @config[:state_path] = string(:state_path, path)
+    end
+
     # Seconds.  request_timeout 30
     %i[shutdown_timeout worker_timeout request_timeout request_hard_timeout
        idle_timeout header_timeout body_timeout write_timeout].each do |name|

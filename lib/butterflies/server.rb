@@ -56,8 +56,9 @@ module Butterflies
       @stats = Runtime.stats_region
       @slot = @stats.allocate(-1)
       @stats.attach(@slot)
-      @control = Control.open(@config[:control_url], @config[:control_token], method(:report)) if @config[:control_url]
+      @control = Control.for(@config, self)
       @runtime = Runtime.new(@engine, @app, @config, on_fault: method(:fault)).start
+      ProcessFiles.new(@config).write
       banner
     end
 
@@ -100,7 +101,29 @@ module Butterflies
         Listeners.exec_keeping(@engine, @argv, @dir, keep: inherited_fds)
       end
       Listeners.unlink_unix_sockets(@config)
+      ProcessFiles.new(@config).remove
       say "Goodbye"
+    end
+
+    # A control action: `name?` asks whether single mode can do it (an
+    # error message if not); `name` does it, as its signal would.
+    def act(name)
+      if name.end_with?("?")
+        return "#{name.chomp('?')} needs cluster mode (workers >= 1)" if %w[phased-restart? reload?].include?(name)
+
+        return nil
+      end
+      return halt if name == "halt"
+
+      @signals.push({ "stop" => "TERM", "restart" => "USR2" }.fetch(name))
+    end
+
+    # Stops at once: requests in flight are lost.
+    def halt
+      ProcessFiles.new(@config).remove
+      say "Halted"
+      Butterflies.flush_output
+      exit!(0)
     end
 
     # The control server's report.

@@ -1,0 +1,99 @@
+# frozen_string_literal: true
+
+require "json"
+require "open3"
+require "tmpdir"
+
+# `butterflies ctl`: the control client, by state file, URL or pidfile,
+# against real servers; and the state file itself.
+RSpec.describe "butterflies ctl", timeout: 180 do
+  def ctl(*args)
+    Open3.capture3(*butterflies_command_without_app("ctl", *args))
+  end
+
+  def butterflies_command_without_app(*args)
+    [RbConfig.ruby, "-I#{ServerHelpers::ROOT}/lib", File.join(ServerHelpers::ROOT, "exe/butterflies"), *args]
+  end
+
+  def free_port
+    TCPServer.open("127.0.0.1", 0) { |s| s.addr[1] }
+  end
+
+  around do |example|
+    Dir.mktmpdir { |dir| (@dir = dir) && example.run }
+  end
+
+  def state
+    File.join(@dir, "state.json")
+  end
+
+  def start_with_state(*args, workers: nil)
+    flags = ["--control-url", "tcp://127.0.0.1:#{free_port}", "--control-token", "tok", "-S", state, *args]
+    workers ? start_cluster(*flags, workers: workers) : start_butterflies("-t", "2", *flags)
+  end
+
+  it "writes a state file only its owner reads, and removes it on exit" do
+    server = start_with_state
+    expect(File.stat(state).mode & 0o777).to eq(0o600)
+    expect(JSON.parse(File.read(state))).to include("pid" => server.pid, "control_token" => "tok")
+    out, _err, status = ctl("-S", state, "stop")
+    expect(status.exitstatus).to eq(0)
+    expect(out).to include('"action":"stop"')
+    expect(server.wait_for_output(/Goodbye/)).to be(true)
+    expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
+    expect(File.exist?(state)).to be(false)
+  end
+
+  it "reports status, stats and metrics, and refuses what single mode cannot do" do
+    server = start_with_state
+    Net::HTTP.get(URI(server.url("/")))
+    out, _err, status = ctl("-S", state, "status")
+    expect([status.exitstatus, out]).to eq([0, "running: single mode, 1 requests\n"])
+    out, _err, status = ctl("-S", state, "stats")
+    expect(status.exitstatus).to eq(0)
+    expect(JSON.parse(out)["requests_count"]).to eq(1)
+    out, _err, status = ctl("-S", state, "metrics")
+    expect(status.exitstatus).to eq(0)
+    expect(out).to include("# TYPE butterflies_requests_total counter")
+    _out, err, status = ctl("-S", state, "phased-restart")
+    expect(status.exitstatus).to eq(3)
+    expect(err).to eq("butterflies ctl: phased-restart needs cluster mode (workers >= 1)\n")
+  end
+
+  it "says when the token is wrong or the server cannot be reached, with distinct statuses" do
+    server = start_with_state
+    url = JSON.parse(File.read(state))["control_url"]
+    _out, err, status = ctl("-C", url, "-T", "wrong", "stats")
+    expect([status.exitstatus, err]).to eq([3, "butterflies ctl: wrong or missing control token for #{url}\n"])
+    server.stop
+    _out, err, status = ctl("-C", url, "-T", "tok", "stats")
+    expect(status.exitstatus).to eq(1)
+    expect(err).to start_with("butterflies ctl: cannot reach the control server at #{url}")
+    _out, err, status = ctl("stats")
+    expect(status.exitstatus).to eq(2)
+    expect(err).to start_with("butterflies ctl: stats needs the control server (-C, or -S with a state file)")
+  end
+
+  it "phased-restarts a cluster, and stops it by its pidfile" do
+    pidfile = File.join(@dir, "pid")
+    server = start_with_state("--pidfile", pidfile, workers: 2)
+    old = ready_workers(server).values
+    _out, _err, status = ctl("-S", state, "phased-restart")
+    expect(status.exitstatus).to eq(0)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 4, timeout: 30)).to be(true)
+    wait_until(timeout: 20, message: "old workers to stop") { old.none? { |pid| alive?(pid) } }
+    out, err, status = ctl("-P", pidfile, "stop")
+    expect([status.exitstatus, out]).to eq([0, "sent TERM to #{server.pid}\n"]), err
+    expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
+    _out, _err, status = ctl("-P", pidfile, "status")
+    expect(status.exitstatus).to eq(2) # the pidfile is gone with the server
+  end
+
+  it "halts at once" do
+    server = start_with_state
+    _out, _err, status = ctl("-S", state, "halt")
+    expect(status.exitstatus).to eq(0)
+    expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
+    expect(server.output).to include("Halted")
+  end
+end
