@@ -33,6 +33,7 @@ require "butterflies/phased_restart"
 require "butterflies/stats_report"
 require "butterflies/control"
 require "butterflies/process_files"
+require "butterflies/log_files"
 require "butterflies/cluster"
 
 # Butterflies is a Rack web server whose engine is written in Rust.

@@ -34,7 +34,7 @@ RSpec.describe "the access log", timeout: 120 do
   end
 
   it "logs one JSON object a line, with the queue time and the worker" do
-    server = start_cluster("--log-requests", "json", workers: 2)
+    server = start_cluster("--log-format", "json", workers: 2)
     pids = ready_workers(server)
     4.times { expect(Net::HTTP.get(URI(server.url("/pid?x=%22")))).to match(/\A\d+\z/) }
     objects = access_lines(server, 4, /^\{"time"/).map { |l| JSON.parse(l) }
@@ -50,7 +50,7 @@ RSpec.describe "the access log", timeout: 120 do
   end
 
   it "escapes bytes of the path that are not printable ASCII" do
-    server = start_butterflies("-t", "2", "--log-requests", "json")
+    server = start_butterflies("-t", "2", "--log-format", "json")
     response = raw_request(server, "GET /caf\xC3\xA9\"x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".b)
     expect(response).to start_with("HTTP/1.1 404")
     object = JSON.parse(access_lines(server, 1, /^\{"time"/).first)

@@ -146,6 +146,9 @@ module Butterflies
       opts.on("--preload", "Load the app in the master before forking workers") { @dsl.preload_app! }
       opts.on("--pin-workers", "Pin worker i to CPU i (cluster mode)") { @dsl.pin_workers }
       opts.on("--pidfile PATH", "Write the master's pid to PATH") { |p| @dsl.pidfile(p) }
+      opts.on("--redirect-stdout PATH", "Write stdout (every process's) to PATH") { |p| @dsl.redirect_stdout(p) }
+      opts.on("--redirect-stderr PATH", "Write stderr (every process's) to PATH") { |p| @dsl.redirect_stderr(p) }
+      opts.on("--redirect-append", "Append to the redirected files at boot") { @dsl.redirect_append }
       opts.on("-S", "--state PATH", "Write pid, control URL and token to PATH (for butterflies ctl -S)") do |p|
         @dsl.state_path(p)
       end
@@ -159,9 +162,10 @@ module Butterflies
         @dsl.control_url(u)
       end
       opts.on("--control-token TOKEN", "The control server's token (required for TCP)") { |t| @dsl.control_token(t) }
-      opts.on("--log-requests [FORMAT]", "An access log line per request on stdout: common (default) or json") do |f|
-        @dsl.log_requests(f || true)
+      opts.on("--log-requests", "An access log line per request on stdout (Apache common format)") do
+        @dsl.log_requests(true)
       end
+      opts.on("--log-format FORMAT", "The access log's format: common or json (turns it on)") { |f| @dsl.log_requests(f) }
       opts.on("--dry-run", "Print the resolved configuration and exit") { @dry_run = true }
       opts.on("-v", "--version", "Print the version and exit") do
         @stdout.puts("butterflies #{VERSION}")

@@ -15,7 +15,7 @@ module Butterflies
   #   TTIN / TTOU      one worker more / fewer
   #   HUP              reload the config file, then a phased restart
   class Cluster
-    SIGNALS = %w[TERM INT QUIT USR1 USR2 TTIN TTOU HUP CHLD].freeze
+    SIGNALS = %w[TERM INT QUIT USR1 USR2 TTIN TTOU HUP CHLD URG].freeze
     # Set in a worker started by fork + exec: "index,heartbeat fd,alive fd,
     # workers,io threads" (the last two say which inherited sockets are its).
     WORKER_ENV = "BUTTERFLIES_WORKER"
@@ -72,6 +72,7 @@ module Butterflies
     end
 
     def run
+      LogFiles.new(@config).redirect!(inherited: ENV.key?(Listeners::INHERIT_ENV))
       Butterflies.sync_output!
       @engine = Listeners.bind(@config, shared: true, workers: @config[:workers])
       @stats = Runtime.stats_region
@@ -119,15 +120,17 @@ module Butterflies
       ios
     end
 
+    # What each signal does (SIGCHLD only wakes the loop, which reaps).
+    HANDLERS = {
+      "TERM" => -> { stop_all(restart: false) }, "INT" => -> { stop_all(restart: false) },
+      "QUIT" => -> { stop_all(restart: false) }, "USR2" => -> { hot_restart }, "USR1" => -> { phased_restart },
+      "TTIN" => -> { resize(+1) }, "TTOU" => -> { resize(-1) }, "HUP" => -> { reload },
+      LogFiles::SIGNAL => -> { reopen_logs }
+    }.freeze
+
     def handle(signal)
-      case signal
-      when "TERM", "INT", "QUIT" then stop_all(restart: false)
-      when "USR2" then hot_restart
-      when "USR1" then phased_restart
-      when "TTIN" then resize(+1)
-      when "TTOU" then resize(-1)
-      when "HUP" then reload
-      end
+      handler = HANDLERS[signal]
+      instance_exec(&handler) if handler
     end
 
     def hot_restart
@@ -375,7 +378,14 @@ module Butterflies
       return nil if name.end_with?("?")
       return halt if name == "halt"
 
-      @signals.push({ "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP" }.fetch(name))
+      @signals.push({ "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
+                      "reopen-logs" => LogFiles::SIGNAL }.fetch(name))
+    end
+
+    # The master's log files, then every worker's (they share the files).
+    def reopen_logs
+      LogFiles.new(@config).reopen!
+      @workers.each { |w| kill(w, LogFiles::SIGNAL) }
     end
 
     # Stops at once: workers are killed, requests in flight are lost.

@@ -33,6 +33,11 @@ module Butterflies
       pidfile: nil,
       # pid, control URL and token for `butterflies ctl -S PATH` (mode 0600).
       state_path: nil,
+      # stdout_redirect: where $stdout and $stderr go (every process), and
+      # whether boot appends to them (a hot restart always appends).
+      redirect_stdout: nil,
+      redirect_stderr: nil,
+      redirect_append: false,
       shutdown_timeout: 30.0,
       worker_timeout: 60.0,
       request_timeout: nil,

@@ -35,7 +35,7 @@ module Butterflies
     end
 
     # Binds (or adopts, after a hot restart) the control socket.
-    ACTIONS = %w[stop halt restart phased-restart reload].freeze
+    ACTIONS = %w[stop halt restart phased-restart reload reopen-logs].freeze
 
     # The control server `config` asks for (nil if none), reporting on and
     # acting through `owner` (its `report` and `act` methods).

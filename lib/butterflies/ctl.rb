@@ -14,8 +14,9 @@ module Butterflies
   # Exit status: 0 done; 1 not running or unreachable; 2 a usage error;
   # 3 refused (a wrong token, an action the server cannot do).
   class Ctl
-    VERBS = %w[status stats metrics stop halt restart phased-restart reload].freeze
-    SIGNALS = { "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP" }.freeze
+    VERBS = %w[status stats metrics stop halt restart phased-restart reload reopen-logs].freeze
+    SIGNALS = { "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
+                "reopen-logs" => "URG" }.freeze
     NOT_RUNNING = 1
     USAGE = 2
     REFUSED = 3

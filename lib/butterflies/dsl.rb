@@ -71,6 +71,7 @@ module Butterflies
 
     # One line per request on stdout: log_requests (Apache common format
     # plus the duration, as Puma), log_requests :json, log_requests false.
+    # (On the command line: --log-requests, --log-format json.)
     def log_requests(format = true)
       @config[:log_requests] = Configuration.log_format(format, label: @label.call(:log_requests))
     end
@@ -92,6 +93,26 @@ module Butterflies
 
     def pidfile(path)
       @config[:pidfile] = string(:pidfile, path)
+    end
+
+    # Puma's stdout_redirect: stdout_redirect "log/out.log", "log/err.log", true
+    # (append). `butterflies ctl reopen-logs` (SIGURG) reopens them.
+    def stdout_redirect(stdout = nil, stderr = nil, append = false)
+      redirect_stdout(stdout) if stdout
+      redirect_stderr(stderr) if stderr
+      redirect_append(append)
+    end
+
+    def redirect_stdout(path)
+      @config[:redirect_stdout] = string(:redirect_stdout, path)
+    end
+
+    def redirect_stderr(path)
+      @config[:redirect_stderr] = string(:redirect_stderr, path)
+    end
+
+    def redirect_append(enabled = true)
+      @config[:redirect_append] = enabled ? true : false
     end
 
     # The state file for `butterflies ctl -S PATH`: pid, control URL, token.

@@ -35,9 +35,10 @@ module Butterflies
 
     # Binds, serves until a stop signal (or #stop), then drains and returns.
     def run
+      LogFiles.new(@config).redirect!(inherited: ENV.key?(Listeners::INHERIT_ENV))
       Butterflies.sync_output!
       bind
-      @signals.trap(STOP_SIGNALS + %w[USR2] + IGNORED_SIGNALS.keys)
+      @signals.trap(STOP_SIGNALS + %w[USR2] + IGNORED_SIGNALS.keys + [LogFiles::SIGNAL])
       start
       signal = next_signal
       shutdown(restart: signal == "USR2" && !@fault)
@@ -80,6 +81,7 @@ module Butterflies
         signal = @signals.pop(nil, also: [@control&.io].compact)
         @control&.serve_ready
         next if signal.nil? # a wake-up byte whose signal was already taken, or the control server
+        next LogFiles.new(@config).reopen! if signal == LogFiles::SIGNAL
         return signal unless IGNORED_SIGNALS.key?(signal)
 
         warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"
@@ -115,7 +117,7 @@ module Butterflies
       end
       return halt if name == "halt"
 
-      @signals.push({ "stop" => "TERM", "restart" => "USR2" }.fetch(name))
+      @signals.push({ "stop" => "TERM", "restart" => "USR2", "reopen-logs" => LogFiles::SIGNAL }.fetch(name))
     end
 
     # Stops at once: requests in flight are lost.

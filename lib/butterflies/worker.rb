@@ -52,6 +52,7 @@ module Butterflies
       signals = SignalQueue.new
       signals.trap(%w[TERM INT QUIT])
       %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
+      Signal.trap(LogFiles::SIGNAL) { LogFiles.new(@config).reopen! }
       pin if @config[:pin_workers]
       @config.hooks[:on_worker_boot].each { |hook| hook.call(@index) }
       signals
