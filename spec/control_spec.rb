@@ -101,6 +101,19 @@ RSpec.describe "the control server", timeout: 180 do
     expect(s["butterflies"]["restarts"]["crash"]).to eq(1)
   end
 
+  it "keeps listening, and keeps its counts, across a hot restart (USR2)" do
+    server, port = start_with_control(workers: 2)
+    12.times { Net::HTTP.get(URI(server.url("/"))) }
+    server.signal("USR2")
+    expect(server.wait_for_matches(/Listening on/, 2, timeout: 30)).to be(true)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 4, timeout: 30)).to be(true)
+    3.times { Net::HTTP.get(URI(server.url("/"))) }
+    s = stats(port)
+    expect(s["butterflies"]["totals"]["requests_2xx"]).to eq(15)
+    expect(s["butterflies"]["restarts"]["hot"]).to eq(2)
+    expect(s["worker_status"].map { |w| w["pid"] }).to match_array(ready_workers(server).values)
+  end
+
   it "serves /metrics that promtool accepts and a real Prometheus scrapes" do
     server, port = start_with_control(workers: 2)
     10.times { Net::HTTP.get(URI(server.url("/"))) }

@@ -52,7 +52,7 @@ module Butterflies
       kind, where, port = parse(url, token)
       inherited = ENV.delete(INHERIT_ENV)
       io = if inherited
-             Socket.for_fd(Integer(inherited)).tap { |s| s.autoclose = true }
+             (kind == :tcp ? TCPServer : UNIXServer).for_fd(Integer(inherited))
            elsif kind == :tcp
              TCPServer.new(where, port)
            else
@@ -81,8 +81,9 @@ module Butterflies
 
         serve(client)
       end
-    rescue IOError, SystemCallError
-      nil
+    rescue StandardError => e
+      # The control server must never take the master down with it.
+      warn "butterflies: control server: #{e.class}: #{e.message}"
     end
 
     # The descriptor, kept across exec (a hot restart keeps listening).
