@@ -95,11 +95,15 @@ impl Engine {
                 tcp,
             });
         }
+        let steered = config.shared_listeners;
         // Inherited sockets no longer configured close here.
         let unused = inherited.len();
         drop(inherited);
         if unused > 0 {
             listener::warn_unless_migrating("addresses no longer configured");
+        }
+        if steered {
+            steer(&groups, threads * workers);
         }
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
         let shared = Arc::new(Shared::default());
@@ -154,21 +158,24 @@ impl Engine {
             }
         }
         self.config.workers = self.workers() + 1;
+        steer(&self.groups, threads * self.config.workers);
         Ok(self.config.workers)
     }
 
     /// Closes the last worker's sockets here (a cluster master shrinking,
-    /// TTOU), before that worker is told to stop: the worker holds them
-    /// until it has accepted what is queued on them, so nothing queued is
-    /// lost (between its last accept and its close, the kernel migrates a
-    /// newcomer if `net.ipv4.tcp_migrate_req` is set, else resets it).
-    /// Returns the worker count.
+    /// TTOU), before that worker is told to stop. New connections are
+    /// steered away from them first (`listener::steer`), and the worker
+    /// holds them until it has accepted what is queued on them, so nothing
+    /// queued is lost. Returns the worker count.
     pub fn remove_worker(&mut self) -> usize {
         let workers = self.workers();
         if workers <= 1 {
             return workers;
         }
         let keep = self.config.io_threads.max(1) * (workers - 1);
+        // No new connection goes to the leaving worker's sockets from now:
+        // what is queued on them, the worker accepts before it closes them.
+        steer(&self.groups, keep);
         for group in self.groups.iter_mut().filter(|g| g.tcp) {
             group.listeners.truncate(keep);
         }
@@ -262,6 +269,20 @@ fn adopt_all(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<(BindAddr, Vec<Listen
         }
     }
     Ok(groups)
+}
+
+/// Steers every TCP group's new connections to its first `count` sockets
+/// (`listener::steer`); where the kernel refuses, says so once and leaves
+/// the kernel's own hashing (a leaving worker's queue may then lose the
+/// connections that arrive as it closes).
+fn steer(groups: &[Group], count: usize) {
+    for group in groups.iter().filter(|g| g.tcp) {
+        if let Some(Listener::Tcp(first)) = group.listeners.first() {
+            if let Err(e) = listener::steer(first, count) {
+                crate::log_err!("butterflies: cannot steer connections between workers: {e}");
+            }
+        }
+    }
 }
 
 impl Engine {

@@ -254,6 +254,65 @@ pub fn join_group(addr: SocketAddr, options: ListenOptions) -> io::Result<TcpLis
     Ok(listener)
 }
 
+/// Steers the new connections of `listener`'s SO_REUSEPORT group to the
+/// group's first `count` sockets (in the order they were bound), picked
+/// at random: a classic BPF program attached to the group
+/// (`SO_ATTACH_REUSEPORT_CBPF`: `ld rand; mod #count; ret a`). A cluster
+/// master steers away from a leaving worker's sockets (always the last
+/// ones) before that worker drains them, so none of them gets a
+/// connection that would be reset when they close.
+pub fn steer(listener: &TcpListener, count: usize) -> io::Result<()> {
+    use nix::libc::{
+        sock_filter, sock_fprog, BPF_A, BPF_ABS, BPF_ALU, BPF_K, BPF_LD, BPF_MOD, BPF_RET,
+    };
+    /// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic; the libc crate names it
+    /// for Android only).
+    const SO_ATTACH_REUSEPORT_CBPF: nix::libc::c_int = 51;
+    const BPF_W: u32 = 0x00;
+    let count = u32::try_from(count.max(1)).map_err(io::Error::other)?;
+    let random = (nix::libc::SKF_AD_OFF + nix::libc::SKF_AD_RANDOM) as u32;
+    let mut program = [
+        sock_filter {
+            code: (BPF_LD | BPF_W | BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: random,
+        },
+        sock_filter {
+            code: (BPF_ALU | BPF_MOD | BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: count,
+        },
+        sock_filter {
+            code: (BPF_RET | BPF_A) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let fprog = sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt on an open socket with a sock_fprog that points
+    // at `program`, both alive across the call; the kernel copies them.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            listener.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const sock_fprog).cast(),
+            std::mem::size_of::<sock_fprog>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether the kernel moves the connections queued on a closed listening
 /// socket to the other sockets of its SO_REUSEPORT group
 /// (`net.ipv4.tcp_migrate_req`, Linux 5.14+), instead of resetting them.
@@ -292,6 +351,36 @@ fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_steered_group_sends_every_connection_to_its_first_sockets() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, 64).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        steer(&group[0], 2).unwrap();
+        let clients: Vec<std::net::TcpStream> = (0..48)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let accepted: Vec<usize> = group
+            .iter()
+            .map(|l| {
+                l.set_nonblocking(true).unwrap();
+                std::iter::from_fn(|| l.accept().ok()).count()
+            })
+            .collect();
+        assert_eq!(
+            accepted.iter().sum::<usize>(),
+            clients.len(),
+            "{accepted:?}"
+        );
+        assert_eq!(
+            accepted[2], 0,
+            "the third socket is steered away from: {accepted:?}"
+        );
+        assert!(
+            accepted[0] > 0 && accepted[1] > 0,
+            "both others get some: {accepted:?}"
+        );
+    }
 
     #[test]
     fn port_zero_group_shares_one_port() {
