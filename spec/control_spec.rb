@@ -114,6 +114,17 @@ RSpec.describe "the control server", timeout: 180 do
     expect(s["worker_status"].map { |w| w["pid"] }).to match_array(ready_workers(server).values)
   end
 
+  it "measures queue time from a trusted proxy's X-Request-Start" do
+    server, port = start_with_control("--trust-request-start")
+    sent = ((Time.now.to_f - 0.25) * 1000).round # the proxy took it 250 ms ago, in ms
+    Net::HTTP.start(server.host, server.port) { |h| h.get("/", "X-Request-Start" => "t=#{sent}") }
+    Net::HTTP.get(URI(server.url("/"))) # no header: no sample
+    metrics = control_get(port, "/metrics?token=#{token}").body
+    expect(metrics[/^butterflies_proxy_queue_seconds_count\{worker="single"\} (\d+)$/, 1]).to eq("1")
+    expect(metrics[/^butterflies_proxy_queue_seconds_sum\{worker="single"\} (\S+)$/, 1].to_f).to be >= 0.25
+    expect(metrics[/^butterflies_queue_seconds_count\{worker="single"\} (\d+)$/, 1]).to eq("2")
+  end
+
   it "serves /metrics that promtool accepts and a real Prometheus scrapes" do
     server, port = start_with_control(workers: 2)
     10.times { Net::HTTP.get(URI(server.url("/"))) }

@@ -162,6 +162,7 @@ module Butterflies
         @dsl.control_url(u)
       end
       opts.on("--control-token TOKEN", "The control server's token (required for TCP)") { |t| @dsl.control_token(t) }
+      opts.on("--trust-request-start", "Measure queue time from a proxy's X-Request-Start") { @dsl.trust_request_start }
       opts.on("--log-requests", "An access log line per request on stdout (Apache common format)") do
         @dsl.log_requests(true)
       end

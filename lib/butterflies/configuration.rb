@@ -30,6 +30,9 @@ module Butterflies
       # token) or unix:///path; off by default.
       control_url: nil,
       control_token: nil,
+      # Trust a proxy's X-Request-Start (t=seconds.fraction, or ms, or us)
+      # for the proxy queue time histogram, as autoscalers measure it.
+      trust_request_start: false,
       pidfile: nil,
       # pid, control URL and token for `butterflies ctl -S PATH` (mode 0600).
       state_path: nil,

@@ -87,6 +87,12 @@ module Butterflies
       @config[:control_token] = string(:control_token, token)
     end
 
+    # Trust X-Request-Start from the proxy in front (/metrics'
+    # butterflies_proxy_queue_seconds).  trust_request_start
+    def trust_request_start(enabled = true)
+      @config[:trust_request_start] = enabled ? true : false
+    end
+
     def quiet(enabled = true)
       @config[:quiet] = enabled ? true : false
     end

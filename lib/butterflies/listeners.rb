@@ -28,6 +28,7 @@ module Butterflies
       options[:shared_listeners] = shared
       options[:workers] = workers if workers
       options[:access_log] = config[:log_requests] if config[:log_requests]
+      options[:trust_request_start] = true if config[:trust_request_start]
       options[:inherit_fds] = inherited_fds
       Engine.new(binds, options)
     end

@@ -24,9 +24,16 @@ module Butterflies
     STATS_ENV = "BUTTERFLIES_STATS_FD"
 
     # The shared stats region: inherited across a hot restart, else new.
+    # A region of another layout (a hot restart into another version)
+    # is not adopted: the counts start again, and the log says so.
     def self.stats_region
       fd = ENV.delete(STATS_ENV)
-      fd ? Stats.adopt(Integer(fd)) : Stats.create
+      return Stats.create unless fd
+
+      Stats.adopt(Integer(fd))
+    rescue IOError => e
+      warn "butterflies: the previous process's stats are not kept: #{e.message}"
+      Stats.create
     end
 
     # Seconds an app thread added on demand may sit idle before it leaves.

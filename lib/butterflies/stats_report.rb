@@ -172,7 +172,9 @@ module Butterflies
     HISTOGRAMS = {
       "queue" => ["butterflies_queue_seconds", "From a complete request to an app thread taking it."],
       "gvl_wait" => ["butterflies_gvl_wait_seconds", "From a request reaching an app thread to it holding the GVL."],
-      "app" => ["butterflies_app_seconds", "From an app thread taking a request to handing its connection back."]
+      "app" => ["butterflies_app_seconds", "From an app thread taking a request to handing its connection back."],
+      "proxy_queue" => ["butterflies_proxy_queue_seconds",
+                        "From a trusted proxy's X-Request-Start to an app thread taking the request."]
     }.freeze
 
     def histograms(lines)

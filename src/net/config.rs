@@ -38,6 +38,9 @@ pub struct Config {
     pub workers: usize,
     /// Log every request, in this format (`crate::logs::access`).
     pub access_log: Option<crate::logs::access::Format>,
+    /// Trust `X-Request-Start` (a proxy in front sets it) for the proxy
+    /// queue time histogram.
+    pub trust_request_start: bool,
     pub queue_depth: usize,
     pub limits: Limits,
     pub idle_timeout: Duration,
@@ -65,6 +68,7 @@ impl Config {
             shared_listeners: false,
             workers: 1,
             access_log: None,
+            trust_request_start: false,
             queue_depth: QUEUE_DEPTH,
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),

@@ -193,6 +193,9 @@ impl Engine {
         let groups = self.take_listeners(worker)?;
         crate::logs::sink::start(self.shared.faults.clone())?;
         crate::stats::set(crate::stats::QUEUE_CAPACITY, self.config.queue_depth as u64);
+        if self.config.trust_request_start {
+            crate::stats::trust_request_start();
+        }
         if let Some(format) = self.config.access_log {
             crate::logs::access::enable(format, worker);
         }

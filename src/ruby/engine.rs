@@ -115,6 +115,9 @@ impl RbEngine {
         if let Some(shared) = option::<bool>(ruby, options, "shared_listeners")? {
             config.shared_listeners = shared;
         }
+        if let Some(trust) = option::<bool>(ruby, options, "trust_request_start")? {
+            config.trust_request_start = trust;
+        }
         if let Some(n) = at_least_one(ruby, options, "workers")? {
             config.workers = n;
         }
@@ -403,6 +406,7 @@ const OPTIONS: &[&str] = &[
     "inherit_fds",
     "shared_listeners",
     "access_log",
+    "trust_request_start",
     "workers",
     "shutdown_timeout",
     "idle_timeout",

@@ -54,11 +54,54 @@ pub const THREADS: usize = 17;
 pub const BUSY_THREADS: usize = 18;
 
 /// Histograms of a slot.
-pub const HISTOGRAMS: [&str; HISTOGRAM_COUNT] = ["queue", "gvl_wait", "app"];
-pub const HISTOGRAM_COUNT: usize = 3;
+pub const HISTOGRAMS: [&str; HISTOGRAM_COUNT] = ["queue", "gvl_wait", "app", "proxy_queue"];
+pub const HISTOGRAM_COUNT: usize = 4;
 pub const QUEUE_TIME: usize = 0;
 pub const GVL_WAIT: usize = 1;
 pub const APP_TIME: usize = 2;
+/// From a trusted proxy's `X-Request-Start` to an app thread taking the
+/// request (`trust_request_start`).
+pub const PROXY_QUEUE: usize = 3;
+
+/// Whether `X-Request-Start` is trusted (set once, at engine start).
+static TRUST_REQUEST_START: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+pub fn trust_request_start() {
+    TRUST_REQUEST_START.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The time a trusted proxy says it received the request, from its
+/// `X-Request-Start` value: `t=` (optional) and seconds since the epoch
+/// with a fraction (nginx's `t=${msec}`), or whole milliseconds or
+/// microseconds, told apart by their size.
+pub fn request_start(value: &[u8]) -> Option<std::time::SystemTime> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let number = text.strip_prefix("t=").unwrap_or(text);
+    let micros = if number.contains('.') {
+        let seconds: f64 = number.parse().ok()?;
+        (seconds * 1e6) as u64
+    } else {
+        let n: u64 = number.parse().ok()?;
+        match n {
+            0..=99_999_999_999 => n.checked_mul(1_000_000)?,
+            100_000_000_000..=99_999_999_999_999 => n.checked_mul(1_000)?,
+            _ => n,
+        }
+    };
+    std::time::UNIX_EPOCH.checked_add(Duration::from_micros(micros))
+}
+
+/// Records the proxy queue time of a request whose app thread took it at
+/// `taken`, if `X-Request-Start` is trusted and given.
+pub fn proxy_queue(header: Option<&[u8]>, taken: std::time::SystemTime) {
+    if !TRUST_REQUEST_START.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if let Some(start) = header.and_then(request_start) {
+        observe(PROXY_QUEUE, taken.duration_since(start).unwrap_or_default());
+    }
+}
 
 /// Bucket upper bounds, in microseconds (then +Inf).
 pub const BUCKETS_US: [u64; BUCKET_COUNT] = [
@@ -127,4 +170,27 @@ pub fn rejected(status: u16) {
         _ => 11,
     };
     add(index, 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn request_start_takes_seconds_milliseconds_and_microseconds() {
+        let at = UNIX_EPOCH + Duration::from_micros(1_796_020_800_123_456);
+        let near = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| {
+                t.duration_since(at)
+                    .ok()
+                    .or_else(|| at.duration_since(t).ok())
+            })
+            .is_some_and(|d| d < Duration::from_millis(1))
+        };
+        assert!(near(request_start(b"t=1796020800.123456")));
+        assert!(near(request_start(b"t=1796020800123")));
+        assert!(near(request_start(b"1796020800123456")));
+        assert!(request_start(b"t=soon").is_none());
+    }
 }

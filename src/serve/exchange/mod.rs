@@ -214,6 +214,12 @@ impl Exchange {
         let status = inner.status.unwrap_or(500);
         let queue = self.started.saturating_duration_since(request.received);
         crate::stats::answered(status, inner.sent, queue, self.started.elapsed());
+        crate::stats::proxy_queue(
+            request.head.header("x-request-start"),
+            std::time::SystemTime::now()
+                .checked_sub(self.started.elapsed())
+                .unwrap_or(std::time::UNIX_EPOCH),
+        );
         if crate::logs::access::enabled() {
             crate::logs::access::record(&crate::logs::access::Entry {
                 peer: request.peer,
