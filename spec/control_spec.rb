@@ -24,6 +24,16 @@ RSpec.describe "the control server", timeout: 180 do
     JSON.parse(control_get(port, "/stats?token=#{token}").body)
   end
 
+  # /stats once the server has counted `count` answered requests: a request
+  # is counted when its connection is handed back, just after the client
+  # got the response.
+  def counted(port, count)
+    wait_until(message: "#{count} requests counted") do
+      s = stats(port)
+      s if s["butterflies"]["totals"]["requests_2xx"] == count
+    end
+  end
+
   def start_with_control(*args, workers: nil)
     port = control_port
     flags = ["--control-url", "tcp://127.0.0.1:#{port}", "--control-token", token, *args]
@@ -54,19 +64,23 @@ RSpec.describe "the control server", timeout: 180 do
       path = File.join(dir, "control.sock")
       server = start_butterflies("-t", "2", "--control-url", "unix://#{path}")
       Net::HTTP.get(URI(server.url("/")))
-      response = UNIXSocket.open(path) do |s|
-        s.write("GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
-        s.read
+      fetch = lambda do
+        UNIXSocket.open(path) do |s|
+          s.write("GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+          s.read
+        end
       end
-      expect(response).to start_with("HTTP/1.1 200 OK")
-      expect(JSON.parse(response.split("\r\n\r\n", 2).last)["requests_count"]).to eq(1)
+      expect(fetch.call).to start_with("HTTP/1.1 200 OK")
+      wait_until(message: "the request counted") do
+        JSON.parse(fetch.call.split("\r\n\r\n", 2).last)["requests_count"] == 1
+      end
     end
   end
 
   it "reports single mode in Puma's single-mode shape" do
     server, port = start_with_control
     3.times { Net::HTTP.get(URI(server.url("/"))) }
-    s = stats(port)
+    s = counted(port, 3)
     expect(s.keys).to include("started_at", "backlog", "running", "pool_capacity", "max_threads",
                               "requests_count", "busy_threads")
     expect(s["requests_count"]).to eq(3)
@@ -77,7 +91,7 @@ RSpec.describe "the control server", timeout: 180 do
     server, port = start_with_control(workers: 2)
     threads = Array.new(4) { Thread.new { 25.times { Net::HTTP.get(URI(server.url("/"))) } } }
     threads.each(&:join)
-    s = stats(port)
+    s = counted(port, 100)
     expect(s.keys).to include("started_at", "workers", "phase", "booted_workers", "old_workers", "worker_status")
     expect(s["workers"]).to eq(2)
     expect(s["booted_workers"]).to eq(2)
@@ -93,6 +107,7 @@ RSpec.describe "the control server", timeout: 180 do
   it "keeps a killed worker's requests in the totals" do
     server, port = start_with_control(workers: 2)
     20.times { Net::HTTP.get(URI(server.url("/"))) }
+    counted(port, 20)
     victim = ready_workers(server)[0]
     Process.kill("KILL", victim)
     expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 3, timeout: 30)).to be(true)
@@ -104,12 +119,12 @@ RSpec.describe "the control server", timeout: 180 do
   it "keeps listening, and keeps its counts, across a hot restart (USR2)" do
     server, port = start_with_control(workers: 2)
     12.times { Net::HTTP.get(URI(server.url("/"))) }
+    counted(port, 12)
     server.signal("USR2")
     expect(server.wait_for_matches(/Listening on/, 2, timeout: 30)).to be(true)
     expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 4, timeout: 30)).to be(true)
     3.times { Net::HTTP.get(URI(server.url("/"))) }
-    s = stats(port)
-    expect(s["butterflies"]["totals"]["requests_2xx"]).to eq(15)
+    s = counted(port, 15)
     expect(s["butterflies"]["restarts"]["hot"]).to eq(2)
     expect(s["worker_status"].map { |w| w["pid"] }).to match_array(ready_workers(server).values)
   end
@@ -119,6 +134,7 @@ RSpec.describe "the control server", timeout: 180 do
     sent = ((Time.now.to_f - 0.25) * 1000).round # the proxy took it 250 ms ago, in ms
     Net::HTTP.start(server.host, server.port) { |h| h.get("/", "X-Request-Start" => "t=#{sent}") }
     Net::HTTP.get(URI(server.url("/"))) # no header: no sample
+    counted(port, 2)
     metrics = control_get(port, "/metrics?token=#{token}").body
     expect(metrics[/^butterflies_proxy_queue_seconds_count\{worker="single"\} (\d+)$/, 1]).to eq("1")
     expect(metrics[/^butterflies_proxy_queue_seconds_sum\{worker="single"\} (\S+)$/, 1].to_f).to be >= 0.25
@@ -128,6 +144,7 @@ RSpec.describe "the control server", timeout: 180 do
   it "serves /metrics that promtool accepts and a real Prometheus scrapes" do
     server, port = start_with_control(workers: 2)
     10.times { Net::HTTP.get(URI(server.url("/"))) }
+    counted(port, 10)
     metrics = control_get(port, "/metrics?token=#{token}").body
     expect(metrics).to include('butterflies_queue_seconds_bucket{worker="0",le="+Inf"}')
     out, status = Open3.capture2e("promtool", "check", "metrics", stdin_data: metrics)

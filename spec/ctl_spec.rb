@@ -47,6 +47,8 @@ RSpec.describe "butterflies ctl", timeout: 180 do
   it "reports status, stats and metrics, and refuses what single mode cannot do" do
     server = start_with_state
     Net::HTTP.get(URI(server.url("/")))
+    # Counted when the connection is handed back, just after the response.
+    wait_until(message: "the request counted") { JSON.parse(ctl("-S", state, "stats").first)["requests_count"] == 1 }
     out, _err, status = ctl("-S", state, "status")
     expect([status.exitstatus, out]).to eq([0, "running: single mode, 1 requests\n"])
     out, _err, status = ctl("-S", state, "stats")
