@@ -332,7 +332,8 @@ module Butterflies
     def finish
       if @restart
         @config.hooks[:before_exec].each(&:call)
-        Listeners.exec_keeping(@engine, @argv, @dir, keep: inherited_fds)
+        Listeners.exec_keeping(@engine, @argv, @dir,
+                               takeover: { Runtime::STATS_ENV => @stats, Control::INHERIT_ENV => @control })
       end
       remove_pidfile
       Listeners.unlink_unix_sockets(@config)
@@ -359,17 +360,6 @@ module Butterflies
 
     def say(line)
       @log.info(line)
-    end
-
-    # What a hot restart's new master takes over besides the listeners.
-    def inherited_fds
-      ENV[Runtime::STATS_ENV] = @stats.fd_for_exec.to_s
-      fds = [@stats.fd_for_exec]
-      if @control
-        ENV[Control::INHERIT_ENV] = @control.fd_for_exec.to_s
-        fds << @control.fd_for_exec
-      end
-      fds
     end
 
     # A control action: `name?` asks whether it can be done (nil: yes);

@@ -46,9 +46,14 @@ module Butterflies
     end
 
     # Re-executes this process's command line, keeping `engine`'s sockets
-    # and the descriptors in `keep`.
-    def exec_keeping(engine, argv, dir, keep: [])
+    # and the descriptors in `keep`; a hot restart passes the stats region
+    # and the control socket too (`takeover`), named in the environment.
+    def exec_keeping(engine, argv, dir, keep: [], takeover: {})
       fds = engine.listener_fds
+      takeover.compact.each do |name, io|
+        ENV[name] = io.fd_for_exec.to_s
+        keep += [io.fd_for_exec]
+      end
       # The new process must find this same Butterflies, however this one
       # found it (ruby -I, Bundler, an installed gem).
       lib = File.expand_path("..", __dir__)

@@ -100,7 +100,9 @@ module Butterflies
       @runtime.stop(keep_listening: restart)
       if restart
         @config.hooks[:before_exec].each(&:call)
-        Listeners.exec_keeping(@engine, @argv, @dir, keep: inherited_fds)
+        @stats.retire(@slot) # its counts stay, in the region the new process adopts
+        Listeners.exec_keeping(@engine, @argv, @dir,
+                               takeover: { Runtime::STATS_ENV => @stats, Control::INHERIT_ENV => @control })
       end
       Listeners.unlink_unix_sockets(@config)
       ProcessFiles.new(@config).remove
@@ -131,20 +133,6 @@ module Butterflies
     # The control server's report.
     def report
       StatsReport.new(@stats, @config, started_at: @started_at)
-    end
-
-    # What the re-executed process takes over besides the listeners: the
-    # stats region (this process's slot retired into it) and the control
-    # socket.
-    def inherited_fds
-      @stats.retire(@slot)
-      ENV[Runtime::STATS_ENV] = @stats.fd_for_exec.to_s
-      fds = [@stats.fd_for_exec]
-      if @control
-        ENV[Control::INHERIT_ENV] = @control.fd_for_exec.to_s
-        fds << @control.fd_for_exec
-      end
-      fds
     end
 
     def banner

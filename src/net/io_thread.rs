@@ -389,13 +389,7 @@ impl IoThread {
         };
         self.shared.rejected_full.fetch_add(1, Ordering::Relaxed);
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let request = &job.request;
-        crate::logs::access::rejected(
-            request.peer,
-            Some(&request.head),
-            503,
-            Some(request.received),
-        );
+        crate::logs::access::refused(&job.request, 503);
         let Some(mut conn) = job.take_conn() else {
             return;
         };

@@ -120,14 +120,8 @@ impl Watchdog {
 /// Answers 503 in the app's place (the app has not started answering, or
 /// the request never left the queue).
 fn answer_timeout(mut job: Job, timeout: Duration) {
-    let request = &job.request;
-    crate::logs::access::rejected(
-        request.peer,
-        Some(&request.head),
-        503,
-        Some(request.received),
-    );
-    let head = &request.head;
+    crate::logs::access::refused(&job.request, 503);
+    let head = &job.request.head;
     crate::log_err!(
         "butterflies: {} {} timed out after {:.1}s; answered 503",
         String::from_utf8_lossy(head.method()),
