@@ -141,6 +141,68 @@ RSpec.describe "the control server", timeout: 180 do
     expect(metrics[/^butterflies_queue_seconds_count\{worker="single"\} (\d+)$/, 1]).to eq("2")
   end
 
+  it "collects each worker's thread backtraces and GC statistics, labelled" do
+    server, port = start_with_control(workers: 2)
+    sleeper = Thread.new { Net::HTTP.get(URI(server.url("/sleep?s=3"))) }
+    expect(server.wait_for_output(/app: sleeping 3/)).to be(true)
+    workers = ready_workers(server)
+    traces = JSON.parse(control_get(port, "/thread-backtraces?token=#{token}").body)
+    expect(traces["master"]["pid"]).to eq(server.pid)
+    expect(traces["workers"].map { |w| [w["index"], w["pid"]] }).to eq(workers.sort.to_a)
+    traces["workers"].each do |w|
+      names = w["thread_backtraces"].map { |t| t["name"] }
+      expect(names).to include("main", "butterflies-app-0", "butterflies-app-1", "butterflies-inquiries")
+    end
+    # The sleeping request shows in the one worker that took it.
+    in_app = traces["workers"].select do |w|
+      w["thread_backtraces"].any? { |t| t["backtrace"].any? { |line| line.include?("app.ru") && line.include?("sleep") } }
+    end
+    expect(in_app.size).to eq(1)
+    gc = JSON.parse(control_get(port, "/gc-stats?token=#{token}").body)
+    expect(gc["master"]["gc_stats"]["count"]).to be_a(Integer)
+    expect(gc["workers"].map { |w| w["gc_stats"]["count"] }).to all(be_a(Integer))
+    sleeper.join
+  end
+
+  it "says which worker did not answer in time, and is not misled by its late answer" do
+    server, port = start_with_control(workers: 2)
+    stopped = ready_workers(server)[1]
+    Process.kill("STOP", stopped)
+    begin
+      gc = JSON.parse(control_get(port, "/gc-stats?token=#{token}&timeout=0.5").body)
+      expect(gc["workers"].map { |w| w.key?("gc_stats") }).to eq([true, false])
+      expect(gc["workers"][1]).to include("pid" => stopped, "error" => "no answer within 0.5s")
+    ensure
+      Process.kill("CONT", stopped)
+    end
+    # Its answer to the first question arrives late; the next question
+    # gets the answer to itself.
+    wait = GcStressMode.scale(5)
+    2.times do
+      traces = JSON.parse(control_get(port, "/thread-backtraces?token=#{token}&timeout=#{wait}").body)
+      expect(traces["workers"].map { |w| w["thread_backtraces"]&.first&.keys }).to all(eq(%w[name status backtrace]))
+    end
+    expect(control_get(port, "/gc-stats?token=#{token}&timeout=soon").code).to eq("400")
+  end
+
+  it "counts open and kept-alive connections, and every request's GVL wait" do
+    server, port = start_with_control
+    clients = Array.new(3) { Net::HTTP.start(server.host, server.port) }
+    clients.each { |c| expect(c.get("/").code).to eq("200") }
+    s = wait_until(message: "3 kept-alive connections") do
+      s = stats(port)
+      s if s["keep_alive"] == 3
+    end
+    expect(s["connections"]).to eq(3)
+    expect([s["min_threads"], s["max_threads"]]).to eq([2, 2])
+    clients.each(&:finish)
+    wait_until(message: "the connections to close") { stats(port).values_at("keep_alive", "connections") == [0, 0] }
+    metrics = control_get(port, "/metrics?token=#{token}").body
+    count = ->(name) { metrics[/^butterflies_#{name}_seconds_count\{worker="single"\} (\d+)$/, 1] }
+    expect(count.call("gvl_wait")).to eq(count.call("app"))
+    expect(count.call("app")).to eq("3")
+  end
+
   it "serves /metrics that promtool accepts and a real Prometheus scrapes" do
     server, port = start_with_control(workers: 2)
     10.times { Net::HTTP.get(URI(server.url("/"))) }

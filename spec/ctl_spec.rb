@@ -91,6 +91,21 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     expect(status.exitstatus).to eq(2) # the pidfile is gone with the server
   end
 
+  it "prints a single server's thread backtraces and GC statistics in Puma's shapes" do
+    start_with_state
+    out, _err, status = ctl("-S", state, "thread-backtraces")
+    expect(status.exitstatus).to eq(0)
+    threads = JSON.parse(out)
+    expect(threads.map { |t| t["name"] }).to include("main", "butterflies-app-0", "butterflies-app-1")
+    expect(threads.find { |t| t["name"] == "main" }["backtrace"]).to include(a_string_including("control.rb"))
+    out, _err, status = ctl("-S", state, "--timeout", "3", "gc-stats")
+    expect(status.exitstatus).to eq(0)
+    expect(JSON.parse(out)).to include("count" => an_instance_of(Integer), "heap_live_slots" => an_instance_of(Integer))
+    _out, err, status = ctl("-P", "/nonexistent", "gc-stats")
+    expect([status.exitstatus, err]).to eq([2, "butterflies ctl: gc-stats needs the control server (-C, or -S with a " \
+                                               "state file) (see butterflies ctl --help)\n"])
+  end
+
   it "halts at once" do
     server = start_with_state
     _out, _err, status = ctl("-S", state, "halt")

@@ -17,7 +17,8 @@ module Butterflies
   class Cluster
     SIGNALS = %w[TERM INT QUIT USR1 USR2 TTIN TTOU HUP CHLD URG].freeze
     # Set in a worker started by fork + exec: "index,heartbeat fd,alive fd,
-    # workers,io threads" (the last two say which inherited sockets are its).
+    # workers,io threads,stats fd,stats slot,inquiry fd" (workers and io
+    # threads say which inherited sockets are its).
     WORKER_ENV = "BUTTERFLIES_WORKER"
     TICK_SECONDS = 0.5
     # A worker that ignores TERM this long after it was due is killed.
@@ -25,8 +26,8 @@ module Butterflies
 
     # One forked worker, as the master sees it.
     # slot: its place in the shared stats region; phase: the phased restart
-    # it was started in.
-    Record = Struct.new(:index, :pid, :pipe, :last_beat, :ready, :stopping, :term_at, :slot, :phase,
+    # it was started in; channel: the master's end of its Inquiry socket.
+    Record = Struct.new(:index, :pid, :pipe, :last_beat, :ready, :stopping, :term_at, :slot, :phase, :channel,
                         keyword_init: true)
 
     # When each worker index last died before it was ready: such a worker
@@ -63,6 +64,7 @@ module Butterflies
       @phase = 0
       @started_at = Time.now
       @respawns = RespawnThrottle.new
+      @asker = Inquiry::Asker.new
       @phased = nil # a PhasedRestart in progress
       # Fork and exec workers (instead of only forking) from the first
       # phased restart of a preloaded app until the next hot restart.
@@ -88,12 +90,39 @@ module Butterflies
 
     # The worker side of #exec_worker: in the new process, from the CLI.
     def self.run_exec_worker(config, loader:, log:)
-      index, heartbeat, alive, workers, io_threads, stats_fd, slot = ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
+      index, heartbeat, alive, workers, io_threads, stats_fd, slot, inquiry =
+        ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
       engine = Listeners.bind(config, shared: true, workers: workers, io_threads: io_threads)
       Stats.adopt(stats_fd).attach(slot)
-      Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config,
-                 heartbeat: IO.for_fd(heartbeat, "w", autoclose: true),
-                 alive: IO.for_fd(alive, "r", autoclose: true), log: Log.new(log, quiet: config[:quiet])).run
+      pipes = { heartbeat: IO.for_fd(heartbeat, "w", autoclose: true), alive: IO.for_fd(alive, "r", autoclose: true),
+                inquiries: UNIXSocket.for_fd(inquiry) }
+      Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config, **pipes,
+                 log: Log.new(log, quiet: config[:quiet])).run
+    end
+
+    # --- what the control server asks of the master -----------------------
+
+    # The region and the master's view of its workers.
+    def report
+      workers = @workers.map do |w|
+        { index: w.index, pid: w.pid, phase: w.phase, booted: w.ready, slot: w.slot }
+      end
+      StatsReport.new(@stats, @config, started_at: @started_at, workers: workers, phase: @phase)
+    end
+
+    # A control action: `name?` asks whether it can be done (nil: yes);
+    # `name` does it, as its signal would.
+    def act(name)
+      return nil if name.end_with?("?")
+      return halt if name == "halt"
+
+      @signals.push({ "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
+                      "reopen-logs" => LogFiles::SIGNAL }.fetch(name))
+    end
+
+    # An Inquiry, answered by the master and by each worker, labelled.
+    def inquire(name, seconds)
+      @asker.cluster(@workers, name, seconds)
     end
 
     private
@@ -157,32 +186,36 @@ module Butterflies
       slot = @stats.allocate(index)
       @config.hooks[:before_fork].each(&:call)
       reader, writer = IO.pipe
-      others = @workers.map(&:pipe)
+      asking, answering = UNIXSocket.pair
       pid = fork do
-        reader.close
-        others.each(&:close)
-        @alive_writer.close
-        @signals.close
-        @control&.close
-        exec_worker(index, writer, slot) if @exec_workers
-        @stats.attach(slot)
-        Worker.new(index: index, engine: @engine, app: @app, loader: @loader, config: @config,
-                   heartbeat: writer, alive: @alive_reader, log: @log).run
+        [reader, asking, *@workers.flat_map { |w| [w.pipe, w.channel] }].each(&:close)
+        become_worker(index, slot, writer, answering)
       end
-      writer.close
+      [writer, answering].each(&:close)
       record = Record.new(index: index, pid: pid, pipe: reader, last_beat: monotonic, ready: false, stopping: false,
-                          slot: slot, phase: @phase)
+                          slot: slot, phase: @phase, channel: asking)
       @workers << record
       record
     end
 
+    # In the forked child, holding only its own ends of the master's pipes.
+    def become_worker(index, slot, heartbeat, inquiries)
+      @alive_writer.close
+      @signals.close
+      @control&.close
+      exec_worker(index, heartbeat, inquiries, slot) if @exec_workers
+      @stats.attach(slot)
+      Worker.new(index: index, engine: @engine, app: @app, loader: @loader, config: @config,
+                 heartbeat: heartbeat, alive: @alive_reader, inquiries: inquiries, log: @log).run
+    end
+
     # In the forked child: become a fresh process running this same command
     # line as worker `index`, loading the app anew (see #phased_restart).
-    def exec_worker(index, heartbeat, slot)
-      [heartbeat, @alive_reader].each { |io| io.close_on_exec = false }
+    def exec_worker(index, heartbeat, inquiries, slot)
+      [heartbeat, @alive_reader, inquiries].each { |io| io.close_on_exec = false }
       stats_fd = @stats.fd_for_exec
       ENV[WORKER_ENV] = [index, heartbeat.fileno, @alive_reader.fileno, @engine.workers, @engine.io_threads,
-                         stats_fd, slot].join(",")
+                         stats_fd, slot, inquiries.fileno].join(",")
       Listeners.exec_keeping(@engine, @argv, @dir, keep: [stats_fd])
     end
 
@@ -219,6 +252,7 @@ module Butterflies
         worker = @workers.find { |w| w.pid == pid } or next
         @workers.delete(worker)
         worker.pipe.close
+        worker.channel.close
         @stats.retire(worker.slot)
         @respawns.failed(worker.index, monotonic) unless worker.ready
         next if worker.stopping
@@ -362,16 +396,6 @@ module Butterflies
       @log.info(line)
     end
 
-    # A control action: `name?` asks whether it can be done (nil: yes);
-    # `name` does it, as its signal would.
-    def act(name)
-      return nil if name.end_with?("?")
-      return halt if name == "halt"
-
-      @signals.push({ "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
-                      "reopen-logs" => LogFiles::SIGNAL }.fetch(name))
-    end
-
     # The master's log files, then every worker's (they share the files).
     def reopen_logs
       LogFiles.new(@config).reopen!
@@ -385,14 +409,6 @@ module Butterflies
       remove_pidfile
       Butterflies.flush_output
       exit!(0)
-    end
-
-    # The control server's report: the region and the master's view (public: Control calls it).
-    def report
-      workers = @workers.map do |w|
-        { index: w.index, pid: w.pid, phase: w.phase, booted: w.ready, slot: w.slot }
-      end
-      StatsReport.new(@stats, @config, started_at: @started_at, workers: workers, phase: @phase)
     end
 
     def event(line)

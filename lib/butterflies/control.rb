@@ -5,7 +5,8 @@ require "uri"
 
 module Butterflies
   # The control server (`control_url`, off by default): `GET /stats` (JSON,
-  # Puma's shape), `GET /metrics` (Prometheus text), and the actions
+  # Puma's shape), `GET /metrics` (Prometheus text), `GET
+  # /thread-backtraces` and `/gc-stats` (each process's, see Inquiry), and the actions
   # `/stop`, `/halt`, `/restart`, `/phased-restart`, `/reload` (GET or
   # POST, as Puma's control app takes them), each what its signal does. Served by the
   # cluster master's own loop (or single mode's main loop), never by a Rust
@@ -37,18 +38,21 @@ module Butterflies
     # Binds (or adopts, after a hot restart) the control socket.
     ACTIONS = %w[stop halt restart phased-restart reload reopen-logs].freeze
 
-    # The control server `config` asks for (nil if none), reporting on and
-    # acting through `owner` (its `report` and `act` methods).
+    # The control server `config` asks for (nil if none), serving `owner`:
+    # a Server or a Cluster, whose
+    # - `report` returns a StatsReport;
+    # - `act(name)` is called with an action's name after its answer went
+    #   out, and `act("name?")` before, returning an error message if the
+    #   server cannot do it (single mode has no phased restart);
+    # - `inquire(name, seconds)` returns the answer to an Inquiry, to send
+    #   as JSON, waiting at most `seconds` for other processes'.
     def self.for(config, owner)
       return nil unless config[:control_url]
 
-      Control.open(config[:control_url], config[:control_token], owner.method(:report), owner.method(:act))
+      Control.open(config[:control_url], config[:control_token], owner)
     end
 
-    # `report`: returns a StatsReport; `act`: called with an action's name
-    # after its answer went out, returns an error message if the server
-    # cannot do it (single mode has no phased restart).
-    def self.open(url, token, report, act)
+    def self.open(url, token, owner)
       kind, where, port = parse(url, token)
       inherited = ENV.delete(INHERIT_ENV)
       io = if inherited
@@ -59,18 +63,17 @@ module Butterflies
              File.unlink(where) if File.socket?(where)
              UNIXServer.new(where)
            end
-      new(io, token, report, act)
+      new(io, token, owner)
     rescue SystemCallError => e
       raise BindError, "control_url #{url}: #{e.message}"
     end
 
     attr_reader :io
 
-    def initialize(io, token, report, act)
+    def initialize(io, token, owner)
       @io = io
       @token = token.to_s
-      @report = report
-      @act = act
+      @owner = owner
     end
 
     # Serves the requests waiting to be accepted; never blocks.
@@ -107,7 +110,7 @@ module Butterflies
       status, type, body, challenge, action = answer(request)
       respond(client, status, type, body, challenge)
       client.close
-      @act.call(action) if action
+      @owner.act(action) if action
     rescue IOError, SystemCallError
       nil
     ensure
@@ -136,16 +139,27 @@ module Butterflies
       return [405, "text/plain", "only GET or POST\n"] unless %w[GET POST].include?(method)
 
       case path
-      when "/stats" then [200, "application/json", "#{JSON.generate(@report.call.stats)}\n"]
-      when "/metrics" then [200, "text/plain; version=0.0.4; charset=utf-8", @report.call.metrics]
+      when "/stats" then [200, "application/json", "#{JSON.generate(@owner.report.stats)}\n"]
+      when "/metrics" then [200, "text/plain; version=0.0.4; charset=utf-8", @owner.report.metrics]
+      when *Inquiry::NAMES.map { |name| "/#{name}" } then inquiry(path.delete_prefix("/"), query)
       else action(path.to_s.delete_prefix("/"))
       end
+    end
+
+    def inquiry(name, query)
+      given = URI.decode_www_form(query.to_s).to_h["timeout"]
+      seconds = given ? Float(given, exception: false) : Inquiry::ANSWER_SECONDS
+      unless (0.001..Inquiry::MAX_SECONDS).cover?(seconds)
+        return [400, "text/plain", "timeout must be a number of seconds in (0, #{Inquiry::MAX_SECONDS}]\n"]
+      end
+
+      [200, "application/json", "#{JSON.generate(@owner.inquire(name, seconds))}\n"]
     end
 
     def action(name)
       return [404, "text/plain", "no such control action: /#{name}\n"] unless ACTIONS.include?(name)
 
-      refused = @act.call("#{name}?")
+      refused = @owner.act("#{name}?")
       return [409, "text/plain", "#{refused}\n"] if refused
 
       [200, "application/json", "#{JSON.generate('status' => 'ok', 'action' => name)}\n", false, name]
@@ -169,7 +183,7 @@ module Butterflies
     end
 
     def respond(client, status, type, body, challenge = false)
-      reason = { 200 => "OK", 401 => "Unauthorized", 404 => "Not Found", 405 => "Method Not Allowed",
+      reason = { 200 => "OK", 400 => "Bad Request", 401 => "Unauthorized", 404 => "Not Found", 405 => "Method Not Allowed",
                  409 => "Conflict" }[status]
       head = +"HTTP/1.1 #{status} #{reason}\r\ncontent-type: #{type}\r\ncontent-length: #{body.bytesize}\r\n"
       head << "www-authenticate: Bearer realm=\"butterflies\"\r\n" if challenge

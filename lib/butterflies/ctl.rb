@@ -14,7 +14,8 @@ module Butterflies
   # Exit status: 0 done; 1 not running or unreachable; 2 a usage error;
   # 3 refused (a wrong token, an action the server cannot do).
   class Ctl
-    VERBS = %w[status stats metrics stop halt restart phased-restart reload reopen-logs].freeze
+    VERBS = %w[status stats metrics stop halt restart phased-restart reload reopen-logs thread-backtraces
+               gc-stats].freeze
     SIGNALS = { "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
                 "reopen-logs" => "URG" }.freeze
     NOT_RUNNING = 1
@@ -49,6 +50,8 @@ module Butterflies
         o.on("-T", "--control-token TOKEN", "Its token") { |v| @options[:token] = v }
         o.on("-S", "--state PATH", "The server's state file (pid, control URL and token)") { |v| @options[:state] = v }
         o.on("-P", "--pidfile PATH", "The server's pidfile (signal verbs and status)") { |v| @options[:pidfile] = v }
+        o.on("--timeout SECONDS", Float, "How long workers get to answer thread-backtraces and gc-stats " \
+                                         "(default #{Inquiry::ANSWER_SECONDS})") { |v| @options[:timeout] = v }
       end
     end
 
@@ -63,6 +66,7 @@ module Butterflies
 
     def over_http(verb)
       path = { "status" => "/stats" }.fetch(verb, "/#{verb}")
+      path += "?timeout=#{@options[:timeout]}" if @options[:timeout] && Inquiry::NAMES.include?(verb)
       code, body = get(path)
       return fail_with("wrong or missing control token for #{@options[:url]}", REFUSED) if code == 401
       return fail_with(body.strip, REFUSED) unless code == 200

@@ -47,8 +47,8 @@ module Butterflies
       @reporter = method(:report_app_error)
       @lock = Mutex.new
       @threads = Array.new(@config[:threads]) { |i| app_thread(i, idle_exit: 0) }
-      @grower = Thread.new { grow } if max_threads > @config[:threads]
-      @sentinel = Thread.new { watch_faults } if @on_fault
+      @grower = named_thread("butterflies-grower") { grow } if max_threads > @config[:threads]
+      @sentinel = named_thread("butterflies-faults") { watch_faults } if @on_fault
       self
     end
 
@@ -106,6 +106,13 @@ module Butterflies
           @threads.select!(&:alive?)
           @threads << app_thread(@threads.size, idle_exit: EXTRA_THREAD_IDLE_SECONDS) if @threads.size < max_threads
         end
+      end
+    end
+
+    def named_thread(name, &block)
+      Thread.new do
+        Thread.current.name = name
+        block.call
       end
     end
 

@@ -72,6 +72,30 @@ module Butterflies
       @runtime&.stats || {}
     end
 
+    # --- what the control server asks of the server -----------------------
+
+    def report
+      StatsReport.new(@stats, @config, started_at: @started_at)
+    end
+
+    # A control action: `name?` asks whether single mode can do it (an
+    # error message if not); `name` does it, as its signal would.
+    def act(name)
+      if name.end_with?("?")
+        return "#{name.chomp('?')} needs cluster mode (workers >= 1)" if %w[phased-restart? reload?].include?(name)
+
+        return nil
+      end
+      return halt if name == "halt"
+
+      @signals.push({ "stop" => "TERM", "restart" => "USR2", "reopen-logs" => LogFiles::SIGNAL }.fetch(name))
+    end
+
+    # An Inquiry, answered by this process (at once), in Puma's shape.
+    def inquire(name, _seconds)
+      Inquiry.answer(name)
+    end
+
     private
 
     # The next signal that stops or restarts the server; the others are
@@ -109,30 +133,12 @@ module Butterflies
       say "Goodbye"
     end
 
-    # A control action: `name?` asks whether single mode can do it (an
-    # error message if not); `name` does it, as its signal would.
-    def act(name)
-      if name.end_with?("?")
-        return "#{name.chomp('?')} needs cluster mode (workers >= 1)" if %w[phased-restart? reload?].include?(name)
-
-        return nil
-      end
-      return halt if name == "halt"
-
-      @signals.push({ "stop" => "TERM", "restart" => "USR2", "reopen-logs" => LogFiles::SIGNAL }.fetch(name))
-    end
-
     # Stops at once: requests in flight are lost.
     def halt
       ProcessFiles.new(@config).remove
       say "Halted"
       Butterflies.flush_output
       exit!(0)
-    end
-
-    # The control server's report.
-    def report
-      StatsReport.new(@stats, @config, started_at: @started_at)
     end
 
     def banner

@@ -74,18 +74,30 @@ module Butterflies
 
     # Puma's per-process figures: backlog (requests waiting for an app
     # thread), running (app threads), pool_capacity (requests it can take
-    # now: max_threads less the busy ones), max_threads, requests_count.
+    # now: max_threads less the busy ones), max_threads, busy_threads,
+    # requests_count; then Butterflies' own: min_threads, connections and
+    # keep_alive (the open ones between requests).
     def last_status(values)
-      max = @config[:max_threads] || @config[:threads]
       busy = values["busy_threads"].to_i
       {
         "backlog" => values["queued"].to_i,
         "running" => values["threads"].to_i,
-        "pool_capacity" => [max - busy, 0].max,
-        "max_threads" => max,
+        "pool_capacity" => [max_threads - busy, 0].max,
+        "max_threads" => max_threads,
         "busy_threads" => busy,
-        "requests_count" => requests(values)
+        "requests_count" => requests(values),
+        "min_threads" => min_threads,
+        "connections" => values["connections"].to_i,
+        "keep_alive" => values["keep_alive"].to_i
       }
+    end
+
+    def min_threads
+      @config[:threads]
+    end
+
+    def max_threads
+      @config[:max_threads] || @config[:threads]
     end
 
     def requests(values)
@@ -101,7 +113,7 @@ module Butterflies
       { "totals" => totals, "restarts" => @snapshot[:restarts] }
     end
 
-    GAUGES = %w[connections queued queue_capacity threads busy_threads].freeze
+    GAUGES = %w[connections keep_alive queued queue_capacity threads busy_threads].freeze
 
     def gauge?(name)
       GAUGES.include?(name)
@@ -158,16 +170,25 @@ module Butterflies
 
     def gauges(lines)
       groups = by_worker.select { |_, g| g[:live].any? }
-      {
-        "connections" => "Open client connections.", "queued" => "Requests waiting for an app thread.",
-        "queue_capacity" => "Requests that may wait before new ones get 503.", "threads" => "App threads.",
-        "busy_threads" => "App threads running a request."
-      }.each do |name, help|
+      GAUGE_HELP.each do |name, help|
         metric = "butterflies_#{name}"
         header(lines, metric, help, "gauge")
         groups.each { |worker, g| lines << %(#{metric}{worker="#{worker}"} #{g[:live][name]}) }
       end
+      { "min_threads" => min_threads, "max_threads" => max_threads }.each do |name, n|
+        metric = "butterflies_#{name}"
+        header(lines, metric, "The app thread pool's #{name.split('_').first}imum, per process.", "gauge")
+        groups.each_key { |worker| lines << %(#{metric}{worker="#{worker}"} #{n}) }
+      end
     end
+
+    GAUGE_HELP = {
+      "connections" => "Open client connections.",
+      "keep_alive" => "Open client connections between requests (kept alive).",
+      "queued" => "Requests waiting for an app thread.",
+      "queue_capacity" => "Requests that may wait before new ones get 503.", "threads" => "App threads.",
+      "busy_threads" => "App threads running a request."
+    }.freeze
 
     HISTOGRAMS = {
       "queue" => ["butterflies_queue_seconds", "From a complete request to an app thread taking it."],

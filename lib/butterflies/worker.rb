@@ -14,7 +14,8 @@ module Butterflies
 
     # heartbeat: the write end of this worker's pipe to the master.
     # alive: a pipe whose write end only the master holds (EOF: it died).
-    def initialize(index:, engine:, app:, loader:, config:, heartbeat:, alive:, log:)
+    # inquiries: this worker's end of its Inquiry socket.
+    def initialize(index:, engine:, app:, loader:, config:, heartbeat:, alive:, inquiries:, log:)
       @index = index
       @engine = engine
       @app = app
@@ -22,6 +23,7 @@ module Butterflies
       @config = config
       @heartbeat = heartbeat
       @alive = alive
+      @inquiries = inquiries
       @log = log
     end
 
@@ -45,10 +47,13 @@ module Butterflies
     private
 
     # The process becomes a worker: its name, output, signals, CPU and
-    # the app's boot hooks. Returns the queue its signals go to.
+    # the app's boot hooks; it answers the master's inquiries from here on
+    # (a worker stuck loading the app shows where). Returns the queue its
+    # signals go to.
     def boot
       $PROGRAM_NAME = "butterflies worker #{@index}"
       Butterflies.sync_output!
+      Inquiry.serve(@inquiries)
       signals = SignalQueue.new
       signals.trap(%w[TERM INT QUIT])
       %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
@@ -62,6 +67,7 @@ module Butterflies
     # whether an app thread is stuck), until the pipe breaks.
     def heartbeat(runtime)
       Thread.new do
+        Thread.current.name = "butterflies-heartbeat"
         loop do
           beat(runtime.engine.stuck? ? STUCK : BEAT) || break
           sleep HEARTBEAT_SECONDS

@@ -34,6 +34,16 @@ pub(crate) struct Slots {
     free: Vec<usize>,
     /// Connections present or lent.
     live: usize,
+    /// Present connections that served a request or more: kept alive,
+    /// between requests (the `keep_alive` gauge of the stats).
+    between: usize,
+}
+
+/// Whether a present connection is between requests. `served` only grows
+/// while the connection is lent, so this holds from `put_back` to `lend`
+/// or `remove`, where it is counted and uncounted.
+fn between_requests(conn: &Conn) -> bool {
+    conn.served > 0
 }
 
 impl Slots {
@@ -58,6 +68,18 @@ impl Slots {
 
     pub(crate) fn live(&self) -> usize {
         self.live
+    }
+
+    #[cfg(test)]
+    pub(crate) fn between_requests(&self) -> usize {
+        self.between
+    }
+
+    fn count_between(&mut self, conn: &Conn, delta: i64) {
+        if between_requests(conn) {
+            self.between = self.between.saturating_add_signed(delta as isize);
+            crate::stats::gauge(crate::stats::KEEP_ALIVE, delta);
+        }
     }
 
     /// The connection, if its IO thread has it.
@@ -87,7 +109,10 @@ impl Slots {
             hangup: false,
         };
         match std::mem::replace(self.slots.get_mut(token)?, lent) {
-            Slot::Present(conn) => Some(conn),
+            Slot::Present(conn) => {
+                self.count_between(&conn, -1);
+                Some(conn)
+            }
             other => {
                 self.slots[token] = other;
                 None
@@ -103,6 +128,7 @@ impl Slots {
             Slot::Lent { events, hangup } => WhileLent { events, hangup },
             _ => WhileLent::default(),
         };
+        self.count_between(&conn, 1);
         self.slots[token] = Slot::Present(conn);
         seen
     }
@@ -113,6 +139,7 @@ impl Slots {
             Slot::Present(conn) => {
                 self.free.push(token);
                 self.live -= 1;
+                self.count_between(&conn, -1);
                 Some(conn)
             }
             other => {
@@ -214,6 +241,27 @@ mod tests {
     };
 
     #[test]
+    fn a_connection_is_between_requests_from_its_return_to_its_next_lending() {
+        let mut slots = Slots::default();
+        let token = slots.reserve();
+        let (mut conn, _client) = pair();
+        conn.token = token;
+        slots.insert(token, Box::new(conn));
+        assert_eq!(slots.between_requests(), 0, "a fresh connection served none");
+        let mut lent = slots.lend(token).expect("present");
+        lent.served += 1;
+        slots.put_back(lent);
+        assert_eq!(slots.between_requests(), 1, "home after its first request");
+        let mut lent = slots.lend(token).expect("present");
+        assert_eq!(slots.between_requests(), 0, "with an app thread again");
+        lent.served += 1;
+        slots.put_back(lent);
+        assert_eq!(slots.between_requests(), 1);
+        assert!(slots.remove(token).is_some());
+        assert_eq!(slots.between_requests(), 0, "closed");
+    }
+
+    #[test]
     fn a_connection_is_lent_put_back_and_removed_by_its_token() {
         let mut slots = Slots::default();
         let token = slots.reserve();
@@ -236,6 +284,7 @@ mod tests {
         assert!(!slots.note_while_lent(token, true, true), "no longer lent");
         assert!(slots.remove(token).is_some());
         assert_eq!(slots.live(), 0);
+        assert_eq!(slots.between_requests(), 0);
         assert_eq!(slots.reserve(), token, "the slot is reused");
     }
 

@@ -76,6 +76,8 @@ pub fn serve(
             Ok(queued) => match queued.claim() {
                 Some(job) => {
                     crate::stats::gauge(crate::stats::QUEUED, -1);
+                    // Taken while holding the GVL: it waited none for it.
+                    crate::stats::observe(crate::stats::GVL_WAIT, Duration::ZERO);
                     job
                 }
                 None => continue, // answered by the watchdog meanwhile
@@ -197,13 +199,14 @@ fn next_request(
 ) -> Result<Waited, Error> {
     let jobs = &rb_self.jobs;
     let mut woken = false;
-    let job = without_gvl(
+    let (job, arrived) = without_gvl(
         ruby,
         || {
-            kept.next_request(rb_self.idle_spin, &rb_self.limits, scratch, || {
+            let job = kept.next_request(rb_self.idle_spin, &rb_self.limits, scratch, || {
                 woken = wake_rx.try_recv().is_ok();
                 woken || !jobs.is_empty()
-            })
+            });
+            (job, Instant::now())
         },
         Some(Unblock {
             func: |wake: &Sender<()>| {
@@ -213,7 +216,10 @@ fn next_request(
         }),
     )?;
     Ok(match job {
-        Some(job) => Waited::Job(job),
+        Some(job) => {
+            crate::stats::observe(crate::stats::GVL_WAIT, arrived.elapsed());
+            Waited::Job(job)
+        }
         None if woken => Waited::Woken,
         None => Waited::Idle,
     })

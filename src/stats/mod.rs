@@ -33,12 +33,13 @@ pub const VALUES: [&str; VALUE_COUNT] = [
     "bytes_in",
     "bytes_out",
     "connections",
+    "keep_alive",
     "queued",
     "queue_capacity",
     "threads",
     "busy_threads",
 ];
-pub const VALUE_COUNT: usize = 19;
+pub const VALUE_COUNT: usize = 20;
 
 /// Which of [`VALUES`] are gauges (not summed into retired totals).
 pub fn is_gauge(index: usize) -> bool {
@@ -48,10 +49,13 @@ pub fn is_gauge(index: usize) -> bool {
 pub const BYTES_IN: usize = 12;
 pub const BYTES_OUT: usize = 13;
 pub const CONNECTIONS: usize = 14;
-pub const QUEUED: usize = 15;
-pub const QUEUE_CAPACITY: usize = 16;
-pub const THREADS: usize = 17;
-pub const BUSY_THREADS: usize = 18;
+/// Connections between requests: served one or more, now with their IO
+/// thread (waiting for, or reading, the next request).
+pub const KEEP_ALIVE: usize = 15;
+pub const QUEUED: usize = 16;
+pub const QUEUE_CAPACITY: usize = 17;
+pub const THREADS: usize = 18;
+pub const BUSY_THREADS: usize = 19;
 
 /// Histograms of a slot.
 pub const HISTOGRAMS: [&str; HISTOGRAM_COUNT] = ["queue", "gvl_wait", "app", "proxy_queue"];
