@@ -83,8 +83,20 @@ RSpec.describe "the config file" do
       expect(server.wait_for_output(/worker 2 \(pid \d+\) ready/, timeout: 30)).to be(true)
       wait_until(timeout: 30, message: "old workers to be replaced") { workers.none? { |pid| alive?(pid) } }
       expect(Dir.children(dir).grep(/\Ashutdown\./).size).to be >= 2
+
+      # Fewer workers: the extra ones stop, the one left is replaced.
+      expect(server.wait_for_matches(/\* worker 1 \(pid \d+\) ready/, 2)).to be(true) # its replacement too
+      three = ready_workers(server)
+      zero_ready = /\* worker 0 \(pid \d+\) ready/
+      File.write(File.join(dir, "config/butterflies.rb"),
+                 File.read(File.join(dir, "config/butterflies.rb")).sub("workers 3", "workers 1"))
+      server.signal("HUP")
+      expect(server.wait_for_matches(zero_ready, server.output.scan(zero_ready).size + 1, timeout: 30)).to be(true)
+      wait_until(timeout: 30, message: "the three workers to stop") { three.values.none? { |pid| alive?(pid) } }
+      extra_ready = server.output.scan(/\* worker [12] \(pid \d+\) ready/).size
       server.signal("TERM")
       expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
+      expect(server.output.scan(/\* worker [12] \(pid \d+\) ready/).size).to eq(extra_ready) # none came back
     end
   end
 end

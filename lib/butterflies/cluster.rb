@@ -317,8 +317,15 @@ module Butterflies
 
       @config[:workers] = count
       say "* workers: #{count}"
-      # The master lets go of the leaving workers' sockets first: each
-      # worker accepts what is queued on its own before it closes them.
+      stop_extra_workers
+    end
+
+    # Workers at or past the configured count stop (spawn_missing starts
+    # those below it). The master lets go of the leaving workers' sockets
+    # first: each worker accepts what is queued on its own before it
+    # closes them.
+    def stop_extra_workers
+      count = @config[:workers]
       @engine.remove_worker while @engine.workers > count
       @workers.select { |w| w.index >= count && !w.stopping }.each { |w| terminate(w) }
     end
@@ -356,6 +363,7 @@ module Butterflies
       warn "butterflies: HUP: binds changed; they apply after a hot restart (USR2)" if fresh.binds != @config.binds
       @config = fresh
       say "Reloaded #{@config_path || Configuration::DEFAULT_PATH}"
+      stop_extra_workers
       phased_restart
     rescue ConfigError => e
       warn "butterflies: HUP: config not reloaded: #{e.message}"
