@@ -52,6 +52,11 @@ module Butterflies
     $stderr.sync = true
   end
 
+  # Seconds on a clock that only goes forward, for deadlines and ages.
+  def self.monotonic
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+
   # Flushes both before an exec replaces the process, so nothing printed
   # (a before_exec hook's output) is lost.
   def self.flush_output

@@ -175,7 +175,7 @@ module Butterflies
       active = @workers.reject(&:stopping)
       (0...@config[:workers]).each do |index|
         next if active.any? { |w| w.index == index }
-        next if @respawns.throttled?(index, monotonic)
+        next if @respawns.throttled?(index, Butterflies.monotonic)
 
         spawn_worker(index)
       end
@@ -192,8 +192,8 @@ module Butterflies
         become_worker(index, slot, writer, answering)
       end
       [writer, answering].each(&:close)
-      record = Record.new(index: index, pid: pid, pipe: reader, last_beat: monotonic, ready: false, stopping: false,
-                          slot: slot, phase: @phase, channel: asking)
+      record = Record.new(index: index, pid: pid, pipe: reader, last_beat: Butterflies.monotonic, ready: false,
+                          stopping: false, slot: slot, phase: @phase, channel: asking)
       @workers << record
       record
     end
@@ -224,7 +224,7 @@ module Butterflies
         data = worker.pipe.read_nonblock(4096, exception: false)
         next unless data.is_a?(String)
 
-        worker.last_beat = monotonic
+        worker.last_beat = Butterflies.monotonic
         @stats.checkin(worker.slot)
         replace_stuck(worker) if data.include?(Worker::STUCK)
         next if worker.ready || !data.include?(Worker::READY)
@@ -254,7 +254,7 @@ module Butterflies
         worker.pipe.close
         worker.channel.close
         @stats.retire(worker.slot)
-        @respawns.failed(worker.index, monotonic) unless worker.ready
+        @respawns.failed(worker.index, Butterflies.monotonic) unless worker.ready
         next if worker.stopping
 
         @stats.count_restart("crash")
@@ -272,8 +272,8 @@ module Butterflies
       timeout = @config[:worker_timeout]
       @workers.each do |worker|
         if worker.term_at
-          kill(worker, "KILL") if monotonic > worker.term_at + grace
-        elsif monotonic - worker.last_beat > timeout
+          kill(worker, "KILL") if Butterflies.monotonic > worker.term_at + grace
+        elsif Butterflies.monotonic - worker.last_beat > timeout
           event "* worker #{worker.index} (pid #{worker.pid}) sent no heartbeat for #{timeout}s; replacing it"
           @stats.count_restart("timeout")
           terminate(worker)
@@ -285,7 +285,7 @@ module Butterflies
     # TERM now, KILL if it is still there after the grace time.
     def terminate(worker)
       worker.stopping = true
-      worker.term_at ||= monotonic
+      worker.term_at ||= Butterflies.monotonic
       kill(worker, "TERM")
     end
 
@@ -421,10 +421,6 @@ module Butterflies
 
     def event(line)
       @log.event(line)
-    end
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
 end

@@ -85,7 +85,7 @@ module Butterflies
         seq = (@seq += 1).to_s
         waiting = channels.select { |_, io| question(io, seq, name) }
         answers = channels.transform_values { nil }
-        collect(waiting, seq, answers, monotonic + seconds)
+        collect(waiting, seq, answers, Butterflies.monotonic + seconds)
         answers
       end
 
@@ -102,7 +102,7 @@ module Butterflies
 
       def collect(waiting, seq, answers, deadline)
         buffers = waiting.transform_values { +"" }
-        until waiting.empty? || (left = deadline - monotonic) <= 0
+        until waiting.empty? || (left = deadline - Butterflies.monotonic) <= 0
           ready, = IO.select(waiting.values, nil, nil, left)
           ready&.each { |io| read_answer(io, waiting, buffers, seq, answers) }
         end
@@ -131,10 +131,6 @@ module Butterflies
         false
       rescue IOError, SystemCallError, JSON::ParserError
         true
-      end
-
-      def monotonic
-        Process.clock_gettime(Process::CLOCK_MONOTONIC)
       end
     end
   end

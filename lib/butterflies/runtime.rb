@@ -61,9 +61,9 @@ module Butterflies
       @sentinel&.kill
       @engine.stop(keep_listening)
       timeout = @config[:shutdown_timeout]
-      deadline = monotonic + timeout + 1
+      deadline = Butterflies.monotonic + timeout + 1
       threads = @lock.synchronize { @threads.dup }
-      threads.each { |t| t.join([deadline - monotonic, 0].max) }
+      threads.each { |t| t.join([deadline - Butterflies.monotonic, 0].max) }
       unfinished = threads.count(&:alive?)
       if unfinished.zero?
         @engine.join
@@ -170,10 +170,6 @@ module Butterflies
     rescue StandardError => e
       warn "butterflies: lowlevel_error_handler failed: #{e.class}: #{e.message}; answering 500"
       nil
-    end
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
   end
 end
