@@ -247,7 +247,11 @@ mod tests {
         let (mut conn, _client) = pair();
         conn.token = token;
         slots.insert(token, Box::new(conn));
-        assert_eq!(slots.between_requests(), 0, "a fresh connection served none");
+        assert_eq!(
+            slots.between_requests(),
+            0,
+            "a fresh connection served none"
+        );
         let mut lent = slots.lend(token).expect("present");
         lent.served += 1;
         slots.put_back(lent);
