@@ -158,12 +158,20 @@ module Butterflies
           end
         end
       end
-      bytes(lines, groups)
+      plain_counters(lines, groups)
     end
 
-    def bytes(lines, groups)
-      { "butterflies_received_bytes_total" => "bytes_in", "butterflies_sent_bytes_total" => "bytes_out" }.each do |metric, name|
-        header(lines, metric, "Bytes #{name == 'bytes_in' ? 'read from' : 'written to'} clients.", "counter")
+    # Counters with only the worker label.
+    PLAIN_COUNTERS = {
+      "butterflies_received_bytes_total" => ["bytes_in", "Bytes read from clients."],
+      "butterflies_sent_bytes_total" => ["bytes_out", "Bytes written to clients."],
+      "butterflies_log_lines_dropped_total" => ["log_lines_dropped",
+                                                "Log lines dropped because the output was slower than the requests."]
+    }.freeze
+
+    def plain_counters(lines, groups)
+      PLAIN_COUNTERS.each do |metric, (name, help)|
+        header(lines, metric, help, "counter")
         groups.each { |worker, g| lines << %(#{metric}{worker="#{worker}"} #{g[:values][name]}) }
       end
     end

@@ -42,6 +42,28 @@ impl Sink {
         buffer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn new() -> Sink {
+        Sink {
+            out: Mutex::new(Vec::with_capacity(64 * 1024)),
+            err: Mutex::new(Vec::new()),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends a line unless the buffer would pass `MAX_BUFFERED_BYTES`;
+    /// false (and counted) if it was dropped.
+    fn append(&self, stream: Stream, line: &[u8], newline: &[u8]) -> bool {
+        let mut buffer = self.buffer(stream);
+        if buffer.len() + line.len() + newline.len() > MAX_BUFFERED_BYTES {
+            drop(buffer);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        buffer.extend_from_slice(line);
+        buffer.extend_from_slice(newline);
+        true
+    }
+
     /// Takes what gathered for `stream`, leaving `spare` (emptied) in its
     /// place, and writes it.
     fn flush(&self, stream: Stream, spare: &mut Vec<u8>) {
@@ -58,12 +80,7 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 /// Starts this process's writer thread (once; later calls do nothing).
 /// Call after any fork.
 pub fn start(faults: Arc<Faults>) -> std::io::Result<Option<JoinHandle<()>>> {
-    let sink = Sink {
-        out: Mutex::new(Vec::with_capacity(64 * 1024)),
-        err: Mutex::new(Vec::new()),
-        dropped: AtomicU64::new(0),
-    };
-    if SINK.set(sink).is_err() {
+    if SINK.set(Sink::new()).is_err() {
         return Ok(None);
     }
     supervise::spawn("butterflies-log".into(), faults, move || {
@@ -85,14 +102,9 @@ pub fn write(stream: Stream, line: &[u8]) {
         write_now(stream, &[line, newline].concat());
         return;
     };
-    let mut buffer = sink.buffer(stream);
-    if buffer.len() + line.len() + newline.len() > MAX_BUFFERED_BYTES {
-        drop(buffer);
-        sink.dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+    if !sink.append(stream, line, newline) {
+        crate::stats::add(crate::stats::LOG_LINES_DROPPED, 1);
     }
-    buffer.extend_from_slice(line);
-    buffer.extend_from_slice(newline);
 }
 
 /// A line for stderr.
@@ -151,5 +163,25 @@ fn run() {
         if spare.capacity() > MAX_BUFFERED_BYTES {
             spare = Vec::with_capacity(64 * 1024);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_buffer_drops_and_counts_lines_and_takes_them_again_once_written() {
+        let sink = Sink::new();
+        let line = vec![b'x'; 1023];
+        let fits = MAX_BUFFERED_BYTES / 1024;
+        assert!((0..fits).all(|_| sink.append(Stream::Stdout, &line, b"\n")));
+        assert!(!sink.append(Stream::Stdout, &line, b"\n"), "full");
+        assert!(sink.append(Stream::Stderr, b"other stream", b"\n"));
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);
+        let mut spare = Vec::new();
+        std::mem::swap(&mut *sink.buffer(Stream::Stdout), &mut spare);
+        assert_eq!(spare.len(), fits * 1024);
+        assert!(sink.append(Stream::Stdout, &line, b"\n"), "room again");
     }
 }

@@ -32,6 +32,7 @@ pub const VALUES: [&str; VALUE_COUNT] = [
     "rejected_503",
     "bytes_in",
     "bytes_out",
+    "log_lines_dropped",
     "connections",
     "keep_alive",
     "queued",
@@ -39,7 +40,7 @@ pub const VALUES: [&str; VALUE_COUNT] = [
     "threads",
     "busy_threads",
 ];
-pub const VALUE_COUNT: usize = 20;
+pub const VALUE_COUNT: usize = 21;
 
 /// Which of [`VALUES`] are gauges (not summed into retired totals).
 pub fn is_gauge(index: usize) -> bool {
@@ -48,14 +49,17 @@ pub fn is_gauge(index: usize) -> bool {
 
 pub const BYTES_IN: usize = 12;
 pub const BYTES_OUT: usize = 13;
-pub const CONNECTIONS: usize = 14;
+/// Log lines (access log, the engine's stderr) dropped because the output
+/// was slower than the requests.
+pub const LOG_LINES_DROPPED: usize = 14;
+pub const CONNECTIONS: usize = 15;
 /// Connections between requests: served one or more, now with their IO
 /// thread (waiting for, or reading, the next request).
-pub const KEEP_ALIVE: usize = 15;
-pub const QUEUED: usize = 16;
-pub const QUEUE_CAPACITY: usize = 17;
-pub const THREADS: usize = 18;
-pub const BUSY_THREADS: usize = 19;
+pub const KEEP_ALIVE: usize = 16;
+pub const QUEUED: usize = 17;
+pub const QUEUE_CAPACITY: usize = 18;
+pub const THREADS: usize = 19;
+pub const BUSY_THREADS: usize = 20;
 
 /// Histograms of a slot.
 pub const HISTOGRAMS: [&str; HISTOGRAM_COUNT] = ["queue", "gvl_wait", "app", "proxy_queue"];
