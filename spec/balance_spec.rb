@@ -25,30 +25,6 @@ RSpec.describe "cluster mode balancing", timeout: 180 do
     Integer(body_of(read_response(socket, read_until: complete)))
   end
 
-  # Client threads that open a fresh connection per request until stopped;
-  # returns [successes, failures] queues and the stopper.
-  def fresh_connection_clients(server, threads: 4)
-    successes = Queue.new
-    failures = Queue.new
-    stop = false
-    clients = Array.new(threads) do
-      Thread.new do
-        until stop
-          begin
-            Net::HTTP.start(server.host, server.port, read_timeout: 30, open_timeout: 30) { |h| h.get("/") }
-            successes << 1
-          rescue StandardError => e
-            failures << e
-          end
-        end
-      end
-    end
-    [successes, failures, lambda {
-      stop = true
-      clients.each(&:join)
-    }]
-  end
-
   [2, 4].each do |workers|
     it "spreads a pool of fresh keep-alive connections over all #{workers} workers as it opens" do
       server = start_cluster(workers: workers)

@@ -81,21 +81,7 @@ RSpec.describe "cluster mode", timeout: 120 do
   it "hot restarts on USR2 with no refused connection" do
     server = start_cluster("--shutdown-timeout", "5")
     master = server.pid
-    failures = Queue.new
-    successes = Queue.new
-    stop = false
-    clients = Array.new(4) do
-      Thread.new do
-        until stop
-          begin
-            Net::HTTP.start(server.host, server.port, read_timeout: 20, open_timeout: 20) { |h| h.get("/") }
-            successes << 1
-          rescue StandardError => e
-            failures << e
-          end
-        end
-      end
-    end
+    successes, failures, stop = fresh_connection_clients(server, timeout: 20)
     # On a timeout, say what the clients saw (a flake hunt needs it).
     explain = lambda do |what|
       yield_failures = failures.size.positive? ? failures.pop.inspect : "none"
@@ -115,8 +101,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     rescue RuntimeError => e
       raise explain.call("#{e.message}\n#{server.output}")
     end
-    stop = true
-    clients.each(&:join)
+    stop.call
     expect(failures.size).to eq(0), failures.size.positive? ? failures.pop.inspect : ""
     expect(server.pid).to eq(master) # exec keeps the pid
     expect(server.exited?).to be(false)

@@ -106,6 +106,20 @@ RSpec.describe "butterflies ctl", timeout: 180 do
                                                "state file) (see butterflies ctl --help)\n"])
   end
 
+  it "hot-restarts and reloads a cluster through the control server" do
+    server = start_with_state(workers: 2)
+    _out, _err, status = ctl("-S", state, "restart")
+    expect(status.exitstatus).to eq(0)
+    expect(server.wait_for_matches(/Listening on/, 2, timeout: 30)).to be(true)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 4, timeout: 30)).to be(true)
+    expect(server.exited?).to be(false) # the same pid, re-executed
+    out, _err, status = ctl("-S", state, "reload")
+    expect([status.exitstatus, out]).to eq([0, %({"status":"ok","action":"reload"}\n)])
+    expect(server.wait_for_output(/HUP: no config file to reload; doing a phased restart/)).to be(true)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 6, timeout: 30)).to be(true)
+    expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
+  end
+
   it "halts at once" do
     server = start_with_state
     _out, _err, status = ctl("-S", state, "halt")

@@ -16,9 +16,10 @@ RSpec.describe "log files", timeout: 120 do
     Dir.mktmpdir do |dir|
       out = File.join(dir, "out.log")
       err = File.join(dir, "err.log")
+      control = "tcp://127.0.0.1:#{TCPServer.open('127.0.0.1', 0) { |s| s.addr[1] }}"
       command = butterflies_command("-w", "2", "-t", "2", "--io-threads", "1", "-b", "tcp://127.0.0.1:0",
                                     "--redirect-stdout", out, "--redirect-stderr", err, "--log-requests",
-                                    ServerHelpers::APP)
+                                    "--control-url", control, "--control-token", "tok", ServerHelpers::APP)
       pid = Process.spawn(*command, out: File::NULL, err: File::NULL, pgroup: true)
       begin
         wait_for_file(out, ClusterHelpers::WORKER_READY, count: 2)
@@ -28,12 +29,20 @@ RSpec.describe "log files", timeout: 120 do
         wait_for_file(out, access, count: 5)
 
         File.rename(out, "#{out}.1")
-        Process.kill("URG", pid) # what `butterflies ctl reopen-logs` sends
+        Process.kill("URG", pid) # what `butterflies ctl reopen-logs` sends without a control server
         wait_until(message: "out.log to be made again") { File.exist?(out) }
         5.times { Net::HTTP.get(URI("http://127.0.0.1:#{port}/after")) }
         wait_for_file(out, access, count: 5)
-        lines = File.read("#{out}.1").scan(access) + File.read(out).scan(access)
-        expect(lines.size).to eq(10)
+
+        File.rename(out, "#{out}.2")
+        ctl = [RbConfig.ruby, "-I#{ServerHelpers::ROOT}/lib", File.join(ServerHelpers::ROOT, "exe/butterflies"),
+               "ctl", "-C", control, "-T", "tok", "reopen-logs"]
+        expect(system(*ctl, out: File::NULL)).to be(true)
+        wait_until(message: "out.log to be made again, by ctl") { File.exist?(out) }
+        5.times { Net::HTTP.get(URI("http://127.0.0.1:#{port}/after")) }
+        wait_for_file(out, access, count: 5)
+        lines = [".1", ".2", ""].sum { |suffix| File.read("#{out}#{suffix}").scan(access).size }
+        expect(lines).to eq(15)
         expect(File.read("#{out}.1")).to include("Use Ctrl-C to stop")
         expect(File.read(err)).not_to include("cannot reopen")
       ensure

@@ -33,6 +33,30 @@ module ClusterHelpers
     result
   end
 
+  # Client threads that open a fresh connection per request until stopped;
+  # returns [successes, failures] queues and the stopper.
+  def fresh_connection_clients(server, threads: 4, timeout: 30)
+    successes = Queue.new
+    failures = Queue.new
+    stop = false
+    clients = Array.new(threads) do
+      Thread.new do
+        until stop
+          begin
+            Net::HTTP.start(server.host, server.port, read_timeout: timeout, open_timeout: timeout) { |h| h.get("/") }
+            successes << 1
+          rescue StandardError => e
+            failures << e
+          end
+        end
+      end
+    end
+    [successes, failures, lambda {
+      stop = true
+      clients.each(&:join)
+    }]
+  end
+
   def alive?(pid)
     Process.kill(0, pid)
     true
