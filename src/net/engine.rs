@@ -23,7 +23,7 @@ use super::config::Config;
 use super::handoff::{Mailbox, Shared};
 use super::io_thread::IoThread;
 use super::listener::{self, BindAddr, Listener};
-use super::queue::Queued;
+use super::Queued;
 
 /// The listening sockets of one bound address.
 struct Group {

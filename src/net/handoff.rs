@@ -29,7 +29,7 @@ pub struct Shared {
     /// Requests lent to app threads and not yet handed back.
     pub in_flight: AtomicUsize,
     /// Queued jobs the watchdog may answer (with a request timeout).
-    pub claims: super::queue::Claims,
+    pub claims: super::queue::Claims<Job>,
     /// Response bytes parked with IO threads, and their budget.
     pub parked: Arc<super::park::ParkBudget>,
     /// A thread of the engine that panicked or failed.

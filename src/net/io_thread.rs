@@ -18,8 +18,8 @@ use super::config::Config;
 use super::conn::{Afterwards, Conn, Fill, Progress};
 use super::handoff::{Job, Mailbox, Shared, CONN_EVENTS};
 use super::listener::Listener;
-use super::queue::Queued;
 use super::slots::{Expired, Slots, Timeouts};
+use super::Queued;
 use crate::http::Limits;
 
 const WAKER: u64 = u64::MAX;

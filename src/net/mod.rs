@@ -22,4 +22,5 @@ pub use conn::Request;
 pub use engine::Engine;
 pub use handoff::{Job, Kept, Shared};
 pub use listener::{BindAddr, ListenOptions, Listener};
-pub use queue::Queued;
+/// An item of the request queue: a job, or its claim.
+pub type Queued = queue::Queued<Job>;
