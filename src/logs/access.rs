@@ -91,17 +91,6 @@ pub fn record(entry: &Entry<'_>) {
     }
 }
 
-/// A complete request the server answered itself with `status` (a full
-/// queue's or a request timeout's 503): counted and logged.
-pub fn refused(request: &crate::net::Request, status: u16) {
-    rejected(
-        request.peer,
-        Some(&request.head),
-        status,
-        Some(request.received),
-    );
-}
-
 /// Logs a request answered by the server itself before the app saw it.
 pub fn rejected(
     peer: SocketAddr,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::net::supervise::{self, Faults};
+use crate::process::supervise::{self, Faults};
 
 /// Bytes a stream's buffer may hold before lines are dropped.
 pub const MAX_BUFFERED_BYTES: usize = 4 * 1024 * 1024;

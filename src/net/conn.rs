@@ -40,6 +40,14 @@ pub struct Request {
     pub received: Instant,
 }
 
+impl Request {
+    /// Counts and logs this complete request as answered by the server
+    /// itself with `status` (a full queue's or a request timeout's 503).
+    pub fn log_refused(&self, status: u16) {
+        crate::logs::access::rejected(self.peer, Some(&self.head), status, Some(self.received));
+    }
+}
+
 /// What reading and parsing produced.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // returned by value, once per request

@@ -213,7 +213,7 @@ impl Engine {
                 mailbox.clone(),
                 self.shared.clone(),
             )?;
-            let handle = super::supervise::spawn(
+            let handle = crate::process::supervise::spawn(
                 format!("butterflies-io-{index}"),
                 self.shared.faults.clone(),
                 move || thread.run(),

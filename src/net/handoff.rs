@@ -33,7 +33,7 @@ pub struct Shared {
     /// Response bytes parked with IO threads, and their budget.
     pub parked: Arc<super::park::ParkBudget>,
     /// A thread of the engine that panicked or failed.
-    pub faults: Arc<super::supervise::Faults>,
+    pub faults: Arc<crate::process::supervise::Faults>,
 }
 
 /// The epoll events a connection is registered for while its IO thread

@@ -389,7 +389,7 @@ impl IoThread {
         };
         self.shared.rejected_full.fetch_add(1, Ordering::Relaxed);
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        crate::logs::access::refused(&job.request, 503);
+        job.request.log_refused(503);
         let Some(mut conn) = job.take_conn() else {
             return;
         };

@@ -14,7 +14,6 @@ pub mod park;
 pub mod queue;
 pub mod reader;
 mod slots;
-pub mod supervise;
 
 pub use body::Body;
 pub use config::Config;

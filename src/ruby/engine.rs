@@ -332,7 +332,7 @@ impl RbEngine {
             ruby,
             || faults.wait(timeout),
             Some(Unblock {
-                func: |faults: &Arc<crate::net::supervise::Faults>| faults.interrupt(),
+                func: |faults: &Arc<crate::process::supervise::Faults>| faults.interrupt(),
                 arg: faults,
             }),
         )?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::exchange::Exchange;
-use crate::net::supervise::{self, Faults};
+use crate::process::supervise::{self, Faults};
 
 /// How old gathered pieces may get before this thread writes them.
 pub const MAX_DELAY: Duration = Duration::from_millis(5);

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use super::exchange::Exchange;
 use crate::http::response::service_unavailable;
 use crate::net::conn::Afterwards;
-use crate::net::supervise;
 use crate::net::{Job, Shared};
+use crate::process::supervise;
 
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 
@@ -120,7 +120,7 @@ impl Watchdog {
 /// Answers 503 in the app's place (the app has not started answering, or
 /// the request never left the queue).
 fn answer_timeout(mut job: Job, timeout: Duration) {
-    crate::logs::access::refused(&job.request, 503);
+    job.request.log_refused(503);
     let head = &job.request.head;
     crate::log_err!(
         "butterflies: {} {} timed out after {:.1}s; answered 503",
