@@ -32,9 +32,9 @@ require "butterflies/worker"
 require "butterflies/phased_restart"
 require "butterflies/stats_report"
 require "butterflies/inquiry"
+require "butterflies/log_files"
 require "butterflies/control"
 require "butterflies/process_files"
-require "butterflies/log_files"
 require "butterflies/cluster"
 
 # Butterflies is a Rack web server whose engine is written in Rust.

@@ -116,8 +116,7 @@ module Butterflies
       return nil if name.end_with?("?")
       return halt if name == "halt"
 
-      @signals.push({ "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
-                      "reopen-logs" => LogFiles::SIGNAL }.fetch(name))
+      @signals.push(Control::SIGNALS.fetch(name))
     end
 
     # An Inquiry, answered by the master and by each worker, labelled.

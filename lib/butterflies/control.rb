@@ -37,6 +37,10 @@ module Butterflies
 
     # Binds (or adopts, after a hot restart) the control socket.
     ACTIONS = %w[stop halt restart phased-restart reload reopen-logs].freeze
+    # The signal that does each action (halt has none: the server exits at
+    # once); `butterflies ctl -P` sends them itself.
+    SIGNALS = { "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
+                "reopen-logs" => LogFiles::SIGNAL }.freeze
 
     # The control server `config` asks for (nil if none), serving `owner`:
     # a Server or a Cluster, whose

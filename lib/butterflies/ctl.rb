@@ -16,8 +16,6 @@ module Butterflies
   class Ctl
     VERBS = %w[status stats metrics stop halt restart phased-restart reload reopen-logs thread-backtraces
                gc-stats].freeze
-    SIGNALS = { "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
-                "reopen-logs" => "URG" }.freeze
     NOT_RUNNING = 1
     USAGE = 2
     REFUSED = 3
@@ -97,7 +95,7 @@ module Butterflies
     end
 
     def by_signal(verb)
-      signal = verb == "status" ? 0 : SIGNALS[verb]
+      signal = verb == "status" ? 0 : Control::SIGNALS[verb]
       return usage("#{verb} needs the control server (-C, or -S with a state file)") unless signal
 
       pid = @options[:pid] || read_pidfile

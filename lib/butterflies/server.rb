@@ -88,7 +88,7 @@ module Butterflies
       end
       return halt if name == "halt"
 
-      @signals.push({ "stop" => "TERM", "restart" => "USR2", "reopen-logs" => LogFiles::SIGNAL }.fetch(name))
+      @signals.push(Control::SIGNALS.fetch(name)) # phased-restart and reload were refused above
     end
 
     # An Inquiry, answered by this process (at once), in Puma's shape.
