@@ -34,7 +34,7 @@ RSpec.describe "the butterflies command" do
     %w[--header-timeout 0] => "--header-timeout must be a number of seconds above 0 and at most 86400, got 0.0",
     %w[--request-timeout -1] => "--request-timeout must be a number of seconds above 0 and at most 86400, got -1.0",
     %w[--queue-depth 0] => "--queue-depth must be a whole number from 1 to 4611686018427387904, got \"0\"",
-    %w[-w two] => "--workers must be a whole number from 0 to 4611686018427387904, got \"two\"",
+    %w[-w two] => "--workers must be a whole number from 0 to 256, got \"two\"",
     %w[--request-hard-timeout 5] => "request_hard_timeout needs cluster mode (workers >= 1)"
   }.each do |args, message|
     it "refuses #{args.join(' ')} with one line and status 2, before binding" do

@@ -51,8 +51,8 @@ RSpec.describe "cluster mode", timeout: 120 do
     server = start_cluster("--worker-timeout", "2")
     stalled = ready_workers(server)[1]
     Process.kill("STOP", stalled)
-    expect(server.wait_for_output(/worker 1 \(pid #{stalled}\) sent no heartbeat for 2.0s; replacing it/, timeout: 15))
-      .to be(true)
+    noticed = /worker 1 \(pid #{stalled}\) sent no heartbeat for [\d.]+s \(worker_timeout 2.0s\); replacing it/
+    expect(server.wait_for_output(noticed, timeout: 15)).to be(true)
     expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 3, timeout: 20)).to be(true)
     wait_until(timeout: 10, message: "the stalled worker to be killed") { !alive?(stalled) }
   end

@@ -241,4 +241,21 @@ RSpec.describe "the control server", timeout: 180 do
       end
     end
   end
+
+  it "makes its Unix socket 0600 whatever the umask (or the mode asked), and never takes over a live one" do
+    Dir.mktmpdir do |dir|
+      path = File.join(dir, "control.sock")
+      start_butterflies("-t", "2", "--control-url", "unix://#{path}", spawn: { umask: 0 })
+      expect(File.stat(path).mode & 0o777).to eq(0o600)
+      _out, err, status = Open3.capture3(*butterflies_command("--control-url", "unix://#{path}",
+                                                              "-b", "tcp://127.0.0.1:0", ServerHelpers::APP))
+      expect(status.exitstatus).not_to eq(0)
+      expect(err).to include("another server is listening there")
+      expect(UNIXSocket.open(path) { |s| s.write("GET /stats HTTP/1.1\r\n\r\n") && s.read }).to start_with("HTTP/1.1 200")
+
+      shared = File.join(dir, "shared.sock")
+      start_butterflies("-t", "2", "--control-url", "unix://#{shared}?mode=0660", spawn: { umask: 0 })
+      expect(File.stat(shared).mode & 0o777).to eq(0o660)
+    end
+  end
 end

@@ -27,9 +27,9 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     File.join(@dir, "state.json")
   end
 
-  def start_with_state(*args, workers: nil)
+  def start_with_state(*args, workers: nil, **options)
     flags = ["--control-url", "tcp://127.0.0.1:#{free_port}", "--control-token", "tok", "-S", state, *args]
-    workers ? start_cluster(*flags, workers: workers) : start_butterflies("-t", "2", *flags)
+    workers ? start_cluster(*flags, workers: workers, **options) : start_butterflies("-t", "2", *flags, **options)
   end
 
   it "writes a state file only its owner reads, and removes it on exit" do
@@ -96,8 +96,12 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     out, _err, status = ctl("-S", state, "thread-backtraces")
     expect(status.exitstatus).to eq(0)
     threads = JSON.parse(out)
-    expect(threads.map { |t| t["name"] }).to include("main", "butterflies-app-0", "butterflies-app-1")
-    expect(threads.find { |t| t["name"] == "main" }["backtrace"]).to include(a_string_including("control.rb"))
+    expect(threads.map { |t| t["name"] }).to include("main", "butterflies-app-0", "butterflies-app-1",
+                                                     "butterflies-control")
+    # The question is answered on a control client thread, not the main one.
+    client = threads.find { |t| t["name"] == "butterflies-control-client" }
+    expect(client["backtrace"]).to include(a_string_including("control.rb"))
+    expect(threads.find { |t| t["name"] == "main" }["backtrace"]).to include(a_string_including("signal_queue.rb"))
     out, _err, status = ctl("-S", state, "--timeout", "3", "gc-stats")
     expect(status.exitstatus).to eq(0)
     expect(JSON.parse(out)).to include("count" => an_instance_of(Integer), "heap_live_slots" => an_instance_of(Integer))
@@ -126,5 +130,41 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     expect(status.exitstatus).to eq(0)
     expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
     expect(server.output).to include("Halted")
+  end
+
+  it "replaces a file or symlink left at the state file's temporary path, never writing through it" do
+    victim = File.join(@dir, "victim")
+    File.write(victim, "keep")
+    File.symlink(victim, "#{state}.tmp")
+    start_with_state(spawn: { umask: 0 })
+    expect(File.read(victim)).to eq("keep")
+    expect(File.stat(state).mode & 0o777).to eq(0o600)
+    expect(File.symlink?(state)).to be(false)
+  end
+
+  it "makes the state file 0600 when a world-readable one waits at its temporary path" do
+    File.write("#{state}.tmp", "old", perm: 0o666)
+    File.chmod(0o666, "#{state}.tmp")
+    start_with_state(spawn: { umask: 0 })
+    expect(File.stat(state).mode & 0o777).to eq(0o600)
+  end
+
+  it "takes the token from the environment or a file, keeping it out of the process list" do
+    port = free_port
+    server = start_butterflies("-t", "2", "--control-url", "tcp://127.0.0.1:#{port}",
+                               env: { "BUTTERFLIES_CONTROL_TOKEN" => "from-env" })
+    expect(File.read("/proc/#{server.pid}/cmdline")).not_to include("from-env")
+    cmd = butterflies_command_without_app("ctl", "-C", "tcp://127.0.0.1:#{port}", "status")
+    out, _err, status = Open3.capture3({ "BUTTERFLIES_CONTROL_TOKEN" => "from-env" }, *cmd)
+    expect([status.exitstatus, out]).to eq([0, "running: single mode, 0 requests\n"])
+    expect(Open3.capture3(*cmd)[2].exitstatus).not_to eq(0) # no token, no answer
+
+    token_file = File.join(@dir, "token")
+    File.write(token_file, "from-file\n")
+    port = free_port
+    server = start_butterflies("-t", "2", "--control-url", "tcp://127.0.0.1:#{port}", "--control-token-file", token_file)
+    expect(File.read("/proc/#{server.pid}/cmdline")).not_to include("from-file")
+    out, _err, status = ctl("-C", "tcp://127.0.0.1:#{port}", "--control-token-file", token_file, "status")
+    expect([status.exitstatus, out]).to eq([0, "running: single mode, 0 requests\n"])
   end
 end

@@ -161,7 +161,11 @@ module Butterflies
       opts.on("--control-url URL", "Serve /stats and /metrics on tcp://HOST:PORT or unix:///PATH") do |u|
         @dsl.control_url(u)
       end
-      opts.on("--control-token TOKEN", "The control server's token (required for TCP)") { |t| @dsl.control_token(t) }
+      opts.on("--control-token TOKEN", "The control server's token (required for TCP; ps shows it: prefer " \
+                                       "the next two)") { |t| @dsl.control_token(t) }
+      opts.on("--control-token-file PATH", "Read the token from PATH (or set BUTTERFLIES_CONTROL_TOKEN)") do |p|
+        @dsl.control_token_file(p)
+      end
       opts.on("--trust-request-start", "Measure queue time from a proxy's X-Request-Start") { @dsl.trust_request_start }
       opts.on("--log-requests", "An access log line per request on stdout (Apache common format)") do
         @dsl.log_requests(true)

@@ -3,7 +3,10 @@
 module Butterflies
   # Cluster mode: the master binds the listening sockets, may load the app
   # (preload_app!), forks the workers and supervises them. It never starts a
-  # Rust thread: it only forks, reaps and signals.
+  # Rust thread, and its loop never waits on anyone: the control server and
+  # its log writers run on threads of their own (Lifecycle), and workers'
+  # liveness is read from the heartbeats they write into the shared stats
+  # region (WorkerHandle).
   #
   # Signals (handled one at a time by the master loop):
   #   TERM, INT, QUIT  graceful stop of every worker, then exit 0
@@ -16,19 +19,14 @@ module Butterflies
   #   HUP              reload the config file, then a phased restart
   class Cluster
     SIGNALS = %w[TERM INT QUIT USR1 USR2 TTIN TTOU HUP CHLD URG].freeze
-    # Set in a worker started by fork + exec: "index,heartbeat fd,alive fd,
-    # workers,io threads,stats fd,stats slot,inquiry fd" (workers and io
-    # threads say which inherited sockets are its).
+    # Set in a worker started by fork + exec: "index,alive fd,workers,io
+    # threads,stats fd,stats slot,inquiry fd" (workers and io threads say
+    # which inherited sockets are its).
     WORKER_ENV = "BUTTERFLIES_WORKER"
-    TICK_SECONDS = 0.5
+    # How often the loop reads heartbeats when no signal wakes it.
+    TICK_SECONDS = 0.25
     # A worker that ignores TERM this long after it was due is killed.
     KILL_GRACE_SECONDS = 5
-
-    # One forked worker, as the master sees it.
-    # slot: its place in the shared stats region; phase: the phased restart
-    # it was started in; channel: the master's end of its Inquiry socket.
-    Record = Struct.new(:index, :pid, :pipe, :last_beat, :ready, :stopping, :term_at, :slot, :phase, :channel,
-                        keyword_init: true)
 
     # When each worker index last died before it was ready: such a worker
     # is not respawned more than once a second (an app that does not load
@@ -59,7 +57,8 @@ module Butterflies
       @cli = cli
       @config_path = config_path
       @log = Log.new(log, quiet: config[:quiet])
-      @signals = SignalQueue.new
+      @life = Lifecycle.new(config, log: @log)
+      @signals = @life.signals
       @workers = []
       @phase = 0
       @started_at = Time.now
@@ -69,51 +68,47 @@ module Butterflies
       # Fork and exec workers (instead of only forking) from the first
       # phased restart of a preloaded app until the next hot restart.
       @exec_workers = false
-      @argv = [$PROGRAM_NAME, *ARGV]
-      @dir = Dir.pwd
     end
 
     def run
-      LogFiles.new(@config).redirect!(inherited: ENV.key?(Listeners::INHERIT_ENV))
-      Butterflies.sync_output!
+      @life.prepare(SIGNALS)
       @engine = Listeners.bind(@config, shared: true, workers: @config[:workers])
-      @stats = Runtime.stats_region
-      @control = Control.for(@config, self)
+      @life.open(self)
+      @stats = @life.stats
       @app = @loader.call if @config[:preload_app]
       @alive_reader, @alive_writer = IO.pipe
-      @signals.trap(SIGNALS)
-      write_pidfile
       banner
       supervise
-      finish
+      @life.exec_again(@engine) if @restart
+      @life.goodbye
     end
 
     # The worker side of #exec_worker: in the new process, from the CLI.
     def self.run_exec_worker(config, loader:, log:)
-      index, heartbeat, alive, workers, io_threads, stats_fd, slot, inquiry =
+      index, alive, workers, io_threads, stats_fd, slot, inquiry =
         ENV.delete(WORKER_ENV).split(",").map { |n| Integer(n) }
       engine = Listeners.bind(config, shared: true, workers: workers, io_threads: io_threads)
       Stats.adopt(stats_fd).attach(slot)
-      pipes = { heartbeat: IO.for_fd(heartbeat, "w", autoclose: true), alive: IO.for_fd(alive, "r", autoclose: true),
-                inquiries: UNIXSocket.for_fd(inquiry) }
-      Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config, **pipes,
+      Worker.new(index: index, engine: engine, app: nil, loader: loader, config: config,
+                 alive: IO.for_fd(alive, "r", autoclose: true), inquiries: UNIXSocket.for_fd(inquiry),
                  log: Log.new(log, quiet: config[:quiet])).run
     end
 
-    # --- what the control server asks of the master -----------------------
+    # --- what the control server asks of the master (from its threads) ----
 
     # The region and the master's view of its workers.
     def report
-      workers = @workers.map do |w|
-        { index: w.index, pid: w.pid, phase: w.phase, booted: w.ready, slot: w.slot }
-      end
-      StatsReport.new(@stats, @config, started_at: @started_at, workers: workers, phase: @phase)
+      StatsReport.new(@stats, @config, started_at: @started_at, workers: @workers.dup.map(&:to_h), phase: @phase,
+                                       log_dropped: @log.dropped)
     end
 
-    # A control action: `name?` asks whether it can be done (nil: yes);
-    # `name` does it, as its signal would.
+    # Whether a control action can be done: nil (yes), or why not.
+    def can?(_action)
+      nil
+    end
+
+    # A control action, done as its signal would be (halt: at once).
     def act(name)
-      return nil if name.end_with?("?")
       return halt if name == "halt"
 
       @signals.push(Control::SIGNALS.fetch(name))
@@ -121,7 +116,7 @@ module Butterflies
 
     # An Inquiry, answered by the master and by each worker, labelled.
     def inquire(name, seconds)
-      @asker.cluster(@workers, name, seconds)
+      @asker.cluster(@workers.dup, name, seconds)
     end
 
     private
@@ -129,23 +124,15 @@ module Butterflies
     def supervise
       loop do
         spawn_missing unless @stopping
-        signal = @signals.pop(TICK_SECONDS, also: watched_ios)
-        read_heartbeats
+        signal = @signals.pop(TICK_SECONDS)
         handle(signal) if signal
-        @control&.serve_ready
         reap
-        enforce_heartbeat_timeouts
+        read_heartbeats
         step_phased_restart
+        retire_duplicates
+        @workers.each { |w| w.escalate(now, grace(w)) }
         break if @stopping && @workers.empty?
       end
-    end
-
-    # What the master's loop wakes for besides signals: worker pipes and
-    # the control server.
-    def watched_ios
-      ios = @workers.map(&:pipe)
-      ios << @control.io if @control
-      ios
     end
 
     # What each signal does (SIGCHLD only wakes the loop, which reaps).
@@ -164,83 +151,92 @@ module Butterflies
     def hot_restart
       return stop_all(restart: true) unless @embedded
 
-      warn "butterflies: USR2 ignored: a hot restart would run #{$PROGRAM_NAME} again, which rackup and " \
-           "rails server refuse (their pidfile); use USR1 for a phased restart, or restart the service"
+      @log.warn "butterflies: USR2 ignored: a hot restart would run #{$PROGRAM_NAME} again, which rackup and " \
+                "rails server refuse (their pidfile); use USR1 for a phased restart, or restart the service"
     end
 
     # --- workers -----------------------------------------------------------
 
     def spawn_missing
-      active = @workers.reject(&:stopping)
+      active = @workers.select(&:active?)
       (0...@config[:workers]).each do |index|
         next if active.any? { |w| w.index == index }
-        next if @respawns.throttled?(index, Butterflies.monotonic)
+        next if @respawns.throttled?(index, now)
 
         spawn_worker(index)
       end
     end
 
+    # A new worker for `index`, or nil while no stats slot is free (workers
+    # still stopping hold theirs; it is tried again on the next tick).
     def spawn_worker(index)
-      @engine.add_worker while @engine.workers <= index
       slot = @stats.allocate(index)
+      return no_slot(index) unless slot
+
+      @slot_wanted = false
+      @engine.add_worker while @engine.workers <= index
       @config.hooks[:before_fork].each(&:call)
-      reader, writer = IO.pipe
       asking, answering = UNIXSocket.pair
       pid = fork do
-        [reader, asking, *@workers.flat_map { |w| [w.pipe, w.channel] }].each(&:close)
-        become_worker(index, slot, writer, answering)
+        [asking, *@workers.map(&:channel)].each(&:close)
+        become_worker(index, slot, answering)
       end
-      [writer, answering].each(&:close)
-      record = Record.new(index: index, pid: pid, pipe: reader, last_beat: Butterflies.monotonic, ready: false,
-                          stopping: false, slot: slot, phase: @phase, channel: asking)
-      @workers << record
-      record
+      answering.close
+      WorkerHandle.new(index: index, pid: pid, slot: slot, phase: @phase, channel: asking).tap { |w| @workers << w }
+    end
+
+    def no_slot(index)
+      @log.warn "butterflies: worker #{index} waits for a stats slot (workers still stopping hold them)" unless @slot_wanted
+      @slot_wanted = true
+      nil
     end
 
     # In the forked child, holding only its own ends of the master's pipes.
-    def become_worker(index, slot, heartbeat, inquiries)
+    def become_worker(index, slot, inquiries)
       @alive_writer.close
       @signals.close
-      @control&.close
-      exec_worker(index, heartbeat, inquiries, slot) if @exec_workers
+      @life.control&.close
+      exec_worker(index, inquiries, slot) if @exec_workers
       @stats.attach(slot)
       Worker.new(index: index, engine: @engine, app: @app, loader: @loader, config: @config,
-                 heartbeat: heartbeat, alive: @alive_reader, inquiries: inquiries, log: @log).run
+                 alive: @alive_reader, inquiries: inquiries, log: @log).run
     end
 
     # In the forked child: become a fresh process running this same command
     # line as worker `index`, loading the app anew (see #phased_restart).
-    def exec_worker(index, heartbeat, inquiries, slot)
-      [heartbeat, @alive_reader, inquiries].each { |io| io.close_on_exec = false }
+    def exec_worker(index, inquiries, slot)
+      [@alive_reader, inquiries].each { |io| io.close_on_exec = false }
       stats_fd = @stats.fd_for_exec
-      ENV[WORKER_ENV] = [index, heartbeat.fileno, @alive_reader.fileno, @engine.workers, @engine.io_threads,
+      ENV[WORKER_ENV] = [index, @alive_reader.fileno, @engine.workers, @engine.io_threads,
                          stats_fd, slot, inquiries.fileno].join(",")
-      Listeners.exec_keeping(@engine, @argv, @dir, keep: [stats_fd])
+      Listeners.exec_keeping(@engine, @life.argv, @life.dir, keep: [stats_fd])
     end
 
+    # Each worker's heartbeat, read from its slot after the loop woke.
     def read_heartbeats
+      timeout = @config[:worker_timeout]
       @workers.each do |worker|
-        data = worker.pipe.read_nonblock(4096, exception: false)
-        next unless data.is_a?(String)
+        next if worker.stopping?
 
-        worker.last_beat = Butterflies.monotonic
-        @stats.checkin(worker.slot)
-        replace_stuck(worker) if data.include?(Worker::STUCK)
-        next if worker.ready || !data.include?(Worker::READY)
+        age, health = @stats.last_beat(worker.slot)
+        noticed(worker, worker.observe(health))
+        next unless age > timeout
 
-        worker.ready = true
-        event "* worker #{worker.index} (pid #{worker.pid}) ready"
+        event "* worker #{worker.index} (pid #{worker.pid}) sent no heartbeat for #{age.round(1)}s " \
+              "(worker_timeout #{timeout}s); replacing it"
+        @stats.count_restart("timeout")
+        worker.stop(:timeout, now)
       end
     end
 
-    # An app thread in this worker is past request_hard_timeout: replace the
-    # worker the phased way (its other connections finish first).
-    def replace_stuck(worker)
-      return if worker.stopping || @phased&.include?(worker)
-
-      event "* worker #{worker.index} (pid #{worker.pid}) has an app thread stuck past " \
-          "#{@config[:request_hard_timeout]}s; replacing it"
-      (@phased ||= PhasedRestart.new).add(worker)
+    def noticed(worker, change)
+      case change
+      when :ready then event "* worker #{worker.index} (pid #{worker.pid}) ready"
+      when :stuck
+        event "* worker #{worker.index} (pid #{worker.pid}) has an app thread stuck past " \
+              "#{@config[:request_hard_timeout]}s; replacing it"
+        @phased ||= PhasedRestart.new(@phase)
+      end
     end
 
     def reap
@@ -249,53 +245,40 @@ module Butterflies
         break unless pid
 
         worker = @workers.find { |w| w.pid == pid } or next
-        @workers.delete(worker)
-        worker.pipe.close
-        worker.channel.close
-        @stats.retire(worker.slot)
-        @respawns.failed(worker.index, Butterflies.monotonic) unless worker.ready
-        next if worker.stopping
-
-        @stats.count_restart("crash")
-        event "* worker #{worker.index} (pid #{pid}) died: #{describe(status)}; respawning"
+        gone(worker, status)
       end
     rescue Errno::ECHILD
       nil
     end
 
-    def describe(status)
-      status.signaled? ? "killed by SIG#{Signal.signame(status.termsig)}" : "exit status #{status.exitstatus}"
+    def gone(worker, status)
+      @workers.delete(worker)
+      worker.channel.close
+      @stats.retire(worker.slot)
+      @respawns.failed(worker.index, now) unless worker.ready?
+      @stats.count_restart("crash") if worker.crashed?
+      line = worker.exit_line(status)
+      event line if line
     end
 
-    def enforce_heartbeat_timeouts
-      timeout = @config[:worker_timeout]
-      @workers.each do |worker|
-        if worker.term_at
-          kill(worker, "KILL") if Butterflies.monotonic > worker.term_at + grace
-        elsif Butterflies.monotonic - worker.last_beat > timeout
-          event "* worker #{worker.index} (pid #{worker.pid}) sent no heartbeat for #{timeout}s; replacing it"
-          @stats.count_restart("timeout")
-          terminate(worker)
-          worker.stopping = false # it is replaced like a dead one
-        end
+    # TERM is followed by KILL after this long: the shutdown timeout and a
+    # margin, except for a worker that stopped beating (it is stuck).
+    def grace(worker)
+      worker.reason == :timeout ? KILL_GRACE_SECONDS : @config[:shutdown_timeout] + KILL_GRACE_SECONDS
+    end
+
+    # More than one active worker for an index, the newest ready, and no
+    # phased restart busy with it: the older ones stop.
+    def retire_duplicates
+      @workers.select(&:active?).group_by(&:index).each_value do |same|
+        next unless surplus?(same)
+
+        same[0...-1].each { |w| w.stop(:duplicate, now) }
       end
     end
 
-    # TERM now, KILL if it is still there after the grace time.
-    def terminate(worker)
-      worker.stopping = true
-      worker.term_at ||= Butterflies.monotonic
-      kill(worker, "TERM")
-    end
-
-    def grace
-      @stopping ? @config[:shutdown_timeout] + KILL_GRACE_SECONDS : KILL_GRACE_SECONDS
-    end
-
-    def kill(worker, signal)
-      Process.kill(signal, worker.pid)
-    rescue Errno::ESRCH
-      nil
+    def surplus?(same)
+      same.size > 1 && same.last.ready? && same.none? { |w| @phased&.include?(w) }
     end
 
     # --- signals -----------------------------------------------------------
@@ -305,14 +288,19 @@ module Butterflies
 
       @stopping = true
       @restart = restart
-      @workers.each { @stats.count_restart("hot") } if restart
+      @phased = nil
       say(restart ? "Hot restart: stopping workers, then re-executing" : "Stopping #{@workers.size} workers")
-      @workers.each { |w| terminate(w) }
+      @workers.each do |w|
+        @stats.count_restart("hot") if w.stop(restart ? :hot : :shutdown, now) && restart
+      end
     end
 
     def resize(delta)
-      count = [@config[:workers] + delta, 1].max
-      return if count == @config[:workers]
+      count = (@config[:workers] + delta).clamp(1, Stats::MAX_WORKERS)
+      if count == @config[:workers]
+        @log.warn "butterflies: TTIN ignored: #{count} workers is the most a cluster runs" if delta.positive?
+        return
+      end
 
       @config[:workers] = count
       say "* workers: #{count}"
@@ -326,30 +314,37 @@ module Butterflies
     def stop_extra_workers
       count = @config[:workers]
       @engine.remove_worker while @engine.workers > count
-      @workers.select { |w| w.index >= count && !w.stopping }.each { |w| terminate(w) }
+      @workers.select { |w| w.index >= count && w.active? }.each { |w| w.stop(:resize, now) }
     end
 
     # With preload_app!, the master holds the code it loaded at boot, so
     # forking would bring the old code back: from the first phased restart
     # on, workers are forked and then exec'd, loading the app themselves
-    # (no copy-on-write sharing until the next hot restart).
+    # (no copy-on-write sharing until the next hot restart). A phased
+    # restart asked for during one raises its target phase: the workers it
+    # already replaced are replaced again, and none is added.
     def phased_restart
       @exec_workers = true if @config[:preload_app] && !@embedded
       @phase += 1
-      say "Phased restart: replacing #{@workers.count { |w| !w.stopping }} workers one at a time"
-      @phased = PhasedRestart.new(@workers.reject(&:stopping).sort_by(&:index))
+      if @phased
+        @phased.retarget(@phase)
+        say "Phased restart: already under way; it now replaces every worker older than phase #{@phase}"
+      else
+        say "Phased restart: replacing #{@workers.count(&:active?)} workers one at a time"
+        @phased = PhasedRestart.new(@phase)
+      end
     end
 
     def step_phased_restart
-      return unless @phased
+      return unless @phased && !@stopping
 
-      going = @phased.step(@workers) do |action, worker|
-        next terminate(worker) unless action == :spawn
+      result = @phased.step(@workers) do |action, old|
+        next old.stop(:phased, now) if action == :retire
 
-        @stats.count_restart("phased")
-        spawn_worker(worker.index)
+        spawn_worker(old.index)&.tap { @stats.count_restart("phased") }
       end
-      @phased = nil unless going
+      event "* phased restart stopped: a new worker died before it was ready; the others keep serving" if result == :failed
+      @phased = nil unless result == :going
     end
 
     def reload
@@ -359,67 +354,47 @@ module Butterflies
       end
 
       fresh = Configuration.load(@cli, path: @config_path)
-      warn "butterflies: HUP: binds changed; they apply after a hot restart (USR2)" if fresh.binds != @config.binds
+      @log.warn "butterflies: HUP: binds changed; they apply after a hot restart (USR2)" if fresh.binds != @config.binds
       @config = fresh
       say "Reloaded #{@config_path || Configuration::DEFAULT_PATH}"
       stop_extra_workers
       phased_restart
     rescue ConfigError => e
-      warn "butterflies: HUP: config not reloaded: #{e.message}"
+      @log.warn "butterflies: HUP: config not reloaded: #{e.message}"
     end
 
     # --- lifecycle ---------------------------------------------------------
 
-    def finish
-      if @restart
-        @config.hooks[:before_exec].each(&:call)
-        Listeners.exec_keeping(@engine, @argv, @dir,
-                               takeover: { Runtime::STATS_ENV => @stats, Control::INHERIT_ENV => @control })
-      end
-      remove_pidfile
-      Listeners.unlink_unix_sockets(@config)
-      say "Goodbye"
-    end
-
-    def write_pidfile
-      ProcessFiles.new(@config).write
-    end
-
-    def remove_pidfile
-      ProcessFiles.new(@config).remove
-    end
-
     def banner
-      io = @engine.io_threads
-      say "Butterflies #{VERSION} (ruby #{RUBY_VERSION}), cluster master pid #{Process.pid}"
-      say "* workers: #{@config[:workers]}, each with #{@config[:threads]} app and #{io} io threads" \
-          "#{', app preloaded' if @config[:preload_app]}"
-      @config.banner_lines.each { |line| say line }
-      @engine.addresses.each { |address| say "* Listening on #{Binds.to_url(address)}" }
-      say "Use Ctrl-C to stop"
+      extra = ", app preloaded" if @config[:preload_app]
+      @life.announce("Butterflies #{VERSION} (ruby #{RUBY_VERSION}), cluster master pid #{Process.pid}",
+                     ["* workers: #{@config[:workers]}, each with #{@config.thread_range} app and " \
+                      "#{@engine.io_threads} io threads#{extra}"],
+                     @engine.addresses)
     end
 
     def say(line)
       @log.info(line)
     end
 
+    def event(line)
+      @log.event(line)
+    end
+
     # The master's log files, then every worker's (they share the files).
     def reopen_logs
-      LogFiles.new(@config).reopen!
-      @workers.each { |w| kill(w, LogFiles::SIGNAL) }
+      @life.reopen_logs
+      @workers.each { |w| w.signal(LogFiles::SIGNAL) }
     end
 
     # Stops at once: workers are killed, requests in flight are lost.
     def halt
-      @workers.each { |w| kill(w, "KILL") }
-      say "Halted"
-      remove_pidfile
-      Butterflies.flush_output
-      exit!(0)
+      @workers.dup.each { |w| w.signal("KILL") }
+      @life.halt
     end
 
-    def event(line)
-      @log.event(line)
+    def now
+      Butterflies.monotonic
     end
   end
 end

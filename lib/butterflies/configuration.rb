@@ -85,6 +85,9 @@ module Butterflies
                 max_body_bytes max_head_bytes max_target_bytes max_header_fields max_field_bytes
                 max_parked_bytes].freeze
     MAX_COUNT = 2**62
+    # Counts with a lower ceiling: the shared stats region has a slot for
+    # each live worker (and room for restarts to run one beside another).
+    MAX = { workers: Stats::MAX_WORKERS }.freeze
     # Counts that must be at least 1 (the engine raises on a 0 for the
     # first six; a listen backlog or body limit of 0 serves nobody).
     AT_LEAST_ONE = %i[io_threads queue_depth max_head_bytes max_target_bytes max_header_fields
@@ -123,8 +126,13 @@ module Butterflies
 
     attr_reader :path, :hooks
 
+    # The control token, if the environment gives it (below the config
+    # file and the command line).
+    TOKEN_ENV = "BUTTERFLIES_CONTROL_TOKEN"
+
     def initialize
       @values = DEFAULTS.dup
+      @values[:control_token] = ENV[TOKEN_ENV] unless ENV[TOKEN_ENV].to_s.empty?
       @hooks = HOOKS.to_h { |name| [name, []] }
       @path = nil
       @given = []
@@ -208,6 +216,13 @@ module Butterflies
       self[:workers].positive?
     end
 
+    # "5-64" (grows on demand), or "5".
+    def thread_range
+      min = self[:threads]
+      max = self[:max_threads]
+      max && max > min ? "#{min}-#{max}" : min.to_s
+    end
+
     # What the boot banner says of where the settings came from.
     def banner_lines
       environment = ENV["RACK_ENV"] || self[:environment] || "development"
@@ -228,9 +243,10 @@ module Butterflies
 
     def check_count(key, value)
       min = Configuration.min_count(key)
-      return if value.is_a?(Integer) && value.between?(min, MAX_COUNT)
+      max = MAX.fetch(key, MAX_COUNT)
+      return if value.is_a?(Integer) && value.between?(min, max)
 
-      raise ConfigError, "#{key} must be a whole number from #{min} to #{MAX_COUNT}, got #{value.inspect}"
+      raise ConfigError, "#{key} must be a whole number from #{min} to #{max}, got #{value.inspect}"
     end
 
     # "config/butterflies.rb:3: workers must be ..." from the line of the

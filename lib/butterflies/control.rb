@@ -6,91 +6,137 @@ require "uri"
 module Butterflies
   # The control server (`control_url`, off by default): `GET /stats` (JSON,
   # Puma's shape), `GET /metrics` (Prometheus text), `GET
-  # /thread-backtraces` and `/gc-stats` (each process's, see Inquiry), and the actions
-  # `/stop`, `/halt`, `/restart`, `/phased-restart`, `/reload` (GET or
-  # POST, as Puma's control app takes them), each what its signal does. Served by the
-  # cluster master's own loop (or single mode's main loop), never by a Rust
-  # thread, one short request at a time; nothing in it reaches the app. A
-  # TCP one needs the token (`?token=` as Puma's, or `Authorization:
+  # /thread-backtraces` and `/gc-stats` (each process's, see Inquiry), and
+  # the actions `/stop`, `/halt`, `/restart`, `/phased-restart`, `/reload`
+  # (GET or POST, as Puma's control app takes them), each what its signal
+  # does. Nothing in it reaches the app.
+  #
+  # It runs on threads of its own, never on the loop that supervises: an
+  # acceptor thread, and a thread per client with a deadline to send its
+  # request (READ_SECONDS) and one to take the answer (WRITE_SECONDS). At
+  # most MAX_CLIENTS are served at once: a new one then takes the place of
+  # the one that has waited longest for its request to arrive (idle
+  # connections cannot lock an operator out), or is closed. An action
+  # reaches the master as its signal would (through its signal queue), so
+  # the master's loop stays the only place that acts.
+  #
+  # A TCP one needs the token (`?token=` as Puma's, or `Authorization:
   # Bearer`), compared in constant time; a missing or wrong one gets 401
-  # with `WWW-Authenticate: Bearer` (RFC 6750).
+  # with `WWW-Authenticate: Bearer` (RFC 6750). A Unix one is made mode
+  # 0600 (or `?mode=0660`), and a live server's socket is never taken over.
   class Control
     INHERIT_ENV = "BUTTERFLIES_CONTROL_FD"
     # A client gets this long to send its request.
     READ_SECONDS = 2
-
-    # Checks a control URL and token; returns [kind, host or path, port].
-    def self.parse(url, token)
-      uri = URI.parse(url.to_s)
-      case uri.scheme
-      when "tcp"
-        raise ConfigError, "control_url #{url}: a TCP control server needs a control_token" if token.to_s.empty?
-        raise ConfigError, "control_url #{url}: expected tcp://HOST:PORT" unless uri.host && uri.port
-
-        [:tcp, uri.host.delete_prefix("[").delete_suffix("]"), uri.port]
-      when "unix" then [:unix, "#{uri.host}#{uri.path}", nil]
-      else raise ConfigError, "control_url must be tcp://HOST:PORT or unix:///path, got #{url.inspect}"
-      end
-    rescue URI::InvalidURIError
-      raise ConfigError, "control_url must be tcp://HOST:PORT or unix:///path, got #{url.inspect}"
-    end
-
-    # Binds (or adopts, after a hot restart) the control socket.
+    # And this long to read the answer (a big /thread-backtraces).
+    WRITE_SECONDS = 10
+    # Clients served at once.
+    MAX_CLIENTS = 16
     ACTIONS = %w[stop halt restart phased-restart reload reopen-logs].freeze
     # The signal that does each action (halt has none: the server exits at
     # once); `butterflies ctl -P` sends them itself.
     SIGNALS = { "stop" => "TERM", "restart" => "USR2", "phased-restart" => "USR1", "reload" => "HUP",
                 "reopen-logs" => LogFiles::SIGNAL }.freeze
 
-    # The control server `config` asks for (nil if none), serving `owner`:
-    # a Server or a Cluster, whose
+    # Checks a control URL and token; returns [kind, host or path, port or
+    # the Unix socket's mode].
+    def self.parse(url, token)
+      uri = URI.parse(url.to_s)
+      case uri.scheme
+      when "tcp" then [:tcp, *tcp_address(uri, url, token)]
+      when "unix" then [:unix, "#{uri.host}#{uri.path}", unix_mode(uri.query, url)]
+      else raise ConfigError, "control_url must be tcp://HOST:PORT or unix:///path, got #{url.inspect}"
+      end
+    rescue URI::InvalidURIError
+      raise ConfigError, "control_url must be tcp://HOST:PORT or unix:///path, got #{url.inspect}"
+    end
+
+    def self.tcp_address(uri, url, token)
+      raise ConfigError, "control_url #{url}: a TCP control server needs a control_token" if token.to_s.empty?
+      raise ConfigError, "control_url #{url}: expected tcp://HOST:PORT" unless uri.host && uri.port
+
+      [uri.host.delete_prefix("[").delete_suffix("]"), uri.port]
+    end
+
+    def self.unix_mode(query, url)
+      given = URI.decode_www_form(query.to_s).to_h["mode"]
+      return 0o600 unless given
+
+      mode = Integer(given, 8, exception: false)
+      return mode if mode&.between?(0, 0o777)
+
+      raise ConfigError, "control_url #{url}: mode must be octal permissions such as 0660, got #{given.inspect}"
+    end
+
+    # The control server `config` asks for (nil if none), serving `owner`
+    # and started: a Server or a Cluster, whose
     # - `report` returns a StatsReport;
     # - `act(name)` is called with an action's name after its answer went
-    #   out, and `act("name?")` before, returning an error message if the
+    #   out, and `can?(name)` before, returning an error message if the
     #   server cannot do it (single mode has no phased restart);
     # - `inquire(name, seconds)` returns the answer to an Inquiry, to send
     #   as JSON, waiting at most `seconds` for other processes'.
-    def self.for(config, owner)
+    # Both are called from the control server's threads.
+    def self.for(config, owner, log:)
       return nil unless config[:control_url]
 
-      Control.open(config[:control_url], config[:control_token], owner)
+      Control.open(config[:control_url], config[:control_token], owner, log: log)
     end
 
-    def self.open(url, token, owner)
-      kind, where, port = parse(url, token)
+    # Binds (or adopts, after a hot restart) the control socket.
+    def self.open(url, token, owner, log:)
+      kind, where, port_or_mode = parse(url, token)
       inherited = ENV.delete(INHERIT_ENV)
       io = if inherited
              (kind == :tcp ? TCPServer : UNIXServer).for_fd(Integer(inherited))
            elsif kind == :tcp
-             TCPServer.new(where, port)
+             TCPServer.new(where, port_or_mode)
            else
-             File.unlink(where) if File.socket?(where)
-             UNIXServer.new(where)
+             unix_server(where, port_or_mode)
            end
-      new(io, token, owner)
+      new(io, token, owner, log: log)
     rescue SystemCallError => e
       raise BindError, "control_url #{url}: #{e.message}"
     end
 
+    # A Unix socket at `path` with `mode`, made so that it never exists
+    # with a wider one; a stale socket file is replaced, a live one is not.
+    def self.unix_server(path, mode)
+      if File.socket?(path)
+        begin
+          UNIXSocket.new(path).close
+          raise BindError, "control_url unix://#{path}: another server is listening there"
+        rescue Errno::ECONNREFUSED, Errno::ENOENT
+          File.unlink(path) if File.socket?(path)
+        end
+      end
+      old = File.umask(0o777 & ~mode)
+      begin
+        UNIXServer.new(path)
+      ensure
+        File.umask(old)
+      end
+    end
+
     attr_reader :io
 
-    def initialize(io, token, owner)
+    def initialize(io, token, owner, log:)
       @io = io
       @token = token.to_s
       @owner = owner
+      @log = log
+      @clients = {}
+      @lock = Mutex.new
+      @inquiring = Mutex.new
     end
 
-    # Serves the requests waiting to be accepted; never blocks.
-    def serve_ready
-      loop do
-        client = @io.accept_nonblock(exception: false)
-        return if client == :wait_readable || client.nil?
-
-        serve(client)
+    # Starts accepting on a thread of its own.
+    def start
+      @acceptor = Thread.new do
+        Thread.current.name = "butterflies-control"
+        accept_forever
       end
-    rescue StandardError => e
-      # The control server must never take the master down with it.
-      warn "butterflies: control server: #{e.class}: #{e.message}"
+      self
     end
 
     # The descriptor, kept across exec (a hot restart keeps listening).
@@ -99,33 +145,81 @@ module Butterflies
       @io.fileno
     end
 
+    # Closes the socket and every client's (in a forked child too, where
+    # the threads serving them are gone).
     def close
-      @io.close
-    rescue IOError
-      nil
+      [@io, *@clients.keys].each do |io|
+        io.close
+      rescue IOError
+        nil
+      end
     end
 
     private
 
+    def accept_forever
+      loop do
+        admit(@io.accept)
+      rescue IOError
+        break # closed
+      rescue SystemCallError => e
+        @log.warn "butterflies: control server: accept: #{e.message}"
+        sleep 0.1 # out of descriptors: let clients finish
+      end
+    end
+
+    # Each client is kept with the time it came and whether its request
+    # has arrived (nil: still reading it).
+    Client = Struct.new(:since, :read_at)
+
+    def admit(client)
+      @lock.synchronize do
+        next unless room_for(client)
+
+        @clients[client] = Client.new(Butterflies.monotonic, nil)
+        Thread.new(client) { |c| serve(c) }
+      end
+    end
+
+    # Makes room by closing the longest-waiting client still sending its
+    # request; false (and `client` closed) if every client is being answered.
+    def room_for(client)
+      return true if @clients.size < MAX_CLIENTS
+
+      oldest, = @clients.select { |_, c| c.read_at.nil? }.min_by { |_, c| c.since }
+      if oldest
+        oldest.close # its thread wakes with IOError and ends
+        return true
+      end
+      client.close
+      false
+    end
+
     def serve(client)
+      Thread.current.name = "butterflies-control-client"
       request = read_head(client)
       return unless request
 
+      @lock.synchronize { @clients[client]&.read_at = Butterflies.monotonic }
       status, type, body, challenge, action = answer(request)
       respond(client, status, type, body, challenge)
       client.close
       @owner.act(action) if action
     rescue IOError, SystemCallError
       nil
+    rescue StandardError => e
+      # The control server must never take the master down with it.
+      @log.warn "butterflies: control server: #{e.class}: #{e.message}"
     ensure
-      client.close
+      @lock.synchronize { @clients.delete(client) }
+      client.close unless client.closed?
     end
 
     def read_head(client)
       head = +""
-      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + READ_SECONDS
+      deadline = Butterflies.monotonic + READ_SECONDS
       until head.include?("\r\n\r\n")
-        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        left = deadline - Butterflies.monotonic
         return nil if left <= 0 || head.bytesize > 16_384 || !client.wait_readable(left)
 
         chunk = client.read_nonblock(4096, exception: false)
@@ -157,13 +251,14 @@ module Butterflies
         return [400, "text/plain", "timeout must be a number of seconds in (0, #{Inquiry::MAX_SECONDS}]\n"]
       end
 
-      [200, "application/json", "#{JSON.generate(@owner.inquire(name, seconds))}\n"]
+      answer = @inquiring.synchronize { @owner.inquire(name, seconds) } # one question at a time
+      [200, "application/json", "#{JSON.generate(answer)}\n"]
     end
 
     def action(name)
       return [404, "text/plain", "no such control action: /#{name}\n"] unless ACTIONS.include?(name)
 
-      refused = @owner.act("#{name}?")
+      refused = @owner.can?(name)
       return [409, "text/plain", "#{refused}\n"] if refused
 
       [200, "application/json", "#{JSON.generate('status' => 'ok', 'action' => name)}\n", false, name]
@@ -186,13 +281,28 @@ module Butterflies
       diff.zero?
     end
 
+    REASONS = { 200 => "OK", 400 => "Bad Request", 401 => "Unauthorized", 404 => "Not Found",
+                405 => "Method Not Allowed", 409 => "Conflict" }.freeze
+
     def respond(client, status, type, body, challenge = false)
-      reason = { 200 => "OK", 400 => "Bad Request", 401 => "Unauthorized", 404 => "Not Found", 405 => "Method Not Allowed",
-                 409 => "Conflict" }[status]
-      head = +"HTTP/1.1 #{status} #{reason}\r\ncontent-type: #{type}\r\ncontent-length: #{body.bytesize}\r\n"
+      head = +"HTTP/1.1 #{status} #{REASONS[status]}\r\ncontent-type: #{type}\r\ncontent-length: #{body.bytesize}\r\n"
       head << "www-authenticate: Bearer realm=\"butterflies\"\r\n" if challenge
       head << "connection: close\r\n\r\n"
-      client.write(head, body)
+      write_within(client, head << body, Butterflies.monotonic + WRITE_SECONDS)
+    end
+
+    # Writes all of `data`, or gives up (closing) at the deadline.
+    def write_within(client, data, deadline)
+      data = data.b
+      until data.empty?
+        written = client.write_nonblock(data, exception: false)
+        if written == :wait_writable
+          left = deadline - Butterflies.monotonic
+          return if left <= 0 || !client.wait_writable(left)
+        else
+          data = data.byteslice(written..)
+        end
+      end
     end
   end
 end

@@ -45,12 +45,19 @@ module Butterflies
       OptionParser.new do |o|
         o.banner = "Usage: butterflies ctl [options] #{VERBS.join('|')}"
         o.on("-C", "--control-url URL", "The control server") { |v| @options[:url] = v }
-        o.on("-T", "--control-token TOKEN", "Its token") { |v| @options[:token] = v }
+        o.on("-T", "--control-token TOKEN", "Its token (or BUTTERFLIES_CONTROL_TOKEN)") { |v| @options[:token] = v }
+        o.on("--control-token-file PATH", "Read its token from PATH") { |v| @options[:token] = read_token(v) }
         o.on("-S", "--state PATH", "The server's state file (pid, control URL and token)") { |v| @options[:state] = v }
         o.on("-P", "--pidfile PATH", "The server's pidfile (signal verbs and status)") { |v| @options[:pidfile] = v }
         o.on("--timeout SECONDS", Float, "How long workers get to answer thread-backtraces and gc-stats " \
                                          "(default #{Inquiry::ANSWER_SECONDS})") { |v| @options[:timeout] = v }
       end
+    end
+
+    def read_token(path)
+      File.read(path).strip
+    rescue SystemCallError => e
+      raise OptionParser::InvalidArgument, "cannot read the token file #{path}: #{e.message}"
     end
 
     def read_state
@@ -85,7 +92,8 @@ module Butterflies
     def get(path)
       uri = URI.parse(@options[:url])
       sep = path.include?("?") ? "&" : "?"
-      target = @options[:token] ? "#{path}#{sep}token=#{URI.encode_www_form_component(@options[:token])}" : path
+      token = @options[:token] || ENV.fetch(Configuration::TOKEN_ENV, nil)
+      target = token ? "#{path}#{sep}token=#{URI.encode_www_form_component(token)}" : path
       socket = uri.scheme == "unix" ? UNIXSocket.new("#{uri.host}#{uri.path}") : TCPSocket.new(uri.host, uri.port)
       socket.write("GET #{target} HTTP/1.1\r\nHost: control\r\nConnection: close\r\n\r\n")
       head, body = socket.read.split("\r\n\r\n", 2)

@@ -83,8 +83,21 @@ module Butterflies
       @config[:control_url] = string(:control_url, url)
     end
 
+    # The token, kept out of the process list (`ps` shows argv): give it
+    # in a file, or in the environment (BUTTERFLIES_CONTROL_TOKEN, which
+    # the command line and this file override).
+    #   control_token_file "/run/secrets/butterflies-token"
     def control_token(token)
       @config[:control_token] = string(:control_token, token)
+    end
+
+    def control_token_file(path)
+      token = File.read(string(:control_token_file, path)).strip
+      raise ConfigError, "#{@label.call(:control_token_file)} #{path} is empty" if token.empty?
+
+      @config[:control_token] = token
+    rescue SystemCallError => e
+      raise ConfigError, "#{@label.call(:control_token_file)}: cannot read #{path}: #{e.message}"
     end
 
     # Trust X-Request-Start from the proxy in front (/metrics'
@@ -191,9 +204,9 @@ module Butterflies
     def integer(name, value, min:)
       number = Integer(value, 10, exception: false) if value.is_a?(String)
       number = value if value.is_a?(Integer)
-      if number.nil? || number < min || number > Configuration::MAX_COUNT
-        raise ConfigError,
-              "#{@label.call(name)} must be a whole number from #{min} to #{Configuration::MAX_COUNT}, got #{value.inspect}"
+      max = Configuration::MAX.fetch(name, Configuration::MAX_COUNT)
+      if number.nil? || number < min || number > max
+        raise ConfigError, "#{@label.call(name)} must be a whole number from #{min} to #{max}, got #{value.inspect}"
       end
 
       number

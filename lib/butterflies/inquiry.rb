@@ -14,8 +14,8 @@ module Butterflies
   module Inquiry
     NAMES = %w[thread-backtraces gc-stats].freeze
     # How long the master waits for all its workers' answers, unless the
-    # question says (`?timeout=SECONDS`, at most MAX_SECONDS). The master's
-    # loop waits with it, so it stays short.
+    # question says (`?timeout=SECONDS`, at most MAX_SECONDS). Asked from
+    # a control server thread: the master's loop never waits for it.
     ANSWER_SECONDS = 2
     MAX_SECONDS = 60
 
@@ -103,9 +103,19 @@ module Butterflies
       def collect(waiting, seq, answers, deadline)
         buffers = waiting.transform_values { +"" }
         until waiting.empty? || (left = deadline - Butterflies.monotonic) <= 0
-          ready, = IO.select(waiting.values, nil, nil, left)
-          ready&.each { |io| read_answer(io, waiting, buffers, seq, answers) }
+          ready = wait_for_answers(waiting, left)
+          ready.each { |io| read_answer(io, waiting, buffers, seq, answers) }
         end
+      end
+
+      # The sockets with something to read; a worker reaped meanwhile (its
+      # socket closed by the master's loop, on another thread) is dropped.
+      def wait_for_answers(waiting, seconds)
+        waiting.reject! { |_, io| io.closed? }
+        ready, = IO.select(waiting.values, nil, nil, seconds)
+        ready || []
+      rescue IOError
+        []
       end
 
       def read_answer(io, waiting, buffers, seq, answers)

@@ -29,10 +29,12 @@ module Butterflies
     end
 
     # Opens the files again at their paths (after logrotate moved them).
+    # Returns nil, or what went wrong.
     def reopen!
       each_file { |io, path| io.reopen(path, "a") }
+      nil
     rescue SystemCallError => e
-      warn "butterflies: cannot reopen the log files: #{e.message}"
+      e.message
     end
 
     private

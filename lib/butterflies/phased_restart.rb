@@ -2,52 +2,63 @@
 
 module Butterflies
   # A phased restart in progress (USR1, HUP, or a worker stuck past
-  # request_hard_timeout): workers are replaced one at a time, each new one
-  # ready before the old one is told to stop, the next started once the old
-  # one has exited. The cluster master calls #step every tick; the restart
-  # yields what to do and says when it is over.
+  # request_hard_timeout): workers older than the target phase, and those
+  # marked `replacing`, are replaced one at a time, lowest index first. A
+  # successor is started; once it is ready its predecessor is told to stop;
+  # the next one starts once the predecessor has exited. A USR1 during a
+  # restart raises the target (#retarget) instead of starting a second
+  # restart beside it, so two never overlap into extra workers. If a
+  # successor dies before it is ready, the restart gives up and the old
+  # workers keep serving: new code that does not boot takes nothing down.
   class PhasedRestart
-    # `workers`: the master's records to replace, in order.
-    def initialize(workers = [])
-      @waiting = workers.dup
-      @replacing = nil # [old, fresh] while one is being replaced
+    attr_reader :phase
+
+    def initialize(phase)
+      @phase = phase
+      @current = nil # [old, successor] while one index is being replaced
     end
 
-    # Whether `worker` is waiting to be replaced, or being replaced.
+    def retarget(phase)
+      @phase = phase
+    end
+
+    # One step, given the master's workers. Yields (:spawn, old), expecting
+    # the successor back, and (:retire, old) once the successor is ready.
+    # Returns :going, :done, or :failed (a successor died while booting).
+    def step(workers, &act)
+      state = @current ? replacing(workers, &act) : :next
+      return state unless state == :next
+
+      old = next_due(workers) or return :done
+      successor = act.call(:spawn, old)
+      @current = [old, successor] if successor # nil: no stats slot free yet; tried again next step
+      :going
+    end
+
+    # Whether `worker` is the one being replaced now.
     def include?(worker)
-      @waiting.include?(worker) || @replacing&.first == worker
-    end
-
-    def add(worker)
-      @waiting << worker
-    end
-
-    # One step, given the workers alive now. Yields (:terminate, old) once
-    # its replacement is ready, and (:spawn, old) to start a replacement,
-    # which the block returns. Returns false once the restart is over.
-    def step(alive, &act)
-      return true if replacing?(alive, &act)
-
-      while (old = @waiting.shift)
-        next unless alive.include?(old)
-
-        @replacing = [old, act.call(:spawn, old)]
-        return true
-      end
-      false
+      @current&.first.equal?(worker)
     end
 
     private
 
-    def replacing?(alive, &act)
-      return false unless @replacing
+    def next_due(workers)
+      workers.select { |w| w.active? && due?(w) }.min_by(&:index)
+    end
 
-      old, fresh = @replacing
-      act.call(:terminate, old) if fresh.ready && !old.stopping
-      return true if alive.include?(old)
+    def due?(worker)
+      worker.phase < @phase || worker.replacing?
+    end
 
-      @replacing = nil
-      false
+    def replacing(workers, &act)
+      old, successor = @current
+      return :failed if !workers.include?(successor) && !successor.ready?
+
+      act.call(:retire, old) if successor.ready? && old.active?
+      return :going if workers.include?(old)
+
+      @current = nil
+      :next
     end
   end
 end

@@ -7,7 +7,9 @@ module Butterflies
   # and the state file (`state_path`, `--state`: pid, control URL and
   # token, for `butterflies ctl -S`). Written at boot by single mode or the
   # cluster master, removed on exit; a hot restart writes them again. The
-  # state file holds the token, so it is made with mode 0600.
+  # state file holds the token, so it is made afresh with mode 0600
+  # (O_EXCL, O_NOFOLLOW: a file or symlink left at its temporary path is
+  # removed, never written through), then renamed into place.
   class ProcessFiles
     def initialize(config)
       @config = config
@@ -26,11 +28,18 @@ module Butterflies
 
     private
 
+    PRIVATE = File::WRONLY | File::CREAT | File::EXCL | File::NOFOLLOW
+
     def write_state
       state = { "pid" => Process.pid, "control_url" => @config[:control_url], "control_token" => @config[:control_token] }
       path = @config[:state_path]
-      File.open("#{path}.tmp", File::WRONLY | File::CREAT | File::TRUNC, 0o600) { |f| f.write(JSON.generate(state)) }
-      File.rename("#{path}.tmp", path)
+      temporary = "#{path}.tmp"
+      File.unlink(temporary) if File.symlink?(temporary) || File.exist?(temporary)
+      File.open(temporary, PRIVATE, 0o600) do |f|
+        f.chmod(0o600) # whatever the umask
+        f.write(JSON.generate(state))
+      end
+      File.rename(temporary, path)
     end
   end
 end

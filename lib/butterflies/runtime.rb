@@ -23,19 +23,6 @@ module Butterflies
     # Names the shared stats region's memfd across exec.
     STATS_ENV = "BUTTERFLIES_STATS_FD"
 
-    # The shared stats region: inherited across a hot restart, else new.
-    # A region of another layout (a hot restart into another version)
-    # is not adopted: the counts start again, and the log says so.
-    def self.stats_region
-      fd = ENV.delete(STATS_ENV)
-      return Stats.create unless fd
-
-      Stats.adopt(Integer(fd))
-    rescue IOError => e
-      warn "butterflies: the previous process's stats are not kept: #{e.message}"
-      Stats.create
-    end
-
     # Seconds an app thread added on demand may sit idle before it leaves.
     EXTRA_THREAD_IDLE_SECONDS = 10.0
 

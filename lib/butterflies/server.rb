@@ -28,17 +28,14 @@ module Butterflies
       @config = options.is_a?(Configuration) ? options : from_hash(options)
       @config.check_mode!
       @log = Log.new(log || (options.is_a?(Hash) && options[:log]) || $stdout, quiet: @config[:quiet])
-      @signals = SignalQueue.new
-      @argv = [$PROGRAM_NAME, *ARGV]
-      @dir = Dir.pwd
+      @life = Lifecycle.new(@config, log: @log)
+      @signals = @life.signals
     end
 
     # Binds, serves until a stop signal (or #stop), then drains and returns.
     def run
-      LogFiles.new(@config).redirect!(inherited: ENV.key?(Listeners::INHERIT_ENV))
-      Butterflies.sync_output!
+      @life.prepare(STOP_SIGNALS + %w[USR2] + IGNORED_SIGNALS.keys + [LogFiles::SIGNAL])
       bind
-      @signals.trap(STOP_SIGNALS + %w[USR2] + IGNORED_SIGNALS.keys + [LogFiles::SIGNAL])
       start
       signal = next_signal
       shutdown(restart: signal == "USR2" && !@fault)
@@ -54,12 +51,11 @@ module Butterflies
     # Starts the IO threads and the app threads.
     def start
       @started_at = Time.now
-      @stats = Runtime.stats_region
+      @life.open(self)
+      @stats = @life.stats
       @slot = @stats.allocate(-1)
       @stats.attach(@slot)
-      @control = Control.for(@config, self)
       @runtime = Runtime.new(@engine, @app, @config, on_fault: method(:fault)).start
-      ProcessFiles.new(@config).write
       banner
     end
 
@@ -72,23 +68,22 @@ module Butterflies
       @runtime&.stats || {}
     end
 
-    # --- what the control server asks of the server -----------------------
+    # --- what the control server asks of the server (from its threads) ----
 
     def report
-      StatsReport.new(@stats, @config, started_at: @started_at)
+      StatsReport.new(@stats, @config, started_at: @started_at, log_dropped: @log.dropped)
     end
 
-    # A control action: `name?` asks whether single mode can do it (an
-    # error message if not); `name` does it, as its signal would.
+    # Whether a control action can be done: nil (yes), or why not.
+    def can?(action)
+      "#{action} needs cluster mode (workers >= 1)" if %w[phased-restart reload].include?(action)
+    end
+
+    # A control action, done as its signal would be (halt: at once).
     def act(name)
-      if name.end_with?("?")
-        return "#{name.chomp('?')} needs cluster mode (workers >= 1)" if %w[phased-restart? reload?].include?(name)
+      return @life.halt if name == "halt"
 
-        return nil
-      end
-      return halt if name == "halt"
-
-      @signals.push(Control::SIGNALS.fetch(name)) # phased-restart and reload were refused above
+      @signals.push(Control::SIGNALS.fetch(name))
     end
 
     # An Inquiry, answered by this process (at once), in Puma's shape.
@@ -102,13 +97,12 @@ module Butterflies
     # logged and ignored.
     def next_signal
       loop do
-        signal = @signals.pop(nil, also: [@control&.io].compact)
-        @control&.serve_ready
-        next if signal.nil? # a wake-up byte whose signal was already taken, or the control server
-        next LogFiles.new(@config).reopen! if signal == LogFiles::SIGNAL
+        signal = @signals.pop
+        next if signal.nil? # a wake-up byte whose signal was already taken
+        next @life.reopen_logs if signal == LogFiles::SIGNAL
         return signal unless IGNORED_SIGNALS.key?(signal)
 
-        warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"
+        @log.warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"
       end
     end
 
@@ -123,31 +117,16 @@ module Butterflies
       say(restart ? "Hot restart: finishing requests in flight" : "Stopping (waiting up to #{grace}s for requests in flight)")
       @runtime.stop(keep_listening: restart)
       if restart
-        @config.hooks[:before_exec].each(&:call)
         @stats.retire(@slot) # its counts stay, in the region the new process adopts
-        Listeners.exec_keeping(@engine, @argv, @dir,
-                               takeover: { Runtime::STATS_ENV => @stats, Control::INHERIT_ENV => @control })
+        @life.exec_again(@engine)
       end
-      Listeners.unlink_unix_sockets(@config)
-      ProcessFiles.new(@config).remove
-      say "Goodbye"
-    end
-
-    # Stops at once: requests in flight are lost.
-    def halt
-      ProcessFiles.new(@config).remove
-      say "Halted"
-      Butterflies.flush_output
-      exit!(0)
+      @life.goodbye
     end
 
     def banner
       io = @config[:io_threads] || Etc.nprocessors
-      say "Butterflies #{VERSION} (ruby #{RUBY_VERSION}), pid #{Process.pid}"
-      say "* threads: #{thread_range} app, #{io} io"
-      @config.banner_lines.each { |line| say line }
-      @addresses.each { |address| say "* Listening on #{Binds.to_url(address)}" }
-      say "Use Ctrl-C to stop"
+      @life.announce("Butterflies #{VERSION} (ruby #{RUBY_VERSION}), pid #{Process.pid}",
+                     ["* threads: #{@config.thread_range} app, #{io} io"], @addresses)
     end
 
     # A Hash of Configuration keys (the Rack handler's way): `threads: N`
@@ -156,12 +135,6 @@ module Butterflies
       options = options.reject { |key, _| key == :log }
       options[:max_threads] ||= options[:threads] if options[:threads]
       Configuration.new.merge!(options)
-    end
-
-    def thread_range
-      min = @config[:threads]
-      max = @config[:max_threads]
-      max && max > min ? "#{min}-#{max}" : min.to_s
     end
 
     def say(line)

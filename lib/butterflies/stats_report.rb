@@ -9,9 +9,12 @@ module Butterflies
   # (Butterflies::Stats) and what the master knows of its workers.
   class StatsReport
     # `workers`: nil in single mode; else the master's view, a Hash per
-    # worker: index:, pid:, phase:, booted:, slot:.
-    def initialize(stats, config, started_at:, workers: nil, phase: 0)
+    # worker: index:, pid:, phase:, booted:, slot:. `log_dropped`: lines
+    # the reporting process (master, or single mode) dropped from its own
+    # log (the workers' count in the region).
+    def initialize(stats, config, started_at:, workers: nil, phase: 0, log_dropped: 0)
       @snapshot = stats.snapshot
+      @log_dropped = log_dropped
       @config = config
       @started_at = started_at
       @workers = workers
@@ -67,7 +70,7 @@ module Butterflies
         "index" => worker[:index],
         "phase" => worker[:phase],
         "booted" => worker[:booted],
-        "last_checkin" => s ? Time.at(s[:checkin_ms] / 1000.0).utc.iso8601 : nil,
+        "last_checkin" => s ? (Time.now - s[:beat_age]).utc.iso8601 : nil,
         "last_status" => last_status(values)
       }
     end
@@ -110,6 +113,7 @@ module Butterflies
       (live.map { |s| s[:values] } + @snapshot[:retired].values.map { |r| r[:values] }).each do |values|
         values.each { |name, n| totals[name] += n unless gauge?(name) }
       end
+      totals["log_lines_dropped"] += @log_dropped
       { "totals" => totals, "restarts" => @snapshot[:restarts] }
     end
 
@@ -128,7 +132,7 @@ module Butterflies
     end
 
     def label(index)
-      index.negative? || index >= 255 ? "single" : index.to_s
+      index.negative? || index >= Stats::MAX_WORKERS ? "single" : index.to_s
     end
 
     def add(group, figures, live:)
@@ -173,6 +177,7 @@ module Butterflies
       PLAIN_COUNTERS.each do |metric, (name, help)|
         header(lines, metric, help, "counter")
         groups.each { |worker, g| lines << %(#{metric}{worker="#{worker}"} #{g[:values][name]}) }
+        lines << %(#{metric}{worker="master"} #{@log_dropped}) if name == "log_lines_dropped" && @workers
       end
     end
 

@@ -2,26 +2,22 @@
 
 module Butterflies
   # A cluster worker, in the forked child: starts its own IO and app threads
-  # on the sockets inherited from the master, heart-beats to the master, and
-  # stops gracefully on TERM/INT/QUIT or when the master dies.
+  # on the sockets inherited from the master, writes its heartbeat into its
+  # slot of the shared stats region, and stops gracefully on TERM/INT/QUIT
+  # or when the master dies.
   class Worker
     HEARTBEAT_SECONDS = 1
-    READY = "R"
-    BEAT = "."
-    STUCK = "S"
     # Pushed on the signal queue when a Rust thread panicked or failed.
     FAULT = "an engine thread failed"
 
-    # heartbeat: the write end of this worker's pipe to the master.
     # alive: a pipe whose write end only the master holds (EOF: it died).
     # inquiries: this worker's end of its Inquiry socket.
-    def initialize(index:, engine:, app:, loader:, config:, heartbeat:, alive:, inquiries:, log:)
+    def initialize(index:, engine:, app:, loader:, config:, alive:, inquiries:, log:)
       @index = index
       @engine = engine
       @app = app
       @loader = loader
       @config = config
-      @heartbeat = heartbeat
       @alive = alive
       @inquiries = inquiries
       @log = log
@@ -32,7 +28,7 @@ module Butterflies
       signals = boot
       runtime = Runtime.new(@engine, @app || @loader.call, @config,
                             on_fault: ->(_message) { signals.push(FAULT) }, worker: @index).start
-      beat(READY)
+      Stats.beat("ready")
       beater = heartbeat(runtime)
       reason = wait(signals)
       beater.kill
@@ -40,7 +36,7 @@ module Butterflies
       shut_down(runtime)
       finish(reason == FAULT ? 1 : 0)
     rescue Exception => e # rubocop:disable Lint/RescueException
-      warn "butterflies: worker #{@index} failed: #{e.class}: #{e.message}"
+      @log.warn "butterflies: worker #{@index} failed: #{e.class}: #{e.message}"
       finish(1)
     end
 
@@ -63,13 +59,13 @@ module Butterflies
       signals
     end
 
-    # Tells the master every HEARTBEAT_SECONDS that this worker lives (and
-    # whether an app thread is stuck), until the pipe breaks.
+    # Beats every HEARTBEAT_SECONDS: it lives, and whether an app thread
+    # is stuck past request_hard_timeout (the master then replaces it).
     def heartbeat(runtime)
       Thread.new do
         Thread.current.name = "butterflies-heartbeat"
         loop do
-          beat(runtime.engine.stuck? ? STUCK : BEAT) || break
+          Stats.beat(runtime.engine.stuck? ? "stuck" : "ready")
           sleep HEARTBEAT_SECONDS
         end
       end
@@ -87,7 +83,7 @@ module Butterflies
       cpu = Engine.pin_process(@index)
       @log.info "* worker #{@index} (pid #{Process.pid}) pinned to CPU #{cpu}"
     rescue RuntimeError => e
-      warn "butterflies: worker #{@index}: #{e.message}; running unpinned"
+      @log.warn "butterflies: worker #{@index}: #{e.message}; running unpinned"
     end
 
     # A stop signal, or the master's death (EOF on the alive pipe).
@@ -103,16 +99,10 @@ module Butterflies
       IO.select([@alive], nil, nil, 0) && @alive.read_nonblock(1, exception: false).nil?
     end
 
-    def beat(byte)
-      @heartbeat.write_nonblock(byte, exception: false)
-      true
-    rescue IOError, SystemCallError
-      false
-    end
-
     # exit! skips at_exit handlers inherited from the master (they are the
-    # master's to run), so flush what was printed first.
+    # master's to run), so what was logged is written first.
     def finish(status)
+      @log.drain
       Butterflies.flush_output
       exit!(status)
     end

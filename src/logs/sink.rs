@@ -8,7 +8,7 @@
 //! more than formatting it (docs/PERFORMANCE.md).
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ use crate::process::supervise::{self, Faults};
 pub const MAX_BUFFERED_BYTES: usize = 4 * 1024 * 1024;
 /// How often the writer writes what gathered.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// How long [`drain`] waits for the writer before the process goes on
+/// without the lines (its output is a pipe nobody reads).
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 
 /// Where a line goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,8 @@ struct Sink {
     out: Mutex<Vec<u8>>,
     err: Mutex<Vec<u8>>,
     dropped: AtomicU64,
+    /// Set by the writer from taking a buffer until it is written.
+    writing: AtomicBool,
 }
 
 impl Sink {
@@ -47,6 +52,7 @@ impl Sink {
             out: Mutex::new(Vec::with_capacity(64 * 1024)),
             err: Mutex::new(Vec::new()),
             dropped: AtomicU64::new(0),
+            writing: AtomicBool::new(false),
         }
     }
 
@@ -68,10 +74,19 @@ impl Sink {
     /// place, and writes it.
     fn flush(&self, stream: Stream, spare: &mut Vec<u8>) {
         spare.clear();
+        self.writing.store(true, Ordering::Release);
         std::mem::swap(&mut *self.buffer(stream), spare);
         if !spare.is_empty() {
             write_now(stream, spare);
         }
+        self.writing.store(false, Ordering::Release);
+    }
+
+    /// Whether every line appended so far has been written.
+    fn written(&self) -> bool {
+        !self.writing.load(Ordering::Acquire)
+            && self.buffer(Stream::Stdout).is_empty()
+            && self.buffer(Stream::Stderr).is_empty()
     }
 }
 
@@ -117,12 +132,17 @@ pub fn dropped() -> u64 {
     SINK.get().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
 }
 
-/// Writes what gathered now, from the caller: before the process exits.
+/// Before the process exits: waits up to [`DRAIN_WITHIN`] for the writer
+/// to write what gathered. It never writes itself: the writer may be
+/// blocked on a pipe nobody reads, holding the stream, and a process
+/// must still exit when told to.
 pub fn drain() {
-    if let Some(sink) = SINK.get() {
-        let mut spare = Vec::new();
-        sink.flush(Stream::Stdout, &mut spare);
-        sink.flush(Stream::Stderr, &mut spare);
+    let Some(sink) = SINK.get() else {
+        return;
+    };
+    let until = Instant::now() + DRAIN_WITHIN;
+    while !sink.written() && Instant::now() < until {
+        std::thread::sleep(FLUSH_EVERY / 2);
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby};
 
 use super::errors::{ExtError, OrRaise};
-use crate::stats::{self, Region, Slot};
+use crate::stats::{self, Health, Region, Slot};
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("Stats", ruby.class_object())?;
@@ -18,7 +18,9 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_method("allocate", method!(Stats::allocate, 1))?;
     class.define_method("attach", method!(Stats::attach, 1))?;
     class.define_method("retire", method!(Stats::retire, 1))?;
-    class.define_method("checkin", method!(Stats::checkin, 1))?;
+    class.define_singleton_method("beat", function!(Stats::beat, 1))?;
+    class.define_method("last_beat", method!(Stats::last_beat, 1))?;
+    class.const_set("MAX_WORKERS", stats::region::MAX_WORKERS)?;
     class.define_method("count_restart", method!(Stats::count_restart, 1))?;
     class.define_method("snapshot", method!(Stats::snapshot, 0))?;
     let buckets = ruby.ary_from_iter(stats::BUCKETS_US.iter().map(|&us| us as f64 / 1e6));
@@ -59,14 +61,11 @@ impl Stats {
         rb_self.0.fd_for_exec().map_err(ExtError::Io).or_raise(ruby)
     }
 
-    /// A slot for a process serving worker `index` (-1: single mode).
-    pub fn allocate(ruby: &Ruby, rb_self: &Self, index: i64) -> Result<usize, Error> {
+    /// A slot for a process serving worker `index` (-1: single mode), or
+    /// nil when every slot is taken (the master waits for one to free).
+    pub fn allocate(&self, index: i64) -> Option<usize> {
         let index = u64::try_from(index).unwrap_or(u64::MAX);
-        rb_self
-            .0
-            .allocate(index, now_ms())
-            .ok_or_else(|| ExtError::Config("no free stats slot".into()))
-            .or_raise(ruby)
+        self.0.allocate(index, now_ms())
     }
 
     /// Makes slot `at` this process's (in the child, after the fork).
@@ -82,11 +81,29 @@ impl Stats {
         self.0.retire(at);
     }
 
-    /// The master heard from slot `at`'s process.
-    pub fn checkin(&self, at: usize) {
-        if let Some(slot) = self.0.slot(at) {
-            slot.checkin_ms.store(now_ms(), Ordering::Relaxed);
-        }
+    /// This process's heartbeat (`"ready"` or `"stuck"`), in the slot it
+    /// attached; the master reads it as an age (`snapshot`, `beats`).
+    pub fn beat(ruby: &Ruby, health: String) -> Result<(), Error> {
+        let health = match health.as_str() {
+            "ready" => Health::Ready,
+            "stuck" => Health::Stuck,
+            other => {
+                return Err(Error::new(
+                    ruby.exception_arg_error(),
+                    format!("no such health: {other}"),
+                ))
+            }
+        };
+        stats::beat(health);
+        Ok(())
+    }
+
+    /// Slot `at`'s last heartbeat: `[seconds ago, :booting | :ready |
+    /// :stuck]`, read by the master after it woke (time it lost itself is
+    /// not a worker's), or nil for a slot out of range.
+    pub fn last_beat(ruby: &Ruby, rb_self: &Self, at: usize) -> Option<(f64, magnus::Symbol)> {
+        let (age_ms, health) = rb_self.0.slot(at)?.last_beat();
+        Some((age_ms as f64 / 1e3, ruby.to_symbol(health.name())))
     }
 
     pub fn count_restart(&self, reason: String) {
@@ -96,7 +113,7 @@ impl Stats {
     }
 
     /// Every figure: `{live: [{slot:, pid:, index:, started_ms:,
-    /// checkin_ms:, values: {...}, histograms: {...}}], retired: {index =>
+    /// beat_age: (seconds), health: (:booting, :ready, :stuck), values: {...}, histograms: {...}}], retired: {index =>
     /// {values:, histograms:}}, restarts: {...}}`.
     pub fn snapshot(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
         let region = &rb_self.0;
@@ -111,10 +128,9 @@ impl Stats {
                 ruby.to_symbol("started_ms"),
                 slot.started_ms.load(Ordering::Relaxed),
             )?;
-            h.aset(
-                ruby.to_symbol("checkin_ms"),
-                slot.checkin_ms.load(Ordering::Relaxed),
-            )?;
+            let (age_ms, health) = slot.last_beat();
+            h.aset(ruby.to_symbol("beat_age"), age_ms as f64 / 1e3)?;
+            h.aset(ruby.to_symbol("health"), ruby.to_symbol(health.name()))?;
             live.push(h)?;
         }
         let retired = ruby.hash_new();

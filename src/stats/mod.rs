@@ -10,7 +10,7 @@
 
 pub mod region;
 
-pub use region::{Region, Slot};
+pub use region::{Health, Region, Slot};
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -132,6 +132,13 @@ pub fn attach(slot: &'static Slot) {
 pub fn add(index: usize, n: u64) {
     if let Some(slot) = CURRENT.get() {
         slot.add(index, n);
+    }
+}
+
+/// This process's heartbeat.
+pub fn beat(health: Health) {
+    if let Some(slot) = CURRENT.get() {
+        slot.beat(health);
     }
 }
 

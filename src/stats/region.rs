@@ -1,7 +1,8 @@
-//! The shared region: a memfd mapped `MAP_SHARED`, holding the slots of
-//! the live serving processes, the retired totals per worker index, and
-//! the master's restart counters. Every field is an `AtomicU64`, so any
-//! process may read or add to any of it at any time.
+//! The shared region: a memfd mapped `MAP_SHARED`, holding a header that
+//! names the layout, the slots of the live serving processes (each with
+//! the heartbeat its own process writes), the retired totals per worker
+//! index, and the master's restart counters. Every field is an
+//! `AtomicU64`, so any process may read or add to any of it at any time.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -10,10 +11,64 @@ use std::time::Duration;
 
 use super::{BUCKETS_US, BUCKET_COUNT, HISTOGRAM_COUNT, RESTARTS, VALUE_COUNT};
 
-/// Live processes at once (workers of every generation, or single mode).
-pub const MAX_SLOTS: usize = 256;
-/// Worker indexes whose retired totals are kept.
-pub const MAX_INDEXES: usize = 256;
+/// Live processes at once (workers of every generation, or single mode):
+/// twice [`MAX_WORKERS`], so restarts that briefly run a worker beside the
+/// one it replaces never run out.
+pub const MAX_SLOTS: usize = 2 * MAX_WORKERS;
+/// The most workers a cluster may be configured with.
+pub const MAX_WORKERS: usize = 256;
+/// Retired totals are kept per worker index, and for single mode last.
+pub const MAX_INDEXES: usize = MAX_WORKERS + 1;
+
+/// "BFLYSTAT": the first word of every region.
+const MAGIC: u64 = 0x4246_4c59_5354_4154;
+/// Bumped whenever [`Layout`] changes: a hot restart into a build with
+/// another layout starts a new region instead of misreading the old one.
+const VERSION: u64 = 2;
+
+/// What a serving process says of itself with each heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Forked, loading the app: no heartbeat yet.
+    Booting = 0,
+    /// Serving.
+    Ready = 1,
+    /// Serving, but an app thread is past `request_hard_timeout`.
+    Stuck = 2,
+}
+
+impl Health {
+    fn from_word(word: u64) -> Health {
+        match word {
+            1 => Health::Ready,
+            2 => Health::Stuck,
+            _ => Health::Booting,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Booting => "booting",
+            Health::Ready => "ready",
+            Health::Stuck => "stuck",
+        }
+    }
+}
+
+/// Milliseconds on CLOCK_MONOTONIC, which every process of the machine
+/// shares: a beat written by one is an age to another.
+pub fn monotonic_ms() -> u64 {
+    let mut now = nix::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, and nothing else.
+    if unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return 0;
+    }
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000
+}
 
 /// One process's figures.
 #[repr(C)]
@@ -24,8 +79,12 @@ pub struct Slot {
     pub index: AtomicU64,
     /// Unix time, milliseconds, when the process took it.
     pub started_ms: AtomicU64,
-    /// Unix time, milliseconds, of its last heartbeat (set by the master).
-    pub checkin_ms: AtomicU64,
+    /// Monotonic milliseconds ([`monotonic_ms`]) of its last heartbeat,
+    /// written by the process itself (the master sets it once, at
+    /// allocation, so a booting worker's age counts from its fork).
+    pub beat_ms: AtomicU64,
+    /// Its [`Health`] as of that heartbeat.
+    pub health: AtomicU64,
     pub values: [AtomicU64; VALUE_COUNT],
     /// Per histogram: a count per bucket, then +Inf, then the sum (us).
     pub histograms: [[AtomicU64; BUCKET_COUNT + 2]; HISTOGRAM_COUNT],
@@ -33,6 +92,8 @@ pub struct Slot {
 
 #[repr(C)]
 struct Layout {
+    magic: AtomicU64,
+    version: AtomicU64,
     slots: [Slot; MAX_SLOTS],
     retired: [Slot; MAX_INDEXES],
     restarts: [AtomicU64; RESTARTS.len()],
@@ -49,6 +110,19 @@ impl Slot {
         if let Some(v) = self.values.get(index) {
             v.store(n, Ordering::Relaxed);
         }
+    }
+
+    /// The process's heartbeat: it lives, in this health.
+    pub fn beat(&self, health: Health) {
+        self.health.store(health as u64, Ordering::Relaxed);
+        self.beat_ms.store(monotonic_ms(), Ordering::Release);
+    }
+
+    /// Milliseconds since the last heartbeat, and the health it gave.
+    pub fn last_beat(&self) -> (u64, Health) {
+        let at = self.beat_ms.load(Ordering::Acquire);
+        let health = Health::from_word(self.health.load(Ordering::Relaxed));
+        (monotonic_ms().saturating_sub(at), health)
     }
 
     pub fn value(&self, index: usize) -> u64 {
@@ -131,7 +205,10 @@ impl Region {
         if unsafe { nix::libc::ftruncate(fd.as_raw_fd(), len_off) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Self::map(fd)
+        let region = Self::map(fd)?;
+        region.layout.version.store(VERSION, Ordering::Relaxed);
+        region.layout.magic.store(MAGIC, Ordering::Release);
+        Ok(region)
     }
 
     /// The region behind an inherited memfd (a hot restart, an exec'd
@@ -156,7 +233,15 @@ impl Region {
                 "the inherited stats region has another size",
             ));
         }
-        Self::map(fd)
+        let region = Self::map(fd)?;
+        let magic = region.layout.magic.load(Ordering::Acquire);
+        let version = region.layout.version.load(Ordering::Relaxed);
+        if magic != MAGIC || version != VERSION {
+            return Err(io::Error::other(format!(
+                "the inherited stats region has layout {version} (magic {magic:#x}), this build {VERSION}"
+            )));
+        }
+        Ok(region)
     }
 
     fn map(fd: OwnedFd) -> io::Result<Region> {
@@ -206,7 +291,8 @@ impl Region {
         slot.pid.store(0, Ordering::Relaxed);
         slot.index.store(index, Ordering::Relaxed);
         slot.started_ms.store(now_ms, Ordering::Relaxed);
-        slot.checkin_ms.store(now_ms, Ordering::Relaxed);
+        slot.health.store(Health::Booting as u64, Ordering::Relaxed);
+        slot.beat_ms.store(monotonic_ms(), Ordering::Release);
         Some(at)
     }
 
@@ -316,5 +402,31 @@ mod tests {
         // SAFETY: `dup` is a fresh descriptor of the memfd, owned by nothing.
         let again = unsafe { Region::adopt(std::os::fd::IntoRawFd::into_raw_fd(dup)) }.unwrap();
         assert_eq!(again.slot(at).unwrap().value(0), 7);
+    }
+
+    #[test]
+    fn a_region_of_another_version_is_not_adopted() {
+        let region = Region::create().unwrap();
+        region.layout.version.store(VERSION + 1, Ordering::Relaxed);
+        let dup = nix::unistd::dup(&region.fd).unwrap();
+        // SAFETY: `dup` is a fresh descriptor of the memfd, owned by nothing.
+        let again = unsafe { Region::adopt(std::os::fd::IntoRawFd::into_raw_fd(dup)) };
+        let message = again.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("layout 3"), "{message}");
+    }
+
+    #[test]
+    fn a_beat_is_an_age_and_a_health_to_every_reader() {
+        let region = Region::create().unwrap();
+        let at = region.allocate(0, 1).unwrap();
+        let slot = region.slot(at).unwrap();
+        assert_eq!(slot.last_beat().1, Health::Booting);
+        slot.beat_ms
+            .store(monotonic_ms() - 5_000, Ordering::Relaxed);
+        assert!(slot.last_beat().0 >= 5_000);
+        slot.beat(Health::Stuck);
+        let (age, health) = slot.last_beat();
+        assert!(age < 1_000, "{age}");
+        assert_eq!(health, Health::Stuck);
     }
 }
