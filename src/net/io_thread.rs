@@ -18,7 +18,7 @@ use super::config::Config;
 use super::conn::{Afterwards, Conn, Fill, Progress};
 use super::handoff::{Job, Mailbox, Shared, CONN_EVENTS};
 use super::listener::Listener;
-use super::slots::{Expired, Slots, Timeouts};
+use super::slots::{Drain, Expired, Slots, Timeouts};
 use super::Queued;
 use crate::http::Limits;
 
@@ -29,8 +29,11 @@ const UNIX_PLACEHOLDER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     0,
 ));
 const LISTENER_BIT: u64 = 1 << 62;
-/// On shutdown, how long a fresh connection may take to send its request.
-const FRESH_GRACE: Duration = Duration::from_secs(2);
+/// How shutdown closes the connections between requests.
+const DRAIN: Drain = Drain {
+    fresh_grace: Duration::from_secs(2),
+    quiet: Duration::from_secs(1),
+};
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(500);
 /// Epoll events taken per `epoll_wait`.
@@ -179,7 +182,7 @@ impl IoThread {
                     stop_started = Instant::now();
                     stop_started + self.shutdown_timeout
                 });
-                self.close_idle(stop_started.elapsed() > FRESH_GRACE);
+                self.drain(stop_started);
                 if self.slots.live() == 0 || Instant::now() >= deadline {
                     return Ok(());
                 }
@@ -443,14 +446,20 @@ impl IoThread {
         }
     }
 
-    /// During shutdown: connections between requests are closed now. A
-    /// connection accepted but not yet used is given `FRESH_GRACE` to send
-    /// its first request, which is then served: its client has no earlier
-    /// response to tell it the connection was ever usable, so closing it
-    /// would lose a request it has already sent.
-    fn close_idle(&mut self, fresh_too: bool) {
-        for token in self.slots.idle(fresh_too) {
-            self.close(token);
+    /// During shutdown: closes the connections between requests whose
+    /// client has gone quiet (see `Drain`). One whose request arrived since
+    /// epoll last said so is served instead.
+    fn drain(&mut self, began: Instant) {
+        for token in self.slots.drained(&DRAIN, began, Instant::now()) {
+            let arrived = self.slots.present(token).is_some_and(|conn| {
+                // Nonblocking: WouldBlock (nothing sent) reads as false.
+                matches!(conn.stream.peek(&mut [0u8; 1]), Ok(n) if n > 0)
+            });
+            if arrived {
+                self.drive(token);
+            } else {
+                self.close(token);
+            }
         }
     }
 

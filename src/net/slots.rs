@@ -151,15 +151,14 @@ impl Slots {
         }
     }
 
-    /// During shutdown, the connections to close now: those between
-    /// requests, and (once `fresh_too`) those accepted but never used.
-    pub(crate) fn idle(&self, fresh_too: bool) -> Vec<usize> {
+    /// During shutdown, the connections between requests that `drain`
+    /// closes at `now`, shutdown having begun at `began`.
+    pub(crate) fn drained(&self, drain: &Drain, began: Instant, now: Instant) -> Vec<usize> {
         self.slots
             .iter()
             .enumerate()
             .filter_map(|(t, s)| {
-                matches!(s, Slot::Present(c) if c.is_idle() && (c.served > 0 || fresh_too))
-                    .then_some(t)
+                matches!(s, Slot::Present(c) if drain.closes(c, began, now)).then_some(t)
             })
             .collect()
     }
@@ -180,6 +179,36 @@ impl Slots {
             }
         }
         expired
+    }
+}
+
+/// How shutdown closes connections that are between requests. Closing
+/// one races its client: a request sent as the close happens is reset,
+/// and the client cannot tell whether it ran. So a connection is closed
+/// only when its client has gone quiet, and a request that does arrive is
+/// answered, with `Connection: close`, like any other while stopping.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Drain {
+    /// A connection never used: its client has no earlier response to
+    /// tell it the connection worked, so its first request is waited for
+    /// this long after shutdown begins.
+    pub fresh_grace: Duration,
+    /// A keep-alive connection: closed once this long has passed since
+    /// its last response with no new request. A client in a request loop
+    /// sends its next one well within it and gets its answer.
+    pub quiet: Duration,
+}
+
+impl Drain {
+    pub(crate) fn closes(&self, conn: &Conn, began: Instant, now: Instant) -> bool {
+        if !conn.is_idle() {
+            return false;
+        }
+        if conn.served == 0 {
+            now.saturating_duration_since(began) >= self.fresh_grace
+        } else {
+            now.saturating_duration_since(conn.idle_since) >= self.quiet
+        }
     }
 }
 
@@ -295,11 +324,16 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_closes_used_idle_connections_then_fresh_ones() {
+    fn shutdown_closes_quiet_keep_alive_connections_then_fresh_ones() {
+        const D: Drain = Drain {
+            fresh_grace: Duration::from_secs(2),
+            quiet: Duration::from_secs(1),
+        };
         let mut slots = Slots::default();
         let mut tokens = Vec::new();
         let mut clients = Vec::new();
-        for served in [0, 1] {
+        let began = Instant::now();
+        for served in [0, 1, 1] {
             let token = slots.reserve();
             let (mut conn, client) = pair();
             conn.token = token;
@@ -308,8 +342,37 @@ mod tests {
             tokens.push(token);
             clients.push(client);
         }
-        assert_eq!(slots.idle(false), vec![tokens[1]]);
-        assert_eq!(slots.idle(true), tokens);
+        // The third just had its response when shutdown began; the second
+        // has been quiet for a while.
+        if let Some(Slot::Present(c)) = slots.slots.get_mut(tokens[1]) {
+            c.idle_since = began - Duration::from_secs(5);
+        }
+        if let Some(Slot::Present(c)) = slots.slots.get_mut(tokens[2]) {
+            c.idle_since = began;
+        }
+        let at = |secs: u64| began + Duration::from_millis(secs);
+        assert_eq!(slots.drained(&D, began, at(0)), vec![tokens[1]]);
+        assert_eq!(
+            slots.drained(&D, began, at(1_000)),
+            vec![tokens[1], tokens[2]]
+        );
+        assert_eq!(slots.drained(&D, began, at(2_000)), tokens);
+    }
+
+    #[test]
+    fn a_connection_with_a_request_under_way_is_never_drained() {
+        const D: Drain = Drain {
+            fresh_grace: Duration::ZERO,
+            quiet: Duration::ZERO,
+        };
+        let (mut conn, mut client) = pair();
+        conn.served = 1;
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\nHo").expect("write");
+        let mut scratch = vec![0u8; 4096];
+        let _ = conn.fill(&mut scratch, 1 << 20);
+        let _ = conn.advance(&Limits::default());
+        let now = Instant::now();
+        assert!(!D.closes(&conn, now, now + Duration::from_secs(60)));
     }
 
     #[test]
