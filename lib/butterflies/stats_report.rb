@@ -117,10 +117,8 @@ module Butterflies
       { "totals" => totals, "restarts" => @snapshot[:restarts] }
     end
 
-    GAUGES = %w[connections keep_alive queued queue_capacity threads busy_threads].freeze
-
     def gauge?(name)
-      GAUGES.include?(name)
+      Stats::GAUGES.include?(name)
     end
 
     # Per worker label: figures of its live processes plus its retired totals.

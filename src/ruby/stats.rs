@@ -21,6 +21,17 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_singleton_method("beat", function!(Stats::beat, 1))?;
     class.define_method("last_beat", method!(Stats::last_beat, 1))?;
     class.const_set("MAX_WORKERS", stats::region::MAX_WORKERS)?;
+    let gauges = ruby.ary_new();
+    for (name, _) in stats::VALUES
+        .iter()
+        .filter(|(_, kind)| *kind == stats::Kind::Gauge)
+    {
+        let name = ruby.str_new(name);
+        name.freeze();
+        gauges.push(name)?;
+    }
+    gauges.freeze();
+    class.const_set("GAUGES", gauges)?;
     class.define_method("count_restart", method!(Stats::count_restart, 1))?;
     class.define_method("snapshot", method!(Stats::snapshot, 0))?;
     let buckets = ruby.ary_from_iter(stats::BUCKETS_US.iter().map(|&us| us as f64 / 1e6));
@@ -156,7 +167,7 @@ impl Stats {
 /// A slot's values and histograms as Ruby Hashes.
 fn figures(ruby: &Ruby, slot: &Slot) -> Result<RHash, Error> {
     let values = ruby.hash_new();
-    for (i, name) in stats::VALUES.iter().enumerate() {
+    for (i, (name, _)) in stats::VALUES.iter().enumerate() {
         let v = slot.value(i);
         // Gauges are wrapping sums of +1/-1: read back as signed.
         let v = if stats::is_gauge(i) {

@@ -15,36 +15,48 @@ pub use region::{Health, Region, Slot};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// Whether a value only grows (a counter: a gone worker's is kept in its
+/// index's retired totals) or goes up and down (a gauge: wrapping adds of
+/// -1, read back as signed, and gone with its process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
 /// Counters and gauges of a slot, by name (as `/stats` and `/metrics`
-/// show them). Gauges go up and down (wrapping adds of -1).
-pub const VALUES: [&str; VALUE_COUNT] = [
-    "requests_1xx",
-    "requests_2xx",
-    "requests_3xx",
-    "requests_4xx",
-    "requests_5xx",
-    "rejected_400",
-    "rejected_408",
-    "rejected_413",
-    "rejected_414",
-    "rejected_431",
-    "rejected_501",
-    "rejected_503",
-    "bytes_in",
-    "bytes_out",
-    "log_lines_dropped",
-    "connections",
-    "keep_alive",
-    "queued",
-    "queue_capacity",
-    "threads",
-    "busy_threads",
+/// show them) and kind. The one list: Ruby reads the names and kinds from
+/// here (`Butterflies::Stats::GAUGES`).
+pub const VALUES: [(&str, Kind); VALUE_COUNT] = [
+    ("requests_1xx", Kind::Counter),
+    ("requests_2xx", Kind::Counter),
+    ("requests_3xx", Kind::Counter),
+    ("requests_4xx", Kind::Counter),
+    ("requests_5xx", Kind::Counter),
+    ("rejected_400", Kind::Counter),
+    ("rejected_408", Kind::Counter),
+    ("rejected_413", Kind::Counter),
+    ("rejected_414", Kind::Counter),
+    ("rejected_431", Kind::Counter),
+    ("rejected_501", Kind::Counter),
+    ("rejected_503", Kind::Counter),
+    ("bytes_in", Kind::Counter),
+    ("bytes_out", Kind::Counter),
+    ("log_lines_dropped", Kind::Counter),
+    ("connections", Kind::Gauge),
+    ("keep_alive", Kind::Gauge),
+    ("queued", Kind::Gauge),
+    ("queue_capacity", Kind::Gauge),
+    ("threads", Kind::Gauge),
+    ("busy_threads", Kind::Gauge),
 ];
 pub const VALUE_COUNT: usize = 21;
 
-/// Which of [`VALUES`] are gauges (not summed into retired totals).
+/// Whether [`VALUES`]`[index]` is a gauge (not summed into retired totals).
 pub fn is_gauge(index: usize) -> bool {
-    index >= CONNECTIONS
+    VALUES
+        .get(index)
+        .is_some_and(|(_, kind)| *kind == Kind::Gauge)
 }
 
 pub const BYTES_IN: usize = 12;
@@ -191,6 +203,27 @@ pub fn rejected(status: u16) {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn each_named_index_is_its_entry_and_gauges_are_their_kind() {
+        let named = [
+            (BYTES_IN, "bytes_in"),
+            (BYTES_OUT, "bytes_out"),
+            (LOG_LINES_DROPPED, "log_lines_dropped"),
+            (CONNECTIONS, "connections"),
+            (KEEP_ALIVE, "keep_alive"),
+            (QUEUED, "queued"),
+            (QUEUE_CAPACITY, "queue_capacity"),
+            (THREADS, "threads"),
+            (BUSY_THREADS, "busy_threads"),
+        ];
+        for (index, name) in named {
+            assert_eq!(VALUES[index].0, name);
+        }
+        assert!(is_gauge(CONNECTIONS) && is_gauge(BUSY_THREADS));
+        assert!(!is_gauge(BYTES_IN) && !is_gauge(LOG_LINES_DROPPED));
+        assert!(!is_gauge(VALUE_COUNT), "past the end is no gauge");
+    }
 
     #[test]
     fn request_start_takes_seconds_milliseconds_and_microseconds() {
