@@ -34,8 +34,10 @@ RSpec.describe "the master never waits on anyone", timeout: 180 do
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 5
       while (left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)).positive?
         break unless socket.wait_readable(left)
+
         chunk = socket.read_nonblock(65_536, exception: false)
         break if chunk.nil?
+
         answer << chunk unless chunk == :wait_readable
       end
       answer
