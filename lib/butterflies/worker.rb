@@ -74,7 +74,7 @@ module Butterflies
     def shut_down(runtime)
       runtime.stop
       stats = runtime.stats
-      refused = ", refused #{stats[:rejected]} (queue full)" if stats[:rejected].positive?
+      refused = ", refused #{stats[:rejected]} (503: queue full or request timeout)" if stats[:rejected].positive?
       @log.event "* worker #{@index} (pid #{Process.pid}) served #{stats[:requests]} requests#{refused}"
       @config.hooks[:on_worker_shutdown].each { |hook| hook.call(@index) }
     end

@@ -8,7 +8,7 @@
 //! more than formatting it (docs/PERFORMANCE.md).
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,7 +33,6 @@ pub enum Stream {
 struct Sink {
     out: Mutex<Vec<u8>>,
     err: Mutex<Vec<u8>>,
-    dropped: AtomicU64,
     /// Set by the writer from taking a buffer until it is written.
     writing: AtomicBool,
 }
@@ -51,18 +50,15 @@ impl Sink {
         Sink {
             out: Mutex::new(Vec::with_capacity(64 * 1024)),
             err: Mutex::new(Vec::new()),
-            dropped: AtomicU64::new(0),
             writing: AtomicBool::new(false),
         }
     }
 
     /// Appends a line unless the buffer would pass `MAX_BUFFERED_BYTES`;
-    /// false (and counted) if it was dropped.
+    /// false if it was dropped (the caller counts it).
     fn append(&self, stream: Stream, line: &[u8], newline: &[u8]) -> bool {
         let mut buffer = self.buffer(stream);
         if buffer.len() + line.len() + newline.len() > MAX_BUFFERED_BYTES {
-            drop(buffer);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         buffer.extend_from_slice(line);
@@ -127,9 +123,10 @@ pub fn err(line: String) {
     write(Stream::Stderr, line.as_bytes());
 }
 
-/// Lines dropped so far because the writer could not keep up.
+/// Lines dropped so far because the writer could not keep up: counted
+/// once, in this process's stats slot (none before it is attached).
 pub fn dropped() -> u64 {
-    SINK.get().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+    crate::stats::value(crate::stats::LOG_LINES_DROPPED)
 }
 
 /// Before the process exits: waits up to [`DRAIN_WITHIN`] for the writer
@@ -191,14 +188,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_buffer_drops_and_counts_lines_and_takes_them_again_once_written() {
+    fn a_full_buffer_drops_lines_and_takes_them_again_once_written() {
         let sink = Sink::new();
         let line = vec![b'x'; 1023];
         let fits = MAX_BUFFERED_BYTES / 1024;
         assert!((0..fits).all(|_| sink.append(Stream::Stdout, &line, b"\n")));
         assert!(!sink.append(Stream::Stdout, &line, b"\n"), "full");
         assert!(sink.append(Stream::Stderr, b"other stream", b"\n"));
-        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);
         let mut spare = Vec::new();
         std::mem::swap(&mut *sink.buffer(Stream::Stdout), &mut spare);
         assert_eq!(spare.len(), fits * 1024);

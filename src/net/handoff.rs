@@ -4,7 +4,7 @@
 //! reads.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,6 @@ pub struct Shared {
     /// (not shut down), so the re-executed process takes them over with
     /// what waits in their backlogs.
     pub keep_listening: AtomicBool,
-    pub requests: AtomicU64,
-    pub rejected_full: AtomicU64,
     /// Requests lent to app threads and not yet handed back.
     pub in_flight: AtomicUsize,
     /// Queued jobs the watchdog may answer (with a request timeout).
@@ -243,7 +241,6 @@ impl Kept {
             match conn.advance(limits) {
                 Ok(Progress::Request(request)) => {
                     conn.served += 1;
-                    self.shared.requests.fetch_add(1, Ordering::Relaxed);
                     return Some(Job::new(
                         request,
                         conn,

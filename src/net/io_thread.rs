@@ -377,7 +377,6 @@ impl IoThread {
             return;
         };
         conn.served += 1;
-        self.shared.requests.fetch_add(1, Ordering::Relaxed);
         let job = Job::new(request, conn, self.mailbox.clone(), self.shared.clone());
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let queued = self.shared.claims.wrap(job);
@@ -390,7 +389,6 @@ impl IoThread {
         }) else {
             return;
         };
-        self.shared.rejected_full.fetch_add(1, Ordering::Relaxed);
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         job.request.log_refused(503);
         let Some(mut conn) = job.take_conn() else {

@@ -339,18 +339,21 @@ impl RbEngine {
         Ok(fault.map(|f| f.to_string()))
     }
 
-    /// Counters: requests taken, requests refused because the queue was full.
-    pub fn stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// This process's requests answered and 503s it answered itself (a
+    /// full queue, a request timeout), read from its stats slot: each
+    /// request is counted once, there.
+    pub fn stats(ruby: &Ruby, _rb_self: &Self) -> Result<RHash, Error> {
+        let sum = |prefix: &str| -> u64 {
+            crate::stats::VALUES
+                .iter()
+                .enumerate()
+                .filter(|(_, (name, _))| name.starts_with(prefix))
+                .map(|(i, _)| crate::stats::value(i))
+                .sum()
+        };
         let stats = ruby.hash_new();
-        stats.aset(
-            ruby.to_symbol("requests"),
-            rb_self.shared.requests.load(Relaxed),
-        )?;
-        stats.aset(
-            ruby.to_symbol("rejected"),
-            rb_self.shared.rejected_full.load(Relaxed),
-        )?;
+        stats.aset(ruby.to_symbol("requests"), sum("requests_"))?;
+        stats.aset(ruby.to_symbol("rejected"), sum("rejected_503"))?;
         Ok(stats)
     }
 

@@ -147,6 +147,11 @@ pub fn add(index: usize, n: u64) {
     }
 }
 
+/// Value `index` of this process's slot (0 if none).
+pub fn value(index: usize) -> u64 {
+    CURRENT.get().map_or(0, |slot| slot.value(index))
+}
+
 /// This process's heartbeat.
 pub fn beat(health: Health) {
     if let Some(slot) = CURRENT.get() {
