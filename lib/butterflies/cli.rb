@@ -104,7 +104,8 @@ module Butterflies
       "--idle-spin" => [:idle_spin, "Microseconds to poll for more work before sleeping (default 50, 0: off)"],
       "--backlog" => [:backlog, "listen(2) backlog (default 1024)"],
       "--max-body-bytes" => [:max_body_bytes, "413 for larger request bodies (default 1 GiB)"],
-      "--max-parked-bytes" => [:max_parked_bytes, "Response bytes left with IO threads for slow clients (default 256 MiB)"]
+      "--max-parked-bytes" => [:max_parked_bytes, "Response bytes left with IO threads for slow clients (default 256 MiB)"],
+      "--max-spilled-bytes" => [:max_spilled_bytes, "Response bytes spilled to disk past those (default 4 GiB)"]
     }.freeze
 
     def parser

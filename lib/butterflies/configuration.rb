@@ -65,6 +65,9 @@ module Butterflies
       # Response bytes all connections of a process may leave with the IO
       # threads for slow clients, so app threads need not wait for them.
       max_parked_bytes: 256 << 20,
+      # Past those, bytes spilled to unlinked temporary files (in TMPDIR)
+      # and sent from there; past both, the slowest clients are closed.
+      max_spilled_bytes: 4 << 30,
       # Called with (exception, env, status) when the app raises; returns
       # the Rack response to send instead of a plain 500 (Puma's name).
       lowlevel_error_handler: nil
@@ -83,7 +86,7 @@ module Butterflies
     # Whole numbers the engine keeps as 64-bit sizes and counts.
     COUNTS = %i[threads max_threads io_threads workers queue_depth idle_spin backlog tcp_fastopen
                 max_body_bytes max_head_bytes max_target_bytes max_header_fields max_field_bytes
-                max_parked_bytes].freeze
+                max_parked_bytes max_spilled_bytes].freeze
     MAX_COUNT = 2**62
     # Counts with a lower ceiling: the shared stats region has a slot for
     # each live worker (and room for restarts to run one beside another).

@@ -146,9 +146,10 @@ module Butterflies
     end
 
     # Counts and byte sizes.  queue_depth 512
-    # (max_parked_bytes 0: app threads always wait for slow clients.)
+    # (max_parked_bytes 0, max_spilled_bytes 0: app threads always wait
+    # for slow clients.)
     %i[queue_depth backlog max_body_bytes max_head_bytes max_target_bytes
-       max_header_fields max_field_bytes max_parked_bytes].each do |name|
+       max_header_fields max_field_bytes max_parked_bytes max_spilled_bytes].each do |name|
       define_method(name) { |value| @config[name] = count(name, value) }
     end
 

@@ -11,7 +11,7 @@ module Butterflies
       idle_timeout header_timeout body_timeout write_timeout
       max_head_bytes max_target_bytes max_header_fields max_field_bytes max_body_bytes
       queue_depth idle_spin backlog tcp_fastopen shutdown_timeout request_timeout request_hard_timeout
-      max_parked_bytes
+      max_parked_bytes max_spilled_bytes
     ].freeze
 
     module_function

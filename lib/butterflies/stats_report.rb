@@ -78,8 +78,10 @@ module Butterflies
     # Puma's per-process figures: backlog (requests waiting for an app
     # thread), running (app threads), pool_capacity (requests it can take
     # now: max_threads less the busy ones), max_threads, busy_threads,
-    # requests_count; then Butterflies' own: min_threads, connections and
-    # keep_alive (the open ones between requests).
+    # requests_count; then Butterflies' own: min_threads, connections,
+    # keep_alive (the open ones between requests), and the response bytes
+    # held for slow clients in memory (parked_bytes) and on disk
+    # (spilled_bytes).
     def last_status(values)
       busy = values["busy_threads"].to_i
       {
@@ -91,7 +93,9 @@ module Butterflies
         "requests_count" => requests(values),
         "min_threads" => min_threads,
         "connections" => values["connections"].to_i,
-        "keep_alive" => values["keep_alive"].to_i
+        "keep_alive" => values["keep_alive"].to_i,
+        "parked_bytes" => values["parked_bytes"].to_i,
+        "spilled_bytes" => values["spilled_bytes"].to_i
       }
     end
 
@@ -168,7 +172,9 @@ module Butterflies
       "butterflies_received_bytes_total" => ["bytes_in", "Bytes read from clients."],
       "butterflies_sent_bytes_total" => ["bytes_out", "Bytes written to clients."],
       "butterflies_log_lines_dropped_total" => ["log_lines_dropped",
-                                                "Log lines dropped because the output was slower than the requests."]
+                                                "Log lines dropped because the output was slower than the requests."],
+      "butterflies_slow_clients_closed_total" => ["slow_clients_closed",
+                                                  "Clients closed, slowest first, when no budget had room for a response."]
     }.freeze
 
     def plain_counters(lines, groups)
@@ -198,7 +204,9 @@ module Butterflies
       "keep_alive" => "Open client connections between requests (kept alive).",
       "queued" => "Requests waiting for an app thread.",
       "queue_capacity" => "Requests that may wait before new ones get 503.", "threads" => "App threads.",
-      "busy_threads" => "App threads running a request."
+      "busy_threads" => "App threads running a request.",
+      "parked_bytes" => "Response bytes left in memory with IO threads for slow clients.",
+      "spilled_bytes" => "Response bytes spilled to disk for slow clients."
     }.freeze
 
     HISTOGRAMS = {

@@ -54,6 +54,9 @@ pub struct Config {
     pub idle_spin: Duration,
     /// Response bytes all connections may park with IO threads (`net::park`).
     pub max_parked_bytes: usize,
+    /// Response bytes all connections may spill to disk past those
+    /// (`net::spill`).
+    pub max_spilled_bytes: usize,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(SHUTDOWN_TIMEOUT_SECS),
             idle_spin: Duration::from_micros(IDLE_SPIN_MICROS),
             max_parked_bytes: super::park::MAX_PARKED_BYTES,
+            max_spilled_bytes: super::park::MAX_SPILLED_BYTES,
         }
     }
 }

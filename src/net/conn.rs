@@ -88,6 +88,10 @@ pub struct Conn {
     /// `net::park`); given back once `out` is written or the connection
     /// dropped.
     parked: Option<super::park::Parked>,
+    /// Output spilled to disk past the park budget (see `net::spill`).
+    /// While there is one, `out` is empty and everything queued goes to
+    /// it; it is sent before `out_file`.
+    spill: Option<super::spill::Spill>,
     /// When queued output last made progress.
     pub(crate) last_write: Instant,
     /// When the connection last became idle between requests.
@@ -175,6 +179,7 @@ impl Conn {
             peer_side: PeerSide::Open,
             interest: Interest::ReadWrite,
             parked: None,
+            spill: None,
             request_started: None,
             last_read: Instant::now(),
             last_write: Instant::now(),
@@ -276,7 +281,7 @@ impl Conn {
     }
 
     pub fn has_output(&self) -> bool {
-        self.out_pos < self.out.len() || self.out_file.is_some()
+        self.out_pos < self.out.len() || self.out_file.is_some() || self.spill.is_some()
     }
 
     /// Bytes queued in memory and not yet written.
@@ -537,6 +542,9 @@ impl Conn {
 
     /// Appends bytes after anything queued, without writing.
     pub fn append(&mut self, parts: &[&[u8]]) {
+        if let Some(spill) = &mut self.spill {
+            return spill.append(parts);
+        }
         if !self.has_output() {
             self.out.clear();
             self.out_pos = 0;
@@ -548,6 +556,9 @@ impl Conn {
 
     /// Queues bytes to write after anything already queued.
     pub fn queue(&mut self, bytes: Vec<u8>) {
+        if let Some(spill) = &mut self.spill {
+            return spill.append(&[&bytes]);
+        }
         if self.has_output() {
             self.out.extend_from_slice(&bytes);
         } else {
@@ -583,7 +594,59 @@ impl Conn {
         self.out.clear();
         self.out_pos = 0;
         self.parked = None;
+        if let Some(spill) = &mut self.spill {
+            let before = spill.sent();
+            let done = spill.send(&self.stream)?;
+            if spill.sent() > before {
+                self.last_write = Instant::now();
+            }
+            if !done {
+                return Ok(false);
+            }
+            self.spill = None;
+        }
         self.send_file()
+    }
+
+    /// Takes the unsent output off the app thread: parked in memory within
+    /// `memory`, else spilled to disk within `disk` (with `rest`, bytes
+    /// not queued yet, after it). False if neither budget can take it: the
+    /// app thread waits for the client as before.
+    pub fn park_or_spill(
+        &mut self,
+        memory: &std::sync::Arc<super::park::ParkBudget>,
+        disk: &std::sync::Arc<super::park::ParkBudget>,
+        rest: &[&[u8]],
+    ) -> bool {
+        let more: usize = rest.iter().map(|p| p.len()).sum();
+        if self.spill.is_some() {
+            self.append(rest);
+            return true;
+        }
+        if self.park(memory, more) {
+            self.append(rest);
+            return true;
+        }
+        if self.out_file.is_some() {
+            return false; // a file body already follows the bytes in memory
+        }
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(rest.len() + 1);
+        parts.push(&self.out[self.out_pos..]);
+        parts.extend_from_slice(rest);
+        match super::spill::Spill::new(disk, &parts) {
+            Ok(Some(spill)) => {
+                self.spill = Some(spill);
+                self.out = Vec::new();
+                self.out_pos = 0;
+                self.parked = None;
+                true
+            }
+            Ok(None) => {
+                disk.fell_short();
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Reserves budget for the output not yet written, plus `more` bytes
@@ -635,6 +698,71 @@ pub(crate) mod tests {
     }
 
     const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn budget(limit: usize) -> std::sync::Arc<crate::net::park::ParkBudget> {
+        let budget = std::sync::Arc::new(crate::net::park::ParkBudget::default());
+        budget.set_limit(limit);
+        budget
+    }
+
+    /// Flushes until all is written, reading everything on the client.
+    fn drain_to_client(conn: &mut Conn, client: &mut TcpStream, expected: usize) -> Vec<u8> {
+        use std::io::Read;
+        client.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < expected && Instant::now() < deadline {
+            let _ = conn.flush().unwrap();
+            match client.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn output_past_the_memory_budget_spills_to_disk_and_keeps_its_order() {
+        let (mut conn, mut client) = pair();
+        let (memory, disk) = (budget(10), budget(1 << 20));
+        conn.append(&[&[b'a'; 100]]);
+        assert!(conn.park_or_spill(&memory, &disk, &[b"bbb"]));
+        assert_eq!(memory.used(), 0, "nothing parked in memory");
+        assert_eq!(disk.used(), 103);
+        assert_eq!(conn.pending_bytes(), 0, "no bytes left in memory");
+        conn.queue(b"ccc".to_vec());
+        conn.append(&[b"dd"]);
+        assert_eq!(disk.used(), 108, "later output goes to the spill too");
+        let got = drain_to_client(&mut conn, &mut client, 108);
+        let mut want = vec![b'a'; 100];
+        want.extend_from_slice(b"bbbcccdd");
+        assert_eq!(got, want);
+        assert!(conn.flush().unwrap());
+        assert_eq!(disk.used(), 0, "the disk is given back once sent");
+        assert!(!conn.has_output());
+    }
+
+    #[test]
+    fn output_past_both_budgets_stays_with_the_app_thread() {
+        let (mut conn, _client) = pair();
+        let (memory, disk) = (budget(10), budget(50));
+        conn.append(&[&[b'a'; 100]]);
+        assert!(!conn.park_or_spill(&memory, &disk, &[]));
+        assert_eq!((memory.used(), disk.used()), (0, 0));
+        assert_eq!(conn.pending_bytes(), 100, "nothing moved");
+    }
+
+    #[test]
+    fn a_spill_past_the_disk_budget_ends_the_connection() {
+        let (mut conn, _client) = pair();
+        let (memory, disk) = (budget(0), budget(150));
+        conn.append(&[&[b'a'; 100]]);
+        assert!(conn.park_or_spill(&memory, &disk, &[]));
+        conn.queue(vec![b'b'; 100]);
+        assert!(conn.flush().is_err(), "the spill could not take it all");
+    }
 
     #[test]
     fn pipelined_input_is_buffered_only_up_to_the_cap() {

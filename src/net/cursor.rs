@@ -90,6 +90,23 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
+    /// Hands what is left to the connection, parked in memory or spilled
+    /// to disk within the budgets (`Conn::park_or_spill`); false, and
+    /// nothing moved, if neither can take it.
+    pub fn hand_over(
+        &mut self,
+        conn: &mut Conn,
+        memory: &std::sync::Arc<super::park::ParkBudget>,
+        disk: &std::sync::Arc<super::park::ParkBudget>,
+    ) -> bool {
+        let rest: Vec<&[u8]> = self.rest().collect();
+        if !conn.park_or_spill(memory, disk, &rest) {
+            return false;
+        }
+        self.advance(self.left);
+        true
+    }
+
     /// Copies what is left after anything the connection has queued; the
     /// IO thread writes it.
     pub fn queue_rest(&mut self, conn: &mut Conn) {

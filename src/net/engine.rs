@@ -108,6 +108,9 @@ impl Engine {
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
         let shared = Arc::new(Shared::default());
         shared.parked.set_limit(config.max_parked_bytes);
+        shared.spilled.set_limit(config.max_spilled_bytes);
+        shared.parked.show_in(crate::stats::PARKED_BYTES);
+        shared.spilled.show_in(crate::stats::SPILLED_BYTES);
         Ok(Engine {
             config,
             groups,

@@ -30,6 +30,8 @@ pub struct Shared {
     pub claims: super::queue::Claims<Job>,
     /// Response bytes parked with IO threads, and their budget.
     pub parked: Arc<super::park::ParkBudget>,
+    /// Response bytes spilled to disk past `parked`, and their budget.
+    pub spilled: Arc<super::park::ParkBudget>,
     /// A thread of the engine that panicked or failed.
     pub faults: Arc<crate::process::supervise::Faults>,
 }
@@ -154,15 +156,16 @@ impl Job {
     /// engine's budget (see `net::park`): true if it all fits, and the app
     /// thread need not wait for the client.
     pub fn park(&mut self) -> bool {
-        let budget = self.park_budget();
+        let (memory, disk) = self.park_budgets();
         self.conn
             .as_deref_mut()
-            .is_some_and(|conn| conn.park(&budget, 0))
+            .is_some_and(|conn| conn.park_or_spill(&memory, &disk, &[]))
     }
 
-    /// The engine's budget for parked output.
-    pub fn park_budget(&self) -> Arc<super::park::ParkBudget> {
-        self.shared.parked.clone()
+    /// The engine's budgets for output parked in memory and spilled to
+    /// disk.
+    pub fn park_budgets(&self) -> (Arc<super::park::ParkBudget>, Arc<super::park::ParkBudget>) {
+        (self.shared.parked.clone(), self.shared.spilled.clone())
     }
 
     /// The connection, for writing a response in parts (streaming bodies,

@@ -34,6 +34,9 @@ const DRAIN: Drain = Drain {
     fresh_grace: Duration::from_secs(2),
     quiet: Duration::from_secs(1),
 };
+/// When no budget had room for a response, a connection whose output
+/// made no progress this long may be closed to make room.
+const SLOW_QUIET: Duration = Duration::from_secs(1);
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(500);
 /// Epoll events taken per `epoll_wait`.
@@ -55,6 +58,8 @@ pub(crate) struct IoThread {
     scratch: Vec<u8>,
     /// Listeners whose accept failed for want of resources.
     accept_paused: AcceptPaused,
+    /// The spill budget's shortfalls this thread has made room for.
+    shortfalls_seen: u64,
 }
 
 /// Listeners to accept on again later, because accept failed for want of
@@ -134,6 +139,7 @@ impl IoThread {
             idle_spin: config.idle_spin,
             scratch: vec![0; super::conn::READ_CHUNK_BYTES],
             accept_paused: AcceptPaused::default(),
+            shortfalls_seen: 0,
         })
     }
 
@@ -192,6 +198,7 @@ impl IoThread {
                     self.accept(index);
                 }
                 self.enforce_timeouts();
+                self.make_room();
                 next_tick = Instant::now() + TICK;
             }
         }
@@ -458,6 +465,21 @@ impl IoThread {
             } else {
                 self.close(token);
             }
+        }
+    }
+
+    /// When a response found room neither in memory nor on disk since the
+    /// last tick (its app thread is waiting for its client), closes this
+    /// thread's slowest client, freeing what its output holds.
+    fn make_room(&mut self) {
+        let shortfalls = self.shared.spilled.shortfalls();
+        if shortfalls == self.shortfalls_seen {
+            return;
+        }
+        self.shortfalls_seen = shortfalls;
+        if let Some(token) = self.slots.slowest(Instant::now(), SLOW_QUIET) {
+            crate::stats::add(crate::stats::SLOW_CLIENTS_CLOSED, 1);
+            self.close(token);
         }
     }
 

@@ -14,6 +14,7 @@ pub mod park;
 pub mod queue;
 pub mod reader;
 mod slots;
+mod spill;
 
 pub use body::Body;
 pub use config::Config;

@@ -5,24 +5,51 @@
 //! hold that way. Past the budget, the app thread waits as before. A
 //! connection's reservation is given back when its output is all written
 //! or the connection is closed (the write timeout closes one that reads
-//! nothing).
+//! nothing). The same type bounds the bytes spilled to disk past it
+//! (`net::spill`); when that budget too refuses, it counts a shortfall,
+//! and each IO thread closes its slowest client to make room.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Bytes parked with IO threads, over all connections of an engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ParkBudget {
     limit: AtomicUsize,
     used: AtomicUsize,
+    /// The stats gauge that shows `used` (`usize::MAX`: none).
+    gauge: AtomicUsize,
+    /// Times a response found no room in this budget and its app thread
+    /// had to wait for the client (only the last budget tried counts).
+    shortfalls: AtomicU64,
+}
+
+impl Default for ParkBudget {
+    fn default() -> Self {
+        ParkBudget {
+            limit: AtomicUsize::new(0),
+            used: AtomicUsize::new(0),
+            gauge: AtomicUsize::new(usize::MAX),
+            shortfalls: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Default budget: 256 MiB over all connections of a process.
 pub const MAX_PARKED_BYTES: usize = 256 * 1024 * 1024;
 
+/// Past the memory budget, output is spilled to unlinked temporary files
+/// (see `net::spill`), within this many bytes of disk per process.
+pub const MAX_SPILLED_BYTES: usize = 4 * 1024 * 1024 * 1024;
+
 impl ParkBudget {
     pub fn set_limit(&self, bytes: usize) {
         self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Shows what is used in stats gauge `index` of this process's slot.
+    pub fn show_in(&self, index: usize) {
+        self.gauge.store(index, Ordering::Relaxed);
     }
 
     /// Bytes parked now.
@@ -30,17 +57,41 @@ impl ParkBudget {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Notes that a response found no room (see `shortfalls`).
+    pub fn fell_short(&self) {
+        self.shortfalls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times a response found no room, ever: an IO thread that
+    /// sees it grow makes room.
+    pub fn shortfalls(&self) -> u64 {
+        self.shortfalls.load(Ordering::Relaxed)
+    }
+
     fn try_reserve(&self, bytes: usize) -> bool {
         let limit = self.limit.load(Ordering::Relaxed);
-        self.used
+        let reserved = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&total| total <= limit)
             })
-            .is_ok()
+            .is_ok();
+        if reserved {
+            self.show(bytes as i64);
+        }
+        reserved
     }
 
     fn release(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.show(-(bytes as i64));
+    }
+
+    fn show(&self, delta: i64) {
+        let index = self.gauge.load(Ordering::Relaxed);
+        if index != usize::MAX && delta != 0 {
+            crate::stats::gauge(index, delta);
+        }
     }
 }
 
@@ -71,6 +122,18 @@ impl Parked {
                 })
             }
         }
+        true
+    }
+}
+
+impl Parked {
+    /// Grows this reservation by `bytes`; false, and nothing changed, if
+    /// its budget cannot take them.
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        if !self.budget.try_reserve(bytes) {
+            return false;
+        }
+        self.bytes += bytes;
         true
     }
 }

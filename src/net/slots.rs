@@ -163,6 +163,22 @@ impl Slots {
             .collect()
     }
 
+    /// The present connection with output that has gone longest without
+    /// progress, if that is at least `quiet`: the one to close when no
+    /// budget has room for a response (see `net::park`).
+    pub(crate) fn slowest(&self, now: Instant, quiet: Duration) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(t, s)| match s {
+                Slot::Present(c) if c.has_output() && !c.is_hijacked() => Some((t, c.last_write)),
+                _ => None,
+            })
+            .filter(|(_, last)| now.saturating_duration_since(*last) >= quiet)
+            .min_by_key(|(_, last)| *last)
+            .map(|(t, _)| t)
+    }
+
     /// The present connections past a timeout at `now`: those to close,
     /// and those to answer 408 (queued on them here).
     pub(crate) fn expired(&mut self, timeouts: &Timeouts, now: Instant) -> Vec<(usize, Expired)> {
@@ -294,6 +310,35 @@ mod tests {
         assert_eq!(slots.between_requests(), 1);
         assert!(slots.remove(token).is_some());
         assert_eq!(slots.between_requests(), 0, "closed");
+    }
+
+    #[test]
+    fn the_slowest_is_the_one_with_output_stalled_longest() {
+        let mut slots = Slots::default();
+        let now = Instant::now();
+        let mut clients = Vec::new();
+        let mut add = |output: bool, stalled_ms: u64| {
+            let token = slots.reserve();
+            let (mut conn, client) = pair();
+            conn.token = token;
+            if output {
+                conn.append(&[b"unsent"]);
+            }
+            conn.last_write = now - Duration::from_millis(stalled_ms);
+            slots.insert(token, Box::new(conn));
+            clients.push(client);
+            token
+        };
+        let _idle = add(false, 9_000);
+        let _recent = add(true, 500);
+        let stalled = add(true, 5_000);
+        let _less = add(true, 3_000);
+        let quiet = Duration::from_secs(1);
+        assert_eq!(slots.slowest(now, quiet), Some(stalled));
+        slots.remove(stalled);
+        assert_eq!(slots.slowest(now, quiet), Some(3), "then the next");
+        slots.remove(3);
+        assert_eq!(slots.slowest(now, quiet), None, "none stalled a second");
     }
 
     #[test]

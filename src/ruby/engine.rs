@@ -93,6 +93,9 @@ impl RbEngine {
         if let Some(n) = option::<usize>(ruby, options, "max_parked_bytes")? {
             config.max_parked_bytes = n;
         }
+        if let Some(n) = option::<usize>(ruby, options, "max_spilled_bytes")? {
+            config.max_spilled_bytes = n;
+        }
         if let Some(n) = option::<u64>(ruby, options, "idle_spin")? {
             config.idle_spin = Duration::from_micros(n);
         }
@@ -196,6 +199,7 @@ impl RbEngine {
             ("backlog", config.listen.backlog as u64),
             ("tcp_fastopen", u64::from(config.listen.tcp_fastopen)),
             ("max_parked_bytes", config.max_parked_bytes as u64),
+            ("max_spilled_bytes", config.max_spilled_bytes as u64),
             ("max_head_bytes", limits.max_head_bytes as u64),
             ("max_target_bytes", limits.max_target_bytes as u64),
             ("max_header_fields", limits.max_header_fields as u64),
@@ -403,6 +407,7 @@ const OPTIONS: &[&str] = &[
     "io_threads",
     "queue_depth",
     "max_parked_bytes",
+    "max_spilled_bytes",
     "idle_spin",
     "backlog",
     "tcp_fastopen",

@@ -66,7 +66,7 @@ pub fn write_out(
     timeout: Duration,
 ) -> Sent {
     let mut pending = pending;
-    write_waiting(job, waker, timeout, |conn, budget| {
+    write_waiting(job, waker, timeout, |conn, (memory, disk)| {
         if let Some((bytes, file)) = pending.take() {
             conn.queue(bytes);
             if let Some((file, len)) = file {
@@ -77,7 +77,10 @@ pub fn write_out(
             true => Left::Nothing,
             // A slow client: leave the rest to the IO thread if the budget
             // allows, rather than hold this app thread.
-            false if conn.pending_bytes() <= HIGH_WATER_BYTES || conn.park(budget, 0) => {
+            false
+                if conn.pending_bytes() <= HIGH_WATER_BYTES
+                    || conn.park_or_spill(memory, disk, &[]) =>
+            {
                 Left::Nothing
             }
             false => Left::Bytes(conn.pending_bytes()),
@@ -93,13 +96,16 @@ pub fn write_cursor(
     waker: &Waker,
     timeout: Duration,
 ) -> Sent {
-    write_waiting(job, waker, timeout, |conn, budget| {
+    write_waiting(job, waker, timeout, |conn, (memory, disk)| {
         cursor.write_to(conn)?;
         if cursor.is_done() {
             return Ok(Left::Nothing);
         }
-        if cursor.remaining() <= HIGH_WATER_BYTES || conn.park(budget, cursor.remaining()) {
+        if cursor.remaining() <= HIGH_WATER_BYTES {
             cursor.queue_rest(conn);
+            return Ok(Left::Nothing);
+        }
+        if cursor.hand_over(conn, memory, disk) {
             return Ok(Left::Nothing);
         }
         Ok(Left::Bytes(cursor.remaining()))
@@ -121,16 +127,16 @@ fn write_waiting(
     job: &mut Job,
     waker: &Waker,
     timeout: Duration,
-    mut step: impl FnMut(&mut Conn, &Arc<ParkBudget>) -> io::Result<Left>,
+    mut step: impl FnMut(&mut Conn, (&Arc<ParkBudget>, &Arc<ParkBudget>)) -> io::Result<Left>,
 ) -> Sent {
-    let budget = job.park_budget();
+    let (memory, disk) = job.park_budgets();
     let Some(conn) = job.conn_mut() else {
         return Sent::Failed(io::ErrorKind::NotConnected.into());
     };
     let mut last_progress = Instant::now();
     let mut left_before = usize::MAX;
     loop {
-        match step(conn, &budget) {
+        match step(conn, (&memory, &disk)) {
             Ok(Left::Nothing) => return Sent::Done,
             Ok(Left::Bytes(left)) => {
                 if left < left_before {

@@ -49,8 +49,11 @@ pub const VALUES: [(&str, Kind); VALUE_COUNT] = [
     ("queue_capacity", Kind::Gauge),
     ("threads", Kind::Gauge),
     ("busy_threads", Kind::Gauge),
+    ("parked_bytes", Kind::Gauge),
+    ("spilled_bytes", Kind::Gauge),
+    ("slow_clients_closed", Kind::Counter),
 ];
-pub const VALUE_COUNT: usize = 21;
+pub const VALUE_COUNT: usize = 24;
 
 /// Whether [`VALUES`]`[index]` is a gauge (not summed into retired totals).
 pub fn is_gauge(index: usize) -> bool {
@@ -72,6 +75,12 @@ pub const QUEUED: usize = 17;
 pub const QUEUE_CAPACITY: usize = 18;
 pub const THREADS: usize = 19;
 pub const BUSY_THREADS: usize = 20;
+/// Response bytes left with IO threads for slow clients (`net::park`).
+pub const PARKED_BYTES: usize = 21;
+/// Response bytes spilled to disk past those (`net::spill`).
+pub const SPILLED_BYTES: usize = 22;
+/// Clients closed, slowest first, when neither budget had room.
+pub const SLOW_CLIENTS_CLOSED: usize = 23;
 
 /// Histograms of a slot.
 pub const HISTOGRAMS: [&str; HISTOGRAM_COUNT] = ["queue", "gvl_wait", "app", "proxy_queue"];
@@ -221,12 +230,16 @@ mod tests {
             (QUEUE_CAPACITY, "queue_capacity"),
             (THREADS, "threads"),
             (BUSY_THREADS, "busy_threads"),
+            (PARKED_BYTES, "parked_bytes"),
+            (SPILLED_BYTES, "spilled_bytes"),
+            (SLOW_CLIENTS_CLOSED, "slow_clients_closed"),
         ];
         for (index, name) in named {
             assert_eq!(VALUES[index].0, name);
         }
         assert!(is_gauge(CONNECTIONS) && is_gauge(BUSY_THREADS));
         assert!(!is_gauge(BYTES_IN) && !is_gauge(LOG_LINES_DROPPED));
+        assert!(is_gauge(SPILLED_BYTES) && !is_gauge(SLOW_CLIENTS_CLOSED));
         assert!(!is_gauge(VALUE_COUNT), "past the end is no gauge");
     }
 

@@ -24,7 +24,7 @@ pub const MAX_INDEXES: usize = MAX_WORKERS + 1;
 const MAGIC: u64 = 0x4246_4c59_5354_4154;
 /// Bumped whenever [`Layout`] changes: a hot restart into a build with
 /// another layout starts a new region instead of misreading the old one.
-const VERSION: u64 = 2;
+const VERSION: u64 = 3;
 
 /// What a serving process says of itself with each heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -412,7 +412,8 @@ mod tests {
         // SAFETY: `dup` is a fresh descriptor of the memfd, owned by nothing.
         let again = unsafe { Region::adopt(std::os::fd::IntoRawFd::into_raw_fd(dup)) };
         let message = again.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(message.contains("layout 3"), "{message}");
+        let expected = format!("layout {}", VERSION + 1);
+        assert!(message.contains(&expected), "{message}");
     }
 
     #[test]
