@@ -87,26 +87,25 @@ module Butterflies
       status
     end
 
-    SECONDS_FLAGS = {
-      "--shutdown-timeout" => [:shutdown_timeout, "Time in-flight requests get on stop (default 30)"],
-      "--worker-timeout" => [:worker_timeout, "Replace a worker silent this long (default 60)"],
-      "--request-timeout" => [:request_timeout, "503 to a request running longer (default: off)"],
-      "--request-hard-timeout" => [:request_hard_timeout, "Replace a worker whose app thread is stuck this long"],
-      "--idle-timeout" => [:idle_timeout, "Close keep-alive connections idle this long (default 20)"],
-      "--header-timeout" => [:header_timeout, "408 when a request head takes longer (default 20)"],
-      "--body-timeout" => [:body_timeout, "408 when a body pauses longer (default 30)"],
-      "--write-timeout" => [:write_timeout, "Drop clients that read nothing this long (default 30)"]
-    }.freeze
+    # Options whose flags are written out below (short forms, other
+    # arguments); every other option with --help text gets `--its-name`.
+    OWN_FLAGS = %i[workers threads tcp_fastopen].freeze
 
-    COUNT_FLAGS = {
-      "--io-threads" => [:io_threads, "Rust IO threads per process (default: CPUs, or CPUs / workers)"],
-      "--queue-depth" => [:queue_depth, "Requests waiting for an app thread before 503 (default 1024)"],
-      "--idle-spin" => [:idle_spin, "Microseconds to poll for more work before sleeping (default 50, 0: off)"],
-      "--backlog" => [:backlog, "listen(2) backlog (default 1024)"],
-      "--max-body-bytes" => [:max_body_bytes, "413 for larger request bodies (default 1 GiB)"],
-      "--max-parked-bytes" => [:max_parked_bytes, "Response bytes left with IO threads for slow clients (default 256 MiB)"],
-      "--max-spilled-bytes" => [:max_spilled_bytes, "Response bytes spilled to disk past those (default 4 GiB)"]
-    }.freeze
+    # A flag for each count and duration of the table of options
+    # (Configuration::OPTIONS), set through its directive.
+    def option_flags(opts)
+      Configuration::OPTIONS.each do |key, option|
+        next if OWN_FLAGS.include?(key) || !option[:help]
+
+        flag = "--#{key.to_s.tr('_', '-')}"
+        text = "#{option[:help]} (default #{Configuration.default_text(key)})"
+        if option[:kind] == :seconds
+          opts.on("#{flag} SECONDS", Float, text) { |s| @dsl.public_send(key, s) }
+        else
+          opts.on("#{flag} N", text) { |n| @dsl.public_send(key, n) }
+        end
+      end
+    end
 
     def parser
       OptionParser.new do |o|
@@ -114,12 +113,7 @@ module Butterflies
         o.on("-C", "--config PATH", "Config file (default: config/butterflies.rb if present)") { |p| @config_path = p }
         where_flags(o)
         process_flags(o)
-        COUNT_FLAGS.each do |flag, (key, text)|
-          o.on("#{flag} N", text) { |n| @dsl.public_send(key, n) }
-        end
-        SECONDS_FLAGS.each do |flag, (key, text)|
-          o.on("#{flag} SECONDS", Float, text) { |s| @dsl.public_send(key, s) }
-        end
+        option_flags(o)
         info_flags(o)
       end
     end

@@ -7,94 +7,65 @@ module Butterflies
   class Configuration
     DEFAULT_PATH = "config/butterflies.rb"
 
-    DEFAULTS = {
-      binds: [],
-      threads: 5,
+    # Every option, declared once: its kind (:count, :seconds; others are
+    # taken as given), default, bounds and --help text. The engine's come
+    # from the engine (Engine::SETTINGS, declared in src/net/settings.rs);
+    # these are the Ruby side's. DEFAULTS, the checks below, the config
+    # file's directives (DSL) and the command line's flags (CLI) are all
+    # derived from this one table.
+    RUBY_OPTIONS = {
+      binds: { default: [] },
+      threads: { kind: :count, default: 5, min: 0 },
       # App threads added while all are busy with the GVL free (blocked in
       # IO or sleep), up to this many; `threads N` alone sets both.
-      max_threads: 64,
-      io_threads: nil, # number of CPUs
-      workers: 0,
-      preload_app: false,
+      max_threads: { kind: :count, default: 64, min: 1, directive: false },
+      io_threads: { kind: :count, default: nil, min: 1, default_text: "CPUs, or CPUs / workers",
+                    help: "Rust IO threads per process" },
+      workers: { kind: :count, default: 0, min: 0, max: Stats::MAX_WORKERS },
+      preload_app: { default: false },
       # Pin worker i (all its threads) to CPU i (wrapping), as nginx's
       # worker_cpu_affinity: no hand-off between its threads crosses cores.
-      pin_workers: false,
-      environment: nil, # RACK_ENV, else development
-      rackup: "config.ru",
-      quiet: false,
+      pin_workers: { default: false },
+      environment: { default: nil }, # RACK_ENV, else development
+      rackup: { default: "config.ru" },
+      quiet: { default: false },
       # One access log line per request on stdout, written by Rust off the
       # request path: false, "common" (Apache's, plus the duration, as
       # Puma's log_requests) or "json".
-      log_requests: false,
+      log_requests: { default: false },
       # The control server (/stats, /metrics): tcp://HOST:PORT (needs the
       # token) or unix:///path; off by default.
-      control_url: nil,
-      control_token: nil,
+      control_url: { default: nil },
+      control_token: { default: nil },
       # Trust a proxy's X-Request-Start (t=seconds.fraction, or ms, or us)
       # for the proxy queue time histogram, as autoscalers measure it.
-      trust_request_start: false,
-      pidfile: nil,
+      trust_request_start: { default: false },
+      pidfile: { default: nil },
       # pid, control URL and token for `butterflies ctl -S PATH` (mode 0600).
-      state_path: nil,
+      state_path: { default: nil },
       # stdout_redirect: where $stdout and $stderr go (every process), and
       # whether boot appends to them (a hot restart always appends).
-      redirect_stdout: nil,
-      redirect_stderr: nil,
-      redirect_append: false,
-      shutdown_timeout: 30.0,
-      worker_timeout: 60.0,
-      request_timeout: nil,
-      request_hard_timeout: nil,
-      queue_depth: 1024,
-      # Microseconds an IO thread keeps polling after its last event before
-      # it sleeps, and an app thread reads the connection it just answered
-      # for its next request before handing it back: a halted core is slow
-      # to wake (0: neither).
-      idle_spin: 50,
-      backlog: 1024,
-      tcp_fastopen: 0,
-      idle_timeout: 20.0,
-      header_timeout: 20.0,
-      body_timeout: 30.0,
-      write_timeout: 30.0,
-      max_body_bytes: 1 << 30,
-      max_head_bytes: 80 * 1024,
-      max_target_bytes: 16 * 1024,
-      max_header_fields: 100,
-      max_field_bytes: 16 * 1024,
-      # Response bytes all connections of a process may leave with the IO
-      # threads for slow clients, so app threads need not wait for them.
-      max_parked_bytes: 256 << 20,
-      # Past those, bytes spilled to unlinked temporary files (in TMPDIR)
-      # and sent from there; past both, the slowest clients are closed.
-      max_spilled_bytes: 4 << 30,
+      redirect_stdout: { default: nil },
+      redirect_stderr: { default: nil },
+      redirect_append: { default: false },
+      worker_timeout: { kind: :seconds, default: 60.0, zero: false, help: "Replace a worker silent this long" },
       # Called with (exception, env, status) when the app raises; returns
       # the Rack response to send instead of a plain 500 (Puma's name).
-      lowlevel_error_handler: nil
+      lowlevel_error_handler: { default: nil }
     }.freeze
+
+    OPTIONS = RUBY_OPTIONS.merge(Engine::SETTINGS).freeze
+    DEFAULTS = OPTIONS.transform_values { |option| option[:default] }.freeze
 
     HOOKS = %i[before_fork on_worker_boot on_worker_shutdown before_exec].freeze
 
-    # Durations in seconds: finite, above 0 and at most a day (the engine
-    # keeps them as Rust Durations). shutdown_timeout may be 0: do not wait
-    # for requests in flight.
-    SECONDS = %i[shutdown_timeout worker_timeout request_timeout request_hard_timeout
-                 idle_timeout header_timeout body_timeout write_timeout].freeze
-    MAX_SECONDS = 86_400
-    ZERO_SECONDS_ALLOWED = %i[shutdown_timeout].freeze
-
-    # Whole numbers the engine keeps as 64-bit sizes and counts.
-    COUNTS = %i[threads max_threads io_threads workers queue_depth idle_spin backlog tcp_fastopen
-                max_body_bytes max_head_bytes max_target_bytes max_header_fields max_field_bytes
-                max_parked_bytes max_spilled_bytes].freeze
+    # Durations in seconds: finite, above 0 (or at least 0, `zero:`) and at
+    # most a day (the engine keeps them as Rust Durations).
+    SECONDS = OPTIONS.select { |_, option| option[:kind] == :seconds }.keys.freeze
+    MAX_SECONDS = Engine::MAX_SECONDS
+    # Whole numbers, from the option's min (default 0) to its max.
+    COUNTS = OPTIONS.select { |_, option| option[:kind] == :count }.keys.freeze
     MAX_COUNT = 2**62
-    # Counts with a lower ceiling: the shared stats region has a slot for
-    # each live worker (and room for restarts to run one beside another).
-    MAX = { workers: Stats::MAX_WORKERS }.freeze
-    # Counts that must be at least 1 (the engine raises on a 0 for the
-    # first six; a listen backlog or body limit of 0 serves nobody).
-    AT_LEAST_ONE = %i[io_threads queue_depth max_head_bytes max_target_bytes max_header_fields
-                      max_field_bytes backlog max_body_bytes].freeze
 
     # `value` as seconds for `key`, or a ConfigError naming `label` (a
     # flag, or the directive).
@@ -102,13 +73,36 @@ module Butterflies
       number = Float(value, exception: false) if value.is_a?(Numeric) || value.is_a?(String)
       return number if number && seconds_in_range?(key, number)
 
-      low = ZERO_SECONDS_ALLOWED.include?(key) ? ">= 0" : "above 0"
-      raise ConfigError, "#{label} must be a number of seconds #{low} and at most #{MAX_SECONDS}, got #{value.inspect}"
+      low = OPTIONS.dig(key, :zero) ? ">= 0" : "above 0"
+      raise ConfigError, "#{label} must be a number of seconds #{low} and at most #{MAX_SECONDS.to_i}, got #{value.inspect}"
     end
 
     def self.seconds_in_range?(key, number)
-      low_ok = ZERO_SECONDS_ALLOWED.include?(key) ? number >= 0 : number.positive?
+      low_ok = OPTIONS.dig(key, :zero) ? number >= 0 : number.positive?
       number.finite? && low_ok && number <= MAX_SECONDS
+    end
+
+    # The bounds of count `key`.
+    def self.count_range(key)
+      option = OPTIONS.fetch(key)
+      (option.fetch(:min, 0)..option.fetch(:max, MAX_COUNT))
+    end
+
+    # What --help says of `key`'s default: "30", "256 MiB", "off".
+    def self.default_text(key)
+      option = OPTIONS.fetch(key)
+      value = option[:default]
+      return option[:default_text] if option[:default_text]
+      return "off" if value.nil?
+      return format("%g", value) if value.is_a?(Float)
+
+      key.end_with?("_bytes") ? byte_size(value) : value.to_s
+    end
+
+    # 1073741824 as "1 GiB", 81920 as "80 KiB".
+    def self.byte_size(bytes)
+      unit, shift = { "GiB" => 30, "MiB" => 20, "KiB" => 10 }.find { |_, s| bytes.nonzero? && (bytes % (1 << s)).zero? }
+      unit ? "#{bytes >> shift} #{unit}" : bytes.to_s
     end
 
     LOG_FORMATS = %w[common json].freeze
@@ -120,11 +114,6 @@ module Butterflies
       return value.to_s if LOG_FORMATS.include?(value.to_s)
 
       raise ConfigError, "#{label} must be true, false or one of #{LOG_FORMATS.join(', ')}, got #{value.inspect}"
-    end
-
-    # The smallest value `key` may have, if it is a count.
-    def self.min_count(key)
-      AT_LEAST_ONE.include?(key) ? 1 : 0
     end
 
     attr_reader :path, :hooks
@@ -245,11 +234,10 @@ module Butterflies
     private
 
     def check_count(key, value)
-      min = Configuration.min_count(key)
-      max = MAX.fetch(key, MAX_COUNT)
-      return if value.is_a?(Integer) && value.between?(min, max)
+      range = Configuration.count_range(key)
+      return if value.is_a?(Integer) && range.cover?(value)
 
-      raise ConfigError, "#{key} must be a whole number from #{min} to #{max}, got #{value.inspect}"
+      raise ConfigError, "#{key} must be a whole number from #{range.begin} to #{range.end}, got #{value.inspect}"
     end
 
     # "config/butterflies.rb:3: workers must be ..." from the line of the

@@ -28,12 +28,7 @@ module Butterflies
 
     # Shorthand for a TCP bind.  port 3000  /  port 3000, "127.0.0.1"
     def port(number, host = "0.0.0.0")
-      bind("tcp://#{host}:#{integer(:port, number, min: 0)}")
-    end
-
-    # Worker processes (0: single mode).  workers 4
-    def workers(count)
-      @config[:workers] = integer(:workers, count, min: 0)
+      bind("tcp://#{host}:#{integer(:port, number, min: 0, max: 65_535)}")
     end
 
     # App threads per process: `threads 5` (always 5), or `threads 5, 32`
@@ -41,12 +36,6 @@ module Butterflies
     def threads(min, max = nil)
       @config[:threads] = [integer(:threads, min, min: 0), 1].max
       @config[:max_threads] = [integer(:threads, max || min, min: 1), @config[:threads]].max
-    end
-
-    # Rust IO threads per process (per worker in a cluster; default: the
-    # CPUs, shared out over the workers).  io_threads 2
-    def io_threads(count)
-      @config[:io_threads] = count(:io_threads, count)
     end
 
     # Load the app in the master before forking (copy-on-write).
@@ -139,29 +128,10 @@ module Butterflies
       @config[:state_path] = string(:state_path, path)
     end
 
-    # Seconds.  request_timeout 30
-    %i[shutdown_timeout worker_timeout request_timeout request_hard_timeout
-       idle_timeout header_timeout body_timeout write_timeout].each do |name|
-      define_method(name) { |seconds| @config[name] = seconds(name, seconds) }
-    end
-
-    # Counts and byte sizes.  queue_depth 512
-    # (max_parked_bytes 0, max_spilled_bytes 0: app threads always wait
-    # for slow clients.)
-    %i[queue_depth backlog max_body_bytes max_head_bytes max_target_bytes
-       max_header_fields max_field_bytes max_parked_bytes max_spilled_bytes].each do |name|
-      define_method(name) { |value| @config[name] = count(name, value) }
-    end
-
-    # Microseconds to poll for the next request before sleeping (0: off).  idle_spin 0
-    def idle_spin(micros)
-      @config[:idle_spin] = count(:idle_spin, micros)
-    end
-
     # TCP_FASTOPEN on TCP listeners, with this queue length (opt-in).
     def tcp_fastopen(queue = 256)
       queue = { true => 256, false => 0 }.fetch(queue, queue)
-      @config[:tcp_fastopen] = integer(:tcp_fastopen, queue, min: 0)
+      @config[:tcp_fastopen] = count(:tcp_fastopen, queue)
     end
 
     # Shapes the response to an app exception, and is the place to report
@@ -187,6 +157,18 @@ module Butterflies
       end
     end
 
+    # Every other count and duration in the table of options is a
+    # directive of its own name (Configuration::OPTIONS):
+    #   workers 4; io_threads 2; queue_depth 512; request_timeout 30
+    Configuration::OPTIONS.each do |name, option|
+      next if method_defined?(name) || option[:directive] == false
+
+      case option[:kind]
+      when :count then define_method(name) { |value| @config[name] = count(name, value) }
+      when :seconds then define_method(name) { |value| @config[name] = seconds(name, value) }
+      end
+    end
+
     def method_missing(name, *_args)
       raise ConfigError, "unknown option #{name}"
     end
@@ -197,15 +179,15 @@ module Butterflies
 
     private
 
-    # A count, at least its key's minimum (Configuration.min_count).
+    # A count within its option's bounds (Configuration.count_range).
     def count(name, value)
-      integer(name, value, min: Configuration.min_count(name))
+      range = Configuration.count_range(name)
+      integer(name, value, min: range.begin, max: range.end)
     end
 
-    def integer(name, value, min:)
+    def integer(name, value, min:, max: Configuration::MAX_COUNT)
       number = Integer(value, 10, exception: false) if value.is_a?(String)
       number = value if value.is_a?(Integer)
-      max = Configuration::MAX.fetch(name, Configuration::MAX_COUNT)
       if number.nil? || number < min || number > max
         raise ConfigError, "#{@label.call(name)} must be a whole number from #{min} to #{max}, got #{value.inspect}"
       end

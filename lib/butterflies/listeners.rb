@@ -6,13 +6,8 @@ module Butterflies
   module Listeners
     INHERIT_ENV = "BUTTERFLIES_INHERIT_FDS"
 
-    # Options handed to the Rust engine as they are (seconds and bytes).
-    ENGINE_OPTIONS = %i[
-      idle_timeout header_timeout body_timeout write_timeout
-      max_head_bytes max_target_bytes max_header_fields max_field_bytes max_body_bytes
-      queue_depth idle_spin backlog tcp_fastopen shutdown_timeout request_timeout request_hard_timeout
-      max_parked_bytes max_spilled_bytes
-    ].freeze
+    # Options handed to the Rust engine as they are: its settings.
+    ENGINE_OPTIONS = Engine::SETTINGS.keys.freeze
 
     module_function
 

@@ -57,6 +57,10 @@ pub struct Config {
     /// Response bytes all connections may spill to disk past those
     /// (`net::spill`).
     pub max_spilled_bytes: usize,
+    /// A request running longer gets a 503 (`serve::watchdog`); off if None.
+    pub request_timeout: Option<Duration>,
+    /// An app thread busy longer reports the process stuck; off if None.
+    pub request_hard_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -82,6 +86,8 @@ impl Config {
             idle_spin: Duration::from_micros(IDLE_SPIN_MICROS),
             max_parked_bytes: super::park::MAX_PARKED_BYTES,
             max_spilled_bytes: super::park::MAX_SPILLED_BYTES,
+            request_timeout: None,
+            request_hard_timeout: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod listener;
 pub mod park;
 pub mod queue;
 pub mod reader;
+pub mod settings;
 mod slots;
 mod spill;
 

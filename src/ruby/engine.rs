@@ -12,6 +12,7 @@ use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby};
 use super::errors::{ExtError, IntoRuby, OrRaise};
 use super::gvl::{without_gvl, Gvl, Unblock};
 use crate::http::Limits;
+use crate::net::settings::{Given, Setting, Value, MAX_SECONDS, SETTINGS};
 use crate::net::{BindAddr, Config, Engine, Queued, Shared};
 use crate::serve::flusher::Flusher;
 use crate::serve::pool::Pool;
@@ -20,7 +21,8 @@ use crate::serve::watchdog::Watchdog;
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("Engine", ruby.class_object())?;
     class.define_singleton_method("new", function!(RbEngine::new, 2))?;
-    class.define_singleton_method("defaults", function!(RbEngine::defaults, 0))?;
+    class.const_set("SETTINGS", RbEngine::settings(ruby)?)?;
+    class.const_set("MAX_SECONDS", MAX_SECONDS)?;
     class.define_singleton_method("pin_process", function!(RbEngine::pin_process, 1))?;
     class.define_method("addresses", method!(RbEngine::addresses, 0))?;
     class.define_method("listener_fds", method!(RbEngine::listener_fds, 0))?;
@@ -84,26 +86,25 @@ impl RbEngine {
             }
         }
         let mut config = Config::new(addrs);
+        for setting in SETTINGS {
+            let given = match setting.value {
+                Value::Count { .. } => {
+                    option::<u64>(ruby, options, setting.name)?.map(Given::Count)
+                }
+                _ => option::<f64>(ruby, options, setting.name)?.map(Given::Seconds),
+            };
+            if let Some(given) = given {
+                setting
+                    .apply(&mut config, given)
+                    .map_err(|e| ExtError::Config(e.to_string()))
+                    .or_raise(ruby)?;
+            }
+        }
         if let Some(n) = at_least_one(ruby, options, "io_threads")? {
             config.io_threads = n;
         }
-        if let Some(n) = at_least_one(ruby, options, "queue_depth")? {
-            config.queue_depth = n;
-        }
-        if let Some(n) = option::<usize>(ruby, options, "max_parked_bytes")? {
-            config.max_parked_bytes = n;
-        }
-        if let Some(n) = option::<usize>(ruby, options, "max_spilled_bytes")? {
-            config.max_spilled_bytes = n;
-        }
-        if let Some(n) = option::<u64>(ruby, options, "idle_spin")? {
-            config.idle_spin = Duration::from_micros(n);
-        }
-        if let Some(n) = option::<i32>(ruby, options, "backlog")? {
-            config.listen.backlog = n;
-        }
-        if let Some(n) = option::<u32>(ruby, options, "tcp_fastopen")? {
-            config.listen.tcp_fastopen = n;
+        if let Some(n) = at_least_one(ruby, options, "workers")? {
+            config.workers = n;
         }
         if let Some(fds) = option::<Vec<i32>>(ruby, options, "inherit_fds")? {
             config.inherit = fds;
@@ -121,38 +122,7 @@ impl RbEngine {
         if let Some(trust) = option::<bool>(ruby, options, "trust_request_start")? {
             config.trust_request_start = trust;
         }
-        if let Some(n) = at_least_one(ruby, options, "workers")? {
-            config.workers = n;
-        }
-        for (name, slot) in [
-            ("shutdown_timeout", &mut config.shutdown_timeout),
-            ("idle_timeout", &mut config.idle_timeout),
-            ("header_timeout", &mut config.header_timeout),
-            ("body_timeout", &mut config.body_timeout),
-            ("write_timeout", &mut config.write_timeout),
-        ] {
-            if let Some(s) = seconds(ruby, options, name)? {
-                *slot = s;
-            }
-        }
-        let limits = &mut config.limits;
-        if let Some(n) = option::<u64>(ruby, options, "max_body_bytes")? {
-            limits.max_body_bytes = n;
-        }
-        for (name, slot) in [
-            ("max_head_bytes", &mut limits.max_head_bytes),
-            ("max_target_bytes", &mut limits.max_target_bytes),
-            ("max_header_fields", &mut limits.max_header_fields),
-            ("max_field_bytes", &mut limits.max_field_bytes),
-        ] {
-            if let Some(n) = at_least_one(ruby, options, name)? {
-                *slot = n;
-            }
-        }
-        let request_timeouts = match (
-            seconds(ruby, options, "request_timeout")?,
-            seconds(ruby, options, "request_hard_timeout")?,
-        ) {
+        let request_timeouts = match (config.request_timeout, config.request_hard_timeout) {
             (None, None) => None,
             (soft, hard) => Some((soft, hard)),
         };
@@ -177,38 +147,40 @@ impl RbEngine {
         })
     }
 
-    /// `Engine.defaults`: the engine's own defaults, for `cargo test` and
-    /// for callers that pass no options. The user-facing defaults are
-    /// Ruby's (`Configuration::DEFAULTS`); a spec checks the two agree.
-    pub fn defaults(ruby: &Ruby) -> Result<RHash, Error> {
-        let config = Config::new(Vec::new());
-        let limits = &config.limits;
-        let hash = ruby.hash_new();
-        for (name, value) in [
-            ("idle_timeout", config.idle_timeout),
-            ("header_timeout", config.header_timeout),
-            ("body_timeout", config.body_timeout),
-            ("write_timeout", config.write_timeout),
-            ("shutdown_timeout", config.shutdown_timeout),
-        ] {
-            hash.aset(ruby.to_symbol(name), value.as_secs_f64())?;
+    /// `Engine::SETTINGS`: every setting of `net::settings`, by name, as
+    /// `{kind: :seconds | :count, default:, min:, max:, zero:, help:}`
+    /// (`zero`: seconds that may be 0; `default` nil: off).
+    fn settings(ruby: &Ruby) -> Result<RHash, Error> {
+        let all = ruby.hash_new();
+        for setting in SETTINGS {
+            let one = ruby.hash_new();
+            let sym = |name: &str| ruby.to_symbol(name);
+            let zero = match setting.value {
+                Value::Count { min, max, .. } => {
+                    one.aset(sym("kind"), sym("count"))?;
+                    one.aset(sym("min"), min)?;
+                    one.aset(sym("max"), max)?;
+                    None
+                }
+                Value::Seconds { zero, .. } => Some(zero),
+                Value::OptionalSeconds { .. } => Some(false),
+            };
+            if let Some(zero) = zero {
+                one.aset(sym("kind"), sym("seconds"))?;
+                one.aset(sym("max"), MAX_SECONDS)?;
+                one.aset(sym("zero"), zero)?;
+            }
+            match setting.default_value() {
+                Some(Given::Seconds(s)) => one.aset(sym("default"), s)?,
+                Some(Given::Count(n)) => one.aset(sym("default"), n)?,
+                None => one.aset(sym("default"), ruby.qnil())?,
+            }
+            one.aset(sym("help"), setting.help)?;
+            one.freeze();
+            all.aset(sym(setting.name), one)?;
         }
-        for (name, value) in [
-            ("idle_spin", config.idle_spin.as_micros() as u64),
-            ("queue_depth", config.queue_depth as u64),
-            ("backlog", config.listen.backlog as u64),
-            ("tcp_fastopen", u64::from(config.listen.tcp_fastopen)),
-            ("max_parked_bytes", config.max_parked_bytes as u64),
-            ("max_spilled_bytes", config.max_spilled_bytes as u64),
-            ("max_head_bytes", limits.max_head_bytes as u64),
-            ("max_target_bytes", limits.max_target_bytes as u64),
-            ("max_header_fields", limits.max_header_fields as u64),
-            ("max_field_bytes", limits.max_field_bytes as u64),
-            ("max_body_bytes", limits.max_body_bytes),
-        ] {
-            hash.aset(ruby.to_symbol(name), value)?;
-        }
-        Ok(hash)
+        all.freeze();
+        Ok(all)
     }
 
     fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
@@ -372,26 +344,8 @@ impl RbEngine {
     }
 }
 
-/// A duration option in seconds. The Ruby side checks them; this refuses
-/// what `Duration` cannot hold (infinite, negative, huge) rather than
-/// panicking.
-fn seconds(ruby: &Ruby, options: RHash, name: &str) -> Result<Option<Duration>, Error> {
-    let Some(s) = option::<f64>(ruby, options, name)? else {
-        return Ok(None);
-    };
-    Duration::try_from_secs_f64(s)
-        .map(Some)
-        .map_err(|_| {
-            ExtError::Config(format!(
-                "{name} must be a finite number of seconds >= 0, got {s}"
-            ))
-        })
-        .or_raise(ruby)
-}
-
-/// A count that must be at least 1. The Ruby side checks them
-/// (`Configuration::AT_LEAST_ONE`); one that is not is a bug there, raised
-/// rather than quietly changed.
+/// A layout count that must be at least 1. The Ruby side checks them;
+/// one that is not is a bug there, raised rather than quietly changed.
 fn at_least_one(ruby: &Ruby, options: RHash, name: &str) -> Result<Option<usize>, Error> {
     match option::<usize>(ruby, options, name)? {
         Some(0) => Err(ExtError::Config(format!(
@@ -402,39 +356,22 @@ fn at_least_one(ruby: &Ruby, options: RHash, name: &str) -> Result<Option<usize>
     }
 }
 
-/// The options `Engine.new` takes (`Butterflies::Listeners` sends them).
-const OPTIONS: &[&str] = &[
+/// What `Engine.new` takes besides the settings (`net::settings`): how
+/// `Butterflies::Listeners` lays the engine out, not user settings.
+const PLUMBING: &[&str] = &[
     "io_threads",
-    "queue_depth",
-    "max_parked_bytes",
-    "max_spilled_bytes",
-    "idle_spin",
-    "backlog",
-    "tcp_fastopen",
+    "workers",
     "inherit_fds",
     "shared_listeners",
     "access_log",
     "trust_request_start",
-    "workers",
-    "shutdown_timeout",
-    "idle_timeout",
-    "header_timeout",
-    "body_timeout",
-    "write_timeout",
-    "max_body_bytes",
-    "max_head_bytes",
-    "max_target_bytes",
-    "max_header_fields",
-    "max_field_bytes",
-    "request_timeout",
-    "request_hard_timeout",
 ];
 
 /// Refuses an option the engine does not know, rather than ignore it.
 fn check_known(ruby: &Ruby, options: RHash) -> Result<(), Error> {
     options.foreach(|key: magnus::Symbol, _: magnus::Value| {
         let name = key.name()?;
-        if OPTIONS.contains(&name.as_ref()) {
+        if PLUMBING.contains(&name.as_ref()) || Setting::named(&name).is_some() {
             Ok(magnus::r_hash::ForEach::Continue)
         } else {
             Err(ExtError::Config(format!("unknown engine option {name}")).into_ruby(ruby))
