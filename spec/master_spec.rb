@@ -246,6 +246,29 @@ RSpec.describe "the master never waits on anyone", timeout: 180 do
     expect(err.lines.size).to eq(1), err
   end
 
+  # The region has a slot for each of 256 workers and one more each, for
+  # successors and replacements that run beside the worker they replace.
+  it "takes the largest cluster allowed through a phased restart while workers are killed", timing: true,
+                                                                                            timeout: 420 do
+    limit = 256 # Stats::MAX_WORKERS
+    port = control_port
+    server = start_butterflies("-w", limit.to_s, "--preload", "-t", "1", "--io-threads", "1", *control_flags(port),
+                               rackup: File.expand_path("fixtures/sized.ru", __dir__))
+    wait_for_ready_workers(server, limit, timeout: 120)
+    server.signal("USR1")
+    expect(server.wait_for_output(/Phased restart/)).to be(true)
+    # Crash replacements take slots beside the restart's successors.
+    ready_workers(server).values.last(8).each { |pid| Process.kill("KILL", pid) }
+    wait_until(timeout: 360, message: "every worker replaced") do
+      s = stats(port)
+      s["workers"] == limit && s["worker_status"].all? { |w| w["phase"] == 1 && w["booted"] }
+    end
+    expect(server.exited?).to be(false)
+    expect(server.output).not_to match(/stats slot|Error|\.rb:\d+:in/)
+    expect(children(server.pid).size).to eq(limit)
+    expect(Net::HTTP.get_response(URI(server.url)).body).to eq("Hello world!")
+  end
+
   it "counts a worker replaced for no heartbeat once, as a timeout", timing: true do
     port = control_port
     server = start_cluster("--worker-timeout", "2", *control_flags(port), workers: 1)
