@@ -70,6 +70,33 @@ RSpec.describe "real apps", timeout: 180 do
     expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
   end
 
+  # 50 at once of a request that holds a database connection for a second.
+  # Each app thread past Active Record's pool (5, a generated database.yml)
+  # would wait for a connection and answer 500 after 5 s.
+  def fifty_reports(server)
+    Array.new(50) do
+      Thread.new do
+        Net::HTTP.start(server.host, server.port, read_timeout: 60) { |http| http.get("/report") }
+                 .then { |res| "#{res.code} #{res.body}" }
+      end
+    end.map(&:value).tally
+  end
+
+  it "serves 50 concurrent database requests with the defaults, threads capped at Active Record's pool",
+     timing: true do
+    server = boot("rails", "bin/rails", "server", "-u", "butterflies", "-b", "127.0.0.1", "-p", "0")
+    expect(server.output).to include("* app threads 5-64 capped at 5: Active Record's connection pool")
+    expect(fifty_reports(server)).to eq("200 report 42" => 50)
+  end
+
+  it "caps each worker's threads too, saying so once" do
+    server = boot("rails", "butterflies", "-w", "2", "-t", "8:16", "-b", "tcp://127.0.0.1:0")
+    wait_for_ready_workers(server, 2, timeout: 60)
+    expect(server.wait_for_output(/worker 0: app threads 8-16 capped at 5/, timeout: 30)).to be(true), server.output
+    expect(server.output.scan("capped at").size).to eq(1)
+    expect(Net::HTTP.get(URI(server.url("/report")))).to eq("report 42")
+  end
+
   it "serves the Rails example with rails server -u butterflies" do
     server = boot("rails", "bin/rails", "server", "-u", "butterflies", "-b", "127.0.0.1", "-p", "0")
     expect(post_a_message(server, "via rails server")).to eq("Messages: via rails server")

@@ -76,8 +76,9 @@ module Butterflies
       @life.open(self)
       @stats = @life.stats
       @app = @loader.call if @config[:preload_app]
+      pool_note = DatabasePool.fit!(@config) # the app, if loaded here (preload, rails s)
       @alive_reader, @alive_writer = IO.pipe
-      banner
+      banner(pool_note)
       supervise
       @life.exec_again(@engine) if @restart
       @life.goodbye
@@ -365,11 +366,11 @@ module Butterflies
 
     # --- lifecycle ---------------------------------------------------------
 
-    def banner
+    def banner(pool_note)
       extra = ", app preloaded" if @config[:preload_app]
       @life.announce("Butterflies #{VERSION} (ruby #{RUBY_VERSION}), cluster master pid #{Process.pid}",
                      ["* workers: #{@config[:workers]}, each with #{@config.thread_range} app and " \
-                      "#{@engine.io_threads} io threads#{extra}"],
+                      "#{@engine.io_threads} io threads#{extra}", pool_note].compact,
                      @engine.addresses)
     end
 

@@ -55,8 +55,9 @@ module Butterflies
       @stats = @life.stats
       @slot = @stats.allocate(-1)
       @stats.attach(@slot)
+      pool_note = DatabasePool.fit!(@config)
       @runtime = Runtime.new(@engine, @app, @config, on_fault: method(:fault)).start
-      banner
+      banner(pool_note)
     end
 
     # Asks the server to stop gracefully; safe from any thread or a trap.
@@ -123,10 +124,10 @@ module Butterflies
       @life.goodbye
     end
 
-    def banner
+    def banner(pool_note)
       io = @config[:io_threads] || Etc.nprocessors
       @life.announce("Butterflies #{VERSION} (ruby #{RUBY_VERSION}), pid #{Process.pid}",
-                     ["* threads: #{@config.thread_range} app, #{io} io"], @addresses)
+                     ["* threads: #{@config.thread_range} app, #{io} io", pool_note].compact, @addresses)
     end
 
     # A Hash of Configuration keys (the Rack handler's way): `threads: N`

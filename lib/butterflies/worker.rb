@@ -26,8 +26,11 @@ module Butterflies
     # Runs the worker until it is told to stop; never returns.
     def run
       signals = boot
-      runtime = Runtime.new(@engine, @app || @loader.call, @config,
-                            on_fault: ->(_message) { signals.push(FAULT) }, worker: @index).start
+      app = @app || @loader.call
+      # A preloaded app was fitted in the master; worker 0 says it for all.
+      pool_note = DatabasePool.fit!(@config)
+      @log.info pool_note.sub("* ", "* worker 0: ") if pool_note && @index.zero?
+      runtime = Runtime.new(@engine, app, @config, on_fault: ->(_message) { signals.push(FAULT) }, worker: @index).start
       Stats.beat("ready")
       beater = heartbeat(runtime)
       reason = wait(signals)

@@ -3,8 +3,10 @@
 require_relative "boot"
 require "rails"
 require "action_controller/railtie"
+require "active_record/railtie"
 
-# A minimal Rails app: no database, cookie sessions, CSRF protection on.
+# A minimal Rails app: cookie sessions, CSRF protection on, and Active
+# Record on SQLite with the pool a generated app has (config/database.yml).
 module Notes
   # The app's configuration.
   class Application < Rails::Application
