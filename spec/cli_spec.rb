@@ -14,6 +14,29 @@ RSpec.describe "the butterflies command" do
     expect(err).to eq("butterflies: invalid option: --no-such-flag (see butterflies --help)\n")
   end
 
+  context "with PORT in the environment (a PaaS's Procfile)" do
+    def free_port = TCPServer.open("127.0.0.1", 0) { |s| s.addr[1] }
+
+    it "listens on it when no port is given anywhere" do
+      port = free_port
+      server = ServerProcess.start(butterflies_command(ServerHelpers::APP), env: { "PORT" => port.to_s })
+      (@servers ||= []) << server
+      expect(server.output).to include("Listening on http://0.0.0.0:#{port}")
+      expect(Net::HTTP.get(URI("http://127.0.0.1:#{port}/"))).to eq("Hello world!")
+    end
+
+    it "says it is not used when the command line binds elsewhere" do
+      server = start_butterflies(env: { "PORT" => free_port.to_s })
+      expect(server.output).to match(/^\* PORT=\d+ not used: the command line gives the binds$/)
+    end
+
+    it "refuses one that is not a port, in one line" do
+      _out, err, status = Open3.capture3({ "PORT" => "http" }, *butterflies_command(ServerHelpers::APP))
+      expect(status.exitstatus).to eq(2)
+      expect(err).to eq("butterflies: PORT must be a port number from 0 to 65535, got \"http\"\n")
+    end
+  end
+
   it "refuses a bad thread count" do
     _out, err, status = run_cli("-t", "zero", ServerHelpers::APP)
     expect(status.exitstatus).to eq(2)

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "cgi"
+require "open3"
 
 # Real apps from examples/: Sinatra and a Rails 6.1 app, booted through
 # their own Gemfiles with `bundle exec butterflies`, and Rails also with
@@ -92,9 +93,38 @@ RSpec.describe "real apps", timeout: 180 do
   it "caps each worker's threads too, saying so once" do
     server = boot("rails", "butterflies", "-w", "2", "-t", "8:16", "-b", "tcp://127.0.0.1:0")
     wait_for_ready_workers(server, 2, timeout: 60)
+    expect(server.output).to include("workers: 2, each with 8-16 app") # the range asked; the app loads in workers
     expect(server.wait_for_output(/worker 0: app threads 8-16 capped at 5/, timeout: 30)).to be(true), server.output
     expect(server.output.scan("capped at").size).to eq(1)
     expect(Net::HTTP.get(URI(server.url("/report")))).to eq("report 42")
+  end
+
+  context "with a config file of its own (BUTTERFLIES_CONFIG)" do
+    around do |example|
+      Dir.mktmpdir do |dir|
+        @config = File.join(dir, "butterflies.rb")
+        example.run
+      end
+    end
+
+    it "gives a bare port the host rails server was given: localhost in development" do
+      port = TCPServer.open("127.0.0.1", 0) { |s| s.addr[1] }
+      File.write(@config, "port #{port}\n")
+      server = boot("rails", "bin/rails", "server", "-u", "butterflies", env: { "BUTTERFLIES_CONFIG" => @config })
+      expect(server.output).to include("Listening on http://127.0.0.1:#{port}")
+      expect(server.output).not_to include("0.0.0.0")
+    end
+
+    it "ends rails server with the CLI's one line and status 2 for a mistake in it" do
+      File.write(@config, "workers 1\nthreads 5, :many\n")
+      env = bundle_env("rails").merge("BUTTERFLIES_CONFIG" => @config)
+      expect(system(env, "bundle", "install", "--local", "--quiet", chdir: example_dir("rails"), out: File::NULL)).to be(true)
+      _out, err, status = Open3.capture3(env, "bundle", "exec", "bin/rails", "server", "-u", "butterflies", "-p", "0",
+                                         chdir: example_dir("rails"))
+      expect(status.exitstatus).to eq(2)
+      expect(err).to eq("butterflies: #{@config}:2: threads must be a whole number from 1 to 4611686018427387904, " \
+                        "got :many\n")
+    end
   end
 
   it "serves the Rails example with rails server -u butterflies" do

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "open3"
+
 # The Rack handler: `rackup -s butterflies` (rackup 2 on Rack 3, rack's own
 # rackup on Rack 2), with config/butterflies.rb and Rails' environment
 # conventions. `rails server -u butterflies` is in examples_spec.rb.
@@ -49,6 +51,17 @@ RSpec.describe "rackup -s butterflies", timeout: 120 do
       expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 2, timeout: 30)).to be(true), server.output
       expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
       expect(server.stop&.exitstatus).to eq(0)
+    end
+  end
+
+  it "ends with the CLI's one line and status 2 for a mistake in the config file" do
+    Dir.mktmpdir do |dir|
+      file = File.join(dir, "butterflies.rb")
+      File.write(file, "threads 2\nthreds 4\n")
+      command = [*ServerHelpers::RUBY, Stack.rackup_bin, "-s", "butterflies", "-E", "none", "-p", "0", ServerHelpers::APP]
+      _out, err, status = Open3.capture3({ "BUTTERFLIES_CONFIG" => file }, *command)
+      expect(status.exitstatus).to eq(2)
+      expect(err).to eq("butterflies: #{file}:2: unknown option threds\n")
     end
   end
 

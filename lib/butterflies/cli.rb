@@ -12,8 +12,6 @@ module Butterflies
   # Each flag sets its value through the config file's directive (DSL), so
   # both check a value the same way; errors name the flag.
   class CLI
-    USAGE_ERROR = 2
-    FAILURE = 1
 
     def initialize(argv, stdout: $stdout, stderr: $stderr)
       @argv = argv.dup
@@ -37,11 +35,11 @@ module Butterflies
       serve(config)
       0
     rescue OptionParser::ParseError => e
-      fail_with("#{e.message} (see butterflies --help)", USAGE_ERROR)
+      fail_with("#{e.message} (see butterflies --help)", EXIT_USAGE)
     rescue ConfigError => e
-      fail_with(e.message, USAGE_ERROR)
+      fail_with(e.message, EXIT_USAGE)
     rescue AppLoadError, BindError, EngineFault => e
-      fail_with(e.message, FAILURE)
+      fail_with(e.message, EXIT_FAILURE)
     end
 
     # Runs and returns the exit status, handling --help and --version;

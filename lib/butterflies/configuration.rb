@@ -117,6 +117,10 @@ module Butterflies
     end
 
     attr_reader :path, :hooks
+    # The host a bare `port` directive listens on: 0.0.0.0, or the host
+    # `rails server` or rackup was given (localhost in development), as
+    # Puma's handler does.
+    attr_accessor :default_host
 
     # The control token, if the environment gives it (below the config
     # file and the command line).
@@ -128,6 +132,9 @@ module Butterflies
       @hooks = HOOKS.to_h { |name| [name, []] }
       @path = nil
       @given = []
+      @default_host = "0.0.0.0"
+      @origins = {}
+      @setting_from = "the defaults"
     end
 
     # Defaults, then the file (if any), then `cli` (a Hash of the flags that
@@ -149,6 +156,7 @@ module Butterflies
 
     def evaluate(file)
       @path = file
+      @setting_from = file
       DSL.new(self, file).instance_eval(File.read(file), File.expand_path(file), 1)
     rescue ConfigError => e
       raise ConfigError, located(e, file)
@@ -159,9 +167,16 @@ module Butterflies
       raise ConfigError, located(e, file, prefix: "#{e.class}: ")
     end
 
-    def merge!(options)
+    # `from`: where the values come from, as the banner names it.
+    def merge!(options, from: "the command line")
+      @setting_from = from
       options.each { |key, value| self[key] = value }
       self
+    end
+
+    # Where `key`'s value came from: a config file, "the command line", ...
+    def origin(key)
+      @origins.fetch(key, "the defaults")
     end
 
     def [](key)
@@ -177,6 +192,7 @@ module Butterflies
       value = Configuration.log_format(value) if key == :log_requests
       check_count(key, value) if COUNTS.include?(key) && !value.nil?
       @given |= [key]
+      @origins[key] = @setting_from
       @values[key] = value
     end
 
@@ -188,6 +204,7 @@ module Butterflies
 
     # Settings that cannot work together, refused before anything binds.
     def check_mode!
+      env_port
       Control.parse(self[:control_url], self[:control_token]) if self[:control_url]
       return if cluster? || self[:request_hard_timeout].nil?
 
@@ -199,9 +216,23 @@ module Butterflies
       @values.dup
     end
 
-    # "tcp://0.0.0.0:9292" when nothing else was asked for.
+    # "tcp://0.0.0.0:$PORT" (else 9292) when no bind or port was asked for
+    # anywhere: a Procfile on a PaaS sets PORT and passes no flag.
     def binds
-      self[:binds].empty? ? ["tcp://0.0.0.0:9292"] : self[:binds]
+      self[:binds].empty? ? ["tcp://0.0.0.0:#{env_port || 9292}"] : self[:binds]
+    end
+
+    PORT_ENV = "PORT"
+
+    # PORT from the environment, if set; a ConfigError if not a port.
+    def env_port
+      value = ENV.fetch(PORT_ENV, "").strip
+      return nil if value.empty?
+
+      port = Integer(value, 10, exception: false)
+      return port if port&.between?(0, 65_535)
+
+      raise ConfigError, "#{PORT_ENV} must be a port number from 0 to 65535, got #{value.inspect}"
     end
 
     def cluster?
@@ -220,6 +251,7 @@ module Butterflies
       environment = ENV["RACK_ENV"] || self[:environment] || "development"
       lines = ["* environment: #{environment}, config file: #{@path || 'none'}, rackup: #{self[:rackup]}"]
       lines << "* access log: #{self[:log_requests]}" if self[:log_requests]
+      lines << port_note if port_note
       lines
     end
 
@@ -229,6 +261,14 @@ module Butterflies
       lines += @hooks.reject { |_, procs| procs.empty? }.map { |name, procs| "#{name}: #{procs.size} hook(s)" }
       lines << "config file: #{@path || '(none)'}"
       lines.join("\n")
+    end
+
+    # PORT is set, but the binds came from elsewhere and use another port.
+    def port_note
+      port = env_port or return nil
+      return nil if self[:binds].empty? || self[:binds].any? { |uri| uri.end_with?(":#{port}") }
+
+      "* PORT=#{port} not used: #{origin(:binds)} gives the binds"
     end
 
     private

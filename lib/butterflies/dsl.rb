@@ -27,8 +27,11 @@ module Butterflies
     end
 
     # Shorthand for a TCP bind.  port 3000  /  port 3000, "127.0.0.1"
-    def port(number, host = "0.0.0.0")
-      bind("tcp://#{host}:#{integer(:port, number, min: 0, max: 65_535)}")
+    # Without a host: 0.0.0.0, or under `rails server` and rackup the host
+    # they were given (localhost in development), as Puma does.
+    def port(number, host = nil)
+      number = integer(:port, number, min: 0, max: 65_535)
+      Binds.for_host(host || @config.default_host, number).each { |uri| bind(uri) }
     end
 
     # App threads per process: `threads 5` (always 5), or `threads 5, 32`

@@ -1,6 +1,12 @@
 # frozen_string_literal: true
 
 module Butterflies
+  # Exit statuses of `butterflies`, and of `rails server`/rackup when
+  # Butterflies ends them: a usage or configuration mistake, and anything
+  # else that stops a server (an address in use, an app that does not load).
+  EXIT_USAGE = 2
+  EXIT_FAILURE = 1
+
   # Everything Butterflies raises on purpose.
   class Error < StandardError; end
 

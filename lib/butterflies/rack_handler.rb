@@ -21,6 +21,9 @@ module Butterflies
     # rackup's default hosts, which it passes as if they were given.
     RACKUP_DEFAULT_HOSTS = %w[localhost 0.0.0.0].freeze
 
+    # A mistake in the config file, the options or the environment, or
+    # an address that cannot be bound, ends the process with one line on
+    # stderr and the CLI's exit status, as `butterflies` does.
     def run(app, **options)
       config = configuration(options)
       @server = if config.cluster?
@@ -31,6 +34,9 @@ module Butterflies
                 end
       yield @server if block_given?
       @server.run
+    rescue ConfigError, BindError => e
+      warn "butterflies: #{e.message}"
+      exit(e.is_a?(ConfigError) ? EXIT_USAGE : EXIT_FAILURE)
     end
 
     # rackup's INT trap calls this when it is still installed.
@@ -53,8 +59,9 @@ module Butterflies
     def configuration(options)
       path = ENV.fetch(CONFIG_ENV, nil) || (Configuration::DEFAULT_PATH if File.file?(Configuration::DEFAULT_PATH))
       config = Configuration.new
+      config.default_host = default_host_port(options).first
       config.load_file(path) if path
-      config.merge!(overrides(options))
+      config.merge!(overrides(options), from: "the server's options")
       # rackup's and Rails' default host and port, unless the file binds.
       config[:binds] = Binds.for_host(*default_host_port(options)) if config[:binds].empty?
       config[:max_threads] = config[:threads] if config[:max_threads] < config[:threads]
