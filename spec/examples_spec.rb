@@ -115,6 +115,23 @@ RSpec.describe "real apps", timeout: 180 do
       expect(server.output).not_to include("0.0.0.0")
     end
 
+    # The config file the README gives for Rails, taken from the README.
+    def readme_rails_config
+      readme = File.read(File.join(ServerHelpers::ROOT, "README.md"))
+      readme[%r{A `config/butterflies.rb` for a Rails app.*?```ruby\n(.*?)```}m, 1] or raise "no Rails config in the README"
+    end
+
+    it "runs the README's Rails config: workers, threads and port from the environment, preloaded" do
+      File.write(@config, readme_rails_config)
+      port = TCPServer.open("127.0.0.1", 0) { |s| s.addr[1] }
+      env = { "BUTTERFLIES_CONFIG" => @config, "WEB_CONCURRENCY" => "2", "RAILS_MAX_THREADS" => "3",
+              "PORT" => port.to_s }
+      server = boot("rails", "butterflies", "-C", @config, env: env)
+      wait_for_ready_workers(server, 2, timeout: 60)
+      expect(server.output).to include("workers: 2, each with 3 app", "app preloaded", "Listening on http://0.0.0.0:#{port}")
+      expect(Net::HTTP.get(URI("http://127.0.0.1:#{port}/report"))).to eq("report 42")
+    end
+
     it "ends rails server with the CLI's one line and status 2 for a mistake in it" do
       File.write(@config, "workers 1\nthreads 5, :many\n")
       env = bundle_env("rails").merge("BUTTERFLIES_CONFIG" => @config)
