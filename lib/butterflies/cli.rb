@@ -12,7 +12,6 @@ module Butterflies
   # Each flag sets its value through the config file's directive (DSL), so
   # both check a value the same way; errors name the flag.
   class CLI
-
     def initialize(argv, stdout: $stdout, stderr: $stderr)
       @argv = argv.dup
       @stdout = stdout
