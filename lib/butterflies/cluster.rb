@@ -68,6 +68,7 @@ module Butterflies
       # Fork and exec workers (instead of only forking) from the first
       # phased restart of a preloaded app until the next hot restart.
       @exec_workers = false
+      @systemd = Systemd.for
     end
 
     def run
@@ -132,6 +133,7 @@ module Butterflies
         step_phased_restart
         retire_duplicates
         @workers.each { |w| w.escalate(now, grace(w)) }
+        tell_systemd if @systemd
         break if @stopping && @workers.empty?
       end
     end
@@ -260,6 +262,44 @@ module Butterflies
       @stats.count_restart("crash") if worker.crashed?
       line = worker.exit_line(status)
       event line if line
+    end
+
+    # --- systemd (lib/butterflies/systemd.rb) --------------------------------
+
+    def tell_systemd
+      @systemd.state = systemd_state
+      @systemd.status(systemd_status, now) if @systemd.state == :ready
+      @systemd.watchdog(heartbeats_fresh?, now) if @systemd.watchdog_seconds
+    end
+
+    # Ready once every index has a ready worker; after that, ready until a
+    # restart or a stop (a crashed worker is replaced, not a reload).
+    def systemd_state
+      return @restart ? :reloading : :stopping if @stopping
+      return :reloading if @phased
+      return :ready if @systemd.state != :booting || (0...@config[:workers]).all? { |i| ready_worker?(i) }
+
+      :booting
+    end
+
+    def ready_worker?(index)
+      @workers.any? { |w| w.index == index && w.active? && w.ready? }
+    end
+
+    def systemd_status
+      stats = report.stats
+      totals = stats["butterflies"]["totals"]
+      served = %w[1xx 2xx 3xx 4xx 5xx].sum { |c| totals["requests_#{c}"] }
+      queued = stats["worker_status"].sum { |w| w["last_status"]["backlog"] }
+      "#{stats['booted_workers']} of #{@config[:workers]} workers ready (phase #{@phase}), #{served} requests, " \
+        "#{queued} queued"
+    end
+
+    # Every ready worker beat within the watchdog's interval.
+    def heartbeats_fresh?
+      @workers.select { |w| w.active? && w.ready? }.all? do |w|
+        @stats.last_beat(w.slot).first < @systemd.heartbeat_limit
+      end
     end
 
     # TERM is followed by KILL after this long: the shutdown timeout and a

@@ -30,6 +30,7 @@ module Butterflies
       @log = Log.new(log || (options.is_a?(Hash) && options[:log]) || $stdout, quiet: @config[:quiet])
       @life = Lifecycle.new(@config, log: @log)
       @signals = @life.signals
+      @systemd = Systemd.for
     end
 
     # Binds, serves until a stop signal (or #stop), then drains and returns.
@@ -58,6 +59,7 @@ module Butterflies
       pool_note = DatabasePool.fit!(@config)
       @runtime = Runtime.new(@engine, @app, @config, on_fault: method(:fault)).start
       banner(pool_note)
+      @systemd&.state = :ready
     end
 
     # Asks the server to stop gracefully; safe from any thread or a trap.
@@ -98,8 +100,9 @@ module Butterflies
     # logged and ignored.
     def next_signal
       loop do
-        signal = @signals.pop
-        next if signal.nil? # a wake-up byte whose signal was already taken
+        signal = @signals.pop(@systemd&.watchdog_seconds&./(4))
+        @systemd&.watchdog(!@runtime.engine.stuck?, Butterflies.monotonic)
+        next if signal.nil? # no signal yet, or a wake-up byte whose signal was already taken
         next @life.reopen_logs if signal == LogFiles::SIGNAL
         return signal unless IGNORED_SIGNALS.key?(signal)
 
@@ -114,6 +117,7 @@ module Butterflies
     end
 
     def shutdown(restart: false)
+      @systemd&.state = restart ? :reloading : :stopping
       grace = @config[:shutdown_timeout].round(1)
       say(restart ? "Hot restart: finishing requests in flight" : "Stopping (waiting up to #{grace}s for requests in flight)")
       @runtime.stop(keep_listening: restart)

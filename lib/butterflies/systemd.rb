@@ -1,0 +1,101 @@
+# frozen_string_literal: true
+
+require "socket"
+
+module Butterflies
+  # Tells systemd how the server is doing: sd_notify(3), written here (one
+  # datagram per message to the socket $NOTIFY_SOCKET names; a leading "@"
+  # is the abstract namespace), so no libsystemd is needed and a send never
+  # blocks the process that supervises. Without NOTIFY_SOCKET, Systemd.for
+  # gives nil and nothing is sent. The top process (a cluster master, or
+  # single mode) reports:
+  #
+  #   READY=1                          every worker booted (single: listening)
+  #   RELOADING=1 + MONOTONIC_USEC=... a phased or hot restart began (the
+  #                                    clock is required by Type=notify-reload)
+  #   READY=1                          it is over
+  #   STOPPING=1                       a stop began
+  #   STATUS=...                       workers and requests, at most once a second
+  #   WATCHDOG=1                       every half WATCHDOG_USEC, and only while
+  #                                    the workers' heartbeats are that fresh:
+  #                                    all of them stuck, systemd restarts it
+  class Systemd
+    STATES = %i[booting ready reloading stopping].freeze
+    MESSAGES = {
+      ready: "READY=1", stopping: "STOPPING=1",
+      reloading: -> { "RELOADING=1\nMONOTONIC_USEC=#{Process.clock_gettime(Process::CLOCK_MONOTONIC, :microsecond)}" }
+    }.freeze
+    STATUS_EVERY = 1.0
+
+    # A notifier for this process, or nil when systemd is not listening.
+    def self.for(env = ENV)
+      path = env.fetch("NOTIFY_SOCKET", "")
+      return nil if path.empty?
+
+      new(path, watchdog_seconds(env))
+    end
+
+    # Seconds between watchdog pings systemd expects (nil: no watchdog, or
+    # it is another process's).
+    def self.watchdog_seconds(env)
+      usec = Integer(env.fetch("WATCHDOG_USEC", ""), 10, exception: false)
+      pid = Integer(env.fetch("WATCHDOG_PID", ""), 10, exception: false)
+      return nil if usec.nil? || !usec.positive? || (pid && pid != Process.pid)
+
+      usec / 1e6
+    end
+
+    attr_reader :state, :watchdog_seconds
+
+    def initialize(path, watchdog_seconds)
+      @address = Socket.sockaddr_un(path.start_with?("@") ? "\0#{path[1..]}" : path)
+      @socket = Socket.new(:UNIX, :DGRAM)
+      @watchdog_seconds = watchdog_seconds
+      @state = :booting
+      @status = nil
+      @status_at = nil
+      @pinged_at = nil
+    end
+
+    # Moves to `state` (one of STATES), telling systemd if it changed.
+    def state=(state)
+      return if state == @state
+
+      @state = state
+      message = MESSAGES[state]
+      send_message(message.respond_to?(:call) ? message.call : message) if message
+    end
+
+    # A STATUS= line, if it changed, at most once every STATUS_EVERY.
+    def status(text, now)
+      return if text == @status || (@status_at && now - @status_at < STATUS_EVERY)
+
+      @status = text
+      @status_at = now
+      send_message("STATUS=#{text}")
+    end
+
+    # Pings the watchdog when half its interval passed and `healthy`.
+    def watchdog(healthy, now)
+      return unless @watchdog_seconds && healthy
+      return if @pinged_at && now - @pinged_at < @watchdog_seconds / 2
+
+      @pinged_at = now
+      send_message("WATCHDOG=1")
+    end
+
+    # Seconds a worker's heartbeat may be old for the watchdog to be fed.
+    def heartbeat_limit
+      @watchdog_seconds
+    end
+
+    private
+
+    # Never waits and never raises: systemd gone is not the server's end.
+    def send_message(text)
+      @socket.sendmsg_nonblock(text, 0, @address, exception: false)
+    rescue SystemCallError, IOError
+      nil
+    end
+  end
+end

@@ -1,0 +1,102 @@
+# frozen_string_literal: true
+
+require "socket"
+
+# What the server tells systemd (sd_notify), read the way systemd reads it:
+# datagrams on the socket NOTIFY_SOCKET names, each message kept with the
+# time it came.
+RSpec.describe "systemd notifications", timeout: 180 do
+  around do |example|
+    Dir.mktmpdir do |dir|
+      path = File.join(dir, "notify.sock")
+      @socket = Socket.new(:UNIX, :DGRAM)
+      @socket.bind(Socket.sockaddr_un(path))
+      @env = { "NOTIFY_SOCKET" => path }
+      @messages = Queue.new
+      reader = Thread.new do
+        loop { @messages << [now, @socket.recv(4096)] }
+      end
+      example.run
+    ensure
+      reader&.kill
+      @socket&.close
+    end
+  end
+
+  # Messages received so far, oldest first: [[time, text], ...].
+  def received
+    @received ||= []
+    @received << @messages.pop until @messages.empty?
+    @received
+  end
+
+  def texts = received.map(&:last)
+
+  # Waits until a message matching `pattern` arrived after the first
+  # `from` messages; returns its index.
+  def wait_for_message(pattern, from: 0, timeout: 30)
+    wait_until(timeout: timeout, message: "#{pattern.inspect} (got #{texts.inspect})") do
+      texts.each_index.find { |i| i >= from && texts[i].match?(pattern) }
+    end
+  end
+
+  it "says READY once every worker booted, RELOADING with the clock during restarts, then STOPPING" do
+    server = start_cluster(env: @env)
+    ready = wait_for_message(/\AREADY=1\z/)
+    expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 2, timeout: 5)).to be(true), server.output
+    expect(texts[0...ready]).to all(satisfy { |t| !t.start_with?("READY", "RELOADING", "STOPPING") })
+    at = wait_for_message(/\ASTATUS=/)
+    status = texts[at]
+    expect(status).to match(/\ASTATUS=2 of 2 workers ready \(phase 0\), \d+ requests, 0 queued\z/), texts.inspect
+
+    old = ready_workers(server).values
+    server.signal("USR1")
+    reloading = wait_for_message(/\ARELOADING=1\nMONOTONIC_USEC=\d+\z/, from: ready)
+    usec = Integer(texts.fetch(reloading)[/MONOTONIC_USEC=(\d+)/, 1])
+    expect(usec).to be_within(5_000_000).of(Process.clock_gettime(Process::CLOCK_MONOTONIC, :microsecond))
+    again = wait_for_message(/\AREADY=1\z/, from: reloading)
+    expect(old.select { |pid| alive?(pid) }).to eq([]), "READY while old workers still ran"
+
+    server.signal("USR2") # a hot restart: the same pid, new workers
+    hot = wait_for_message(/\ARELOADING=1\n/, from: again)
+    wait_for_message(/\AREADY=1\z/, from: hot, timeout: 60)
+
+    server.signal("TERM")
+    wait_for_message(/\ASTOPPING=1\z/, from: hot)
+    expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
+  end
+
+  it "feeds the watchdog only while every worker's heartbeat is fresh", timing: true do
+    server = start_cluster("--worker-timeout", "5", env: @env.merge("WATCHDOG_USEC" => "2000000"), workers: 1)
+    wait_for_message(/\AREADY=1\z/)
+    pings = -> { received.select { |_, text| text == "WATCHDOG=1" }.map(&:first) }
+    wait_until(timeout: 10, message: "three pings") { pings.call.size >= 3 }
+    expect(pings.call.each_cons(2).map { |a, b| b - a }.max).to be < 1.5 # every half interval
+
+    stuck = ready_workers(server)[0]
+    stopped_at = now
+    Process.kill("STOP", stuck)
+    expect(server.wait_for_output(/worker 0 \(pid #{stuck}\) sent no heartbeat/, timeout: 20)).to be(true)
+    wait_until(timeout: 20, message: "pings again with a new worker") do
+      pings.call.any? { |t| t > stopped_at + 3 }
+    end
+    during = pings.call.select { |t| t > stopped_at + 2.2 && t < stopped_at + 3.9 }
+    expect(during).to eq([]), "fed the watchdog while the only worker was stopped"
+  end
+
+  it "says READY once listening and STOPPING on TERM in single mode" do
+    server = start_butterflies(env: @env)
+    wait_for_message(/\AREADY=1\z/)
+    server.signal("TERM")
+    wait_for_message(/\ASTOPPING=1\z/)
+    expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
+  end
+
+  it "serves and stops as ever when nobody listens on NOTIFY_SOCKET" do
+    gone = File.join(Dir.tmpdir, "butterflies-no-systemd-#{Process.pid}.sock")
+    server = start_cluster(env: { "NOTIFY_SOCKET" => gone, "WATCHDOG_USEC" => "200000" })
+    expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
+    server.signal("TERM")
+    expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
+  end
+end
