@@ -268,7 +268,7 @@ module Butterflies
 
     def tell_systemd
       @systemd.state = systemd_state
-      @systemd.status(systemd_status, now) if @systemd.state == :ready
+      @systemd.status(now) { systemd_status } if @systemd.state == :ready
       @systemd.watchdog(heartbeats_fresh?, now) if @systemd.watchdog_seconds
     end
 

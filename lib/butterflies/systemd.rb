@@ -66,12 +66,16 @@ module Butterflies
       send_message(message.respond_to?(:call) ? message.call : message) if message
     end
 
-    # A STATUS= line, if it changed, at most once every STATUS_EVERY.
-    def status(text, now)
-      return if text == @status || (@status_at && now - @status_at < STATUS_EVERY)
+    # A STATUS= line from the block (asked at most once every
+    # STATUS_EVERY), if it changed.
+    def status(now)
+      return if @status_at && now - @status_at < STATUS_EVERY
+
+      @status_at = now
+      text = yield
+      return if text == @status
 
       @status = text
-      @status_at = now
       send_message("STATUS=#{text}")
     end
 

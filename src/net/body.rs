@@ -90,8 +90,10 @@ impl BodyBuf {
 }
 
 /// An anonymous file in the temp dir: O_TMPFILE where the filesystem has it,
-/// else a named file unlinked at once.
-fn temp_file() -> io::Result<File> {
+/// else a named file (mode 0600) unlinked at once, so nothing is left behind
+/// whatever becomes of the process. Request bodies and spilled responses
+/// (`net::spill`) are kept in these.
+pub(crate) fn temp_file() -> io::Result<File> {
     let dir = std::env::temp_dir();
     let anonymous = std::fs::OpenOptions::new()
         .read(true)
@@ -103,11 +105,12 @@ fn temp_file() -> io::Result<File> {
     }
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("butterflies-body-{}-{n}", std::process::id()));
+    let path = dir.join(format!("butterflies-tmp-{}-{n}", std::process::id()));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .custom_flags(nix::libc::O_CLOEXEC)
         .open(&path)?;
     std::fs::remove_file(&path)?;

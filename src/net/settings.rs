@@ -85,6 +85,19 @@ macro_rules! seconds {
     };
 }
 
+macro_rules! optional_seconds {
+    ($name:literal, $help:literal, $field:ident) => {
+        Setting {
+            name: $name,
+            help: $help,
+            value: Value::OptionalSeconds {
+                get: |c| c.$field,
+                set: |c, d| c.$field = d,
+            },
+        }
+    };
+}
+
 macro_rules! count {
     ($name:literal, $help:literal, $min:expr, $max:expr, $($field:ident).+ as $ty:ty) => {
         Setting {
@@ -107,22 +120,16 @@ pub const SETTINGS: &[Setting] = &[
     seconds!("header_timeout", "408 when a request head takes longer", zero: false, header_timeout),
     seconds!("body_timeout", "408 when a request body pauses longer", zero: false, body_timeout),
     seconds!("write_timeout", "Drop clients that read nothing this long", zero: false, write_timeout),
-    Setting {
-        name: "request_timeout",
-        help: "503 to a request running longer",
-        value: Value::OptionalSeconds {
-            get: |c| c.request_timeout,
-            set: |c, d| c.request_timeout = d,
-        },
-    },
-    Setting {
-        name: "request_hard_timeout",
-        help: "Replace a worker whose app thread is stuck this long (cluster mode)",
-        value: Value::OptionalSeconds {
-            get: |c| c.request_hard_timeout,
-            set: |c, d| c.request_hard_timeout = d,
-        },
-    },
+    optional_seconds!(
+        "request_timeout",
+        "503 to a request running longer",
+        request_timeout
+    ),
+    optional_seconds!(
+        "request_hard_timeout",
+        "Replace a worker whose app thread is stuck this long (cluster mode)",
+        request_hard_timeout
+    ),
     count!(
         "queue_depth",
         "Requests waiting for an app thread before 503",

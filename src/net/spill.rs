@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::park::{ParkBudget, Parked};
@@ -40,7 +40,7 @@ impl Spill {
             return Ok(None);
         };
         let mut spill = Spill {
-            file: unlinked_file()?,
+            file: super::body::temp_file()?,
             written: 0,
             sent: 0,
             reserved,
@@ -100,44 +100,4 @@ impl Spill {
         }
         Ok(true)
     }
-}
-
-/// A file in the temporary directory with no name (O_TMPFILE), so nothing
-/// is left behind whatever becomes of the process; where the filesystem
-/// cannot do that, a named one unlinked at once.
-fn unlinked_file() -> io::Result<File> {
-    let dir = std::env::temp_dir();
-    let tmpfile = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_TMPFILE.bits())
-        .open(&dir);
-    if let Ok(file) = tmpfile {
-        return Ok(file);
-    }
-    for attempt in 0..16u32 {
-        let path = dir.join(format!(
-            "butterflies-spill-{}-{}-{attempt}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(file) => {
-                std::fs::remove_file(&path)?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other("no temporary file for a response spill"))
 }
