@@ -293,7 +293,7 @@ RSpec.describe "the master never waits on anyone", timeout: 180 do
         File.write(gate, "")
         expect(server.wait_for_output(/\* workers: 2/)).to be(true)
         expect(server.wait_for_output(/Hot restart/)).to be(true)
-        expect(server.wait_for_matches(/Listening on/, 2, timeout: 30)).to be(true)
+        expect(server.wait_for_matches(/Listening on/, 2, timeout: 30)).to be(true), server.output
         expect(server.exited?).to be(false)
         expect(server.wait_for_matches(ClusterHelpers::WORKER_READY, 1, timeout: 30)).to be(true)
       end

@@ -37,6 +37,15 @@ module ServerHelpers
     [*RUBY, File.join(ROOT, "exe/butterflies"), *args]
   end
 
+  # A port nothing listens on now, for programs that must be told one
+  # (systemd-socket-activate, proxies); everything else binds port 0.
+  def free_port
+    server = TCPServer.new("127.0.0.1", 0)
+    server.addr[1]
+  ensure
+    server&.close
+  end
+
   # Starts `butterflies` on a free port; stops it after the example.
   def start_butterflies(*args, rackup: APP, **kwargs)
     server = ServerProcess.start(butterflies_command("-b", "tcp://127.0.0.1:0", *args, rackup), **kwargs)

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "socket"
+require "butterflies/systemd"
 
 # What the server tells systemd (sd_notify), read the way systemd reads it:
 # datagrams on the socket NOTIFY_SOCKET names, each message kept with the
@@ -82,6 +83,80 @@ RSpec.describe "systemd notifications", timeout: 180 do
     end
     during = pings.call.select { |t| t > stopped_at + 2.2 && t < stopped_at + 3.9 }
     expect(during).to eq([]), "fed the watchdog while the only worker was stopped"
+  end
+
+  it "asks for more start time while a preload makes progress, and not while it hangs", timing: true do
+    Dir.mktmpdir do |dir|
+      idle_gate = File.join(dir, "idle-over")
+      busy_gate = File.join(dir, "busy-over")
+      rackup = File.join(dir, "config.ru")
+      File.write(rackup, <<~RUBY)
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
+        over = -> { Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline }
+        warn "app: loading, waiting"
+        sleep 0.05 until File.exist?(#{idle_gate.inspect}) || over.call
+        warn "app: loading, working"
+        Array.new(1000) { +"work" } until File.exist?(#{busy_gate.inspect}) || over.call
+        run ->(_env) { [200, {}, ["loaded"]] }
+      RUBY
+      server = ServerProcess.new(butterflies_command("-b", "tcp://127.0.0.1:0", "-w", "1", "--preload", rackup),
+                                 env: @env)
+      (@servers ||= []) << server
+      every = Butterflies::Systemd::EXTEND_EVERY
+      expect(server.wait_for_output(/app: loading, waiting/, timeout: 30)).to be(true), server.output
+      waiting = now
+      # The first look may still see Rack loading; the next ones see a load
+      # that only sleeps: no extension from them.
+      IO.select(nil, nil, nil, every * 3 + 0.5)
+      expect(received.select { |t, text| text.start_with?("EXTEND") && t > waiting + every + 0.5 }).to eq([])
+      File.write(idle_gate, "")
+      extend = wait_for_message(/\AEXTEND_TIMEOUT_USEC=10000000\z/, from: texts.size, timeout: every * 3)
+      File.write(busy_gate, "")
+      ready = wait_for_message(/\AREADY=1\z/, timeout: 30)
+      expect(extend).to be < ready
+      expect(texts[ready..].grep(/EXTEND/)).to eq([])
+    end
+  end
+
+  # An example unit file's [section] key, as systemd reads it (last wins).
+  def unit_setting(file, key)
+    path = File.join(ServerHelpers::ROOT, "examples/systemd", file)
+    File.readlines(path, chomp: true).grep(/\A#{key}=/).last&.split("=", 2)&.last
+  end
+
+  it "runs examples/systemd's units as written, on the socket they name" do
+    skip "systemd-socket-activate is not installed" unless system("command -v systemd-socket-activate >/dev/null")
+    expect(unit_setting("butterflies.service", "NotifyAccess")).to eq("main")
+    expect(unit_setting("butterflies.service", "KillMode")).to eq("mixed")
+    command = unit_setting("butterflies.service", "ExecStart").split
+    runner = %w[/usr/bin/env bundle exec butterflies]
+    expect(command.first(4)).to eq(runner)
+    host, = unit_setting("butterflies.socket", "ListenStream").rpartition(":")
+    listen = "#{host == '0.0.0.0' ? '127.0.0.1' : host}:#{free_port}"
+    watchdog = Integer(unit_setting("butterflies.service", "WatchdogSec")) * 1_000_000
+    unit_env = [unit_setting("butterflies.service", "Environment").split("=", 2)].to_h
+    env = @env.merge("WATCHDOG_USEC" => watchdog.to_s).merge(unit_env, GcStressMode.server_env)
+    launcher = ["systemd-socket-activate", "-l", listen,
+                "--fdname=#{unit_setting('butterflies.socket', 'FileDescriptorName')}",
+                *env.keys.flat_map { |k| ["-E", k] }]
+    server = ServerProcess.new([*launcher, *butterflies_command(*command.drop(4))],
+                               env: env, chdir: File.join(ServerHelpers::ROOT, "examples/hello"))
+    (@servers ||= []) << server
+    expect(server.wait_for_output(/ as 3\./, timeout: 10)).to be(true), server.output
+    first = Thread.new { Net::HTTP.get_response(URI("http://#{listen}/")) }
+    ready = wait_for_message(/\AREADY=1\z/, timeout: 60)
+    expect(first.value.code).to eq("200")
+
+    reload = unit_setting("butterflies.service", "ExecReload")[/-(\w+) \$MAINPID/, 1]
+    server.signal(reload)
+    reloading = wait_for_message(/\ARELOADING=1\n/, from: ready)
+    wait_for_message(/\AREADY=1\z/, from: reloading, timeout: 60)
+    expect(Net::HTTP.get_response(URI("http://#{listen}/")).code).to eq("200")
+
+    server.signal(unit_setting("butterflies.service", "KillSignal").delete_prefix("SIG"))
+    wait_for_message(/\ASTOPPING=1\z/, from: reloading)
+    stop_timeout = Integer(unit_setting("butterflies.service", "TimeoutStopSec"))
+    expect(server.wait(timeout: stop_timeout)&.exitstatus).to eq(0), server.output
   end
 
   it "says READY once listening and STOPPING on TERM in single mode" do

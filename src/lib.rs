@@ -23,6 +23,7 @@ pub mod http;
 pub mod logs;
 pub mod net;
 pub mod process;
+pub mod proxy;
 pub mod serve;
 pub mod stats;
 

@@ -2,15 +2,20 @@
 
 module Butterflies
   # The bind URIs users write (`tcp://HOST:PORT`, `HOST:PORT`,
-  # `unix:///path/to.sock`), parsed once, here: the engine gets them as
-  # [kind, host or path, port] and parses nothing.
+  # `unix:///path/to.sock`, each with `?proxy_protocol=v1|v2|any` if a
+  # proxy in front sends the PROXY protocol), parsed once, here: the engine
+  # gets them as [kind, host or path, port, proxy protocol] and parses
+  # nothing.
   module Binds
+    PROXY_PROTOCOLS = %w[v1 v2 any].freeze
+
     # A parsed bind: kind :tcp (host without brackets, port) or :unix (an
-    # absolute path).
-    Bind = Struct.new(:kind, :host, :port, :path, keyword_init: true) do
-      # What Engine.new takes: ["tcp", host, port] or ["unix", path, 0].
+    # absolute path); proxy_protocol "v1", "v2", "any" or nil.
+    Bind = Struct.new(:kind, :host, :port, :path, :proxy_protocol, keyword_init: true) do
+      # What Engine.new takes: ["tcp", host, port, proxy_protocol] or
+      # ["unix", path, 0, proxy_protocol].
       def to_engine
-        kind == :unix ? ["unix", path, 0] : ["tcp", host, port]
+        kind == :unix ? ["unix", path, 0, proxy_protocol] : ["tcp", host, port, proxy_protocol]
       end
 
       def unix?
@@ -23,7 +28,27 @@ module Butterflies
     # "tcp://0.0.0.0:9292" => tcp 0.0.0.0 9292; "tcp://[::1]:80" => tcp ::1 80;
     # "unix:///run/app.sock" => unix /run/app.sock. Raises ConfigError.
     def parse(uri)
-      text = uri.to_s.strip
+      text, query = uri.to_s.strip.split("?", 2)
+      bind = parse_address(uri, text)
+      bind.proxy_protocol = parse_query(uri, query)
+      bind
+    end
+
+    # The options after "?": only proxy_protocol=v1|v2|any.
+    def parse_query(uri, query)
+      return nil if query.nil?
+
+      options = query.split("&").to_h { |pair| pair.split("=", 2) }
+      unknown = options.keys - ["proxy_protocol"]
+      raise ConfigError, "bind #{uri.inspect}: unknown option #{unknown.first} (known: proxy_protocol)" if unknown.any?
+
+      value = options["proxy_protocol"]
+      return value if PROXY_PROTOCOLS.include?(value)
+
+      raise ConfigError, "bind #{uri.inspect}: proxy_protocol must be one of #{PROXY_PROTOCOLS.join(', ')}"
+    end
+
+    def parse_address(uri, text)
       return parse_unix(uri, text.delete_prefix("unix://")) if text.start_with?("unix://")
       raise ConfigError, "bind #{uri.inspect}: use tcp://HOST:PORT or unix:///path" if text.match?(%r{\A(?!tcp://)\w+://})
 

@@ -70,7 +70,7 @@ module Butterflies
       elsif config.cluster?
         Cluster.new(config, loader: loader, cli: @flags.given, config_path: @config_path, log: @stdout).run
       else
-        Server.new(loader.call, config, log: @stdout).run
+        Server.new(Systemd.while_loading(&loader), config, log: @stdout).run
       end
     end
 
@@ -117,9 +117,11 @@ module Butterflies
 
     # Where to listen.
     def where_flags(opts)
-      opts.on("-b", "--bind URI", "Listen on tcp://HOST:PORT or unix:///PATH (repeatable)") do |uri|
+      opts.on("-b", "--bind URI", "Listen on tcp://HOST:PORT or unix:///PATH (repeatable; " \
+                                  "?proxy_protocol=v1|v2|any: a proxy in front sends it)") do |uri|
         @dsl.bind(uri)
       end
+      opts.on("--proxy-from CIDR[,CIDR]", "Believe PROXY protocol headers from these proxies") { |r| @dsl.proxy_from(r) }
       opts.on("-p", "--port PORT", Integer, "Listen on PORT (default 9292)") { |p| @port = p }
       opts.on("-o", "--host HOST", "Listen on HOST (default 0.0.0.0)") { |h| @host = h }
       opts.on("--tcp-fastopen [QUEUE]", Integer, "Enable TCP_FASTOPEN (queue length, default 256)") do |q|

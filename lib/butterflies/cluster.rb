@@ -76,13 +76,13 @@ module Butterflies
       @engine = Listeners.bind(@config, shared: true, workers: @config[:workers])
       @life.open(self)
       @stats = @life.stats
-      @app = @loader.call if @config[:preload_app]
+      @app = Systemd.while_loading(&@loader) if @config[:preload_app]
       pool_note = DatabasePool.fit!(@config) # the app, if loaded here (preload, rails s)
       @alive_reader, @alive_writer = IO.pipe
       banner(pool_note)
       supervise
       @life.exec_again(@engine) if @restart
-      @life.goodbye
+      @life.goodbye(@engine)
     end
 
     # The worker side of #exec_worker: in the new process, from the CLI.
@@ -197,12 +197,12 @@ module Butterflies
     # In the forked child, holding only its own ends of the master's pipes.
     def become_worker(index, slot, inquiries)
       @alive_writer.close
-      @signals.close
+      signals = @signals.reopen_in_child(Worker::STOP_SIGNALS)
       @life.control&.close
       exec_worker(index, inquiries, slot) if @exec_workers
       @stats.attach(slot)
       Worker.new(index: index, engine: @engine, app: @app, loader: @loader, config: @config,
-                 alive: @alive_reader, inquiries: inquiries, log: @log).run
+                 alive: @alive_reader, inquiries: inquiries, log: @log, signals: signals).run
     end
 
     # In the forked child: become a fresh process running this same command

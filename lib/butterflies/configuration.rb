@@ -40,6 +40,9 @@ module Butterflies
       # Trust a proxy's X-Request-Start (t=seconds.fraction, or ms, or us)
       # for the proxy queue time histogram, as autoscalers measure it.
       trust_request_start: { default: false },
+      # The proxies whose PROXY protocol header is believed, as addresses
+      # or CIDR ranges; needed by a TCP bind with ?proxy_protocol=.
+      proxy_from: { default: [] },
       pidfile: { default: nil },
       # pid, control URL and token for `butterflies ctl -S PATH` (mode 0600).
       state_path: { default: nil },
@@ -205,6 +208,7 @@ module Butterflies
     # Settings that cannot work together, refused before anything binds.
     def check_mode!
       env_port
+      check_proxy!
       Control.parse(self[:control_url], self[:control_token]) if self[:control_url]
       return if cluster? || self[:request_hard_timeout].nil?
 
@@ -214,6 +218,24 @@ module Butterflies
 
     def to_h
       @values.dup
+    end
+
+    # proxy_from trusts proxies for binds with the PROXY protocol on: one
+    # without the other is a mistake (the engine refuses a TCP bind with
+    # it on and nobody trusted).
+    def check_proxy!
+      proxied = binds.map { |uri| Binds.parse(uri) }.select(&:proxy_protocol)
+      trusted = !self[:proxy_from].empty?
+      raise ConfigError, "proxy_from is set but no bind has ?proxy_protocol=v1|v2|any" if proxied.empty? && trusted
+
+      untrusted_tcp!(proxied.find { |bind| !bind.unix? }) unless trusted
+    end
+
+    def untrusted_tcp!(tcp)
+      return unless tcp
+
+      raise ConfigError, "bind #{tcp.host}:#{tcp.port}: proxy_protocol needs proxy_from (the addresses of the " \
+                         "proxies whose header to believe)"
     end
 
     # "tcp://0.0.0.0:$PORT" (else 9292) when no bind or port was asked for

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "ipaddr"
+
 module Butterflies
   # The config file language (config/butterflies.rb), Puma-style:
   #
@@ -21,9 +23,27 @@ module Butterflies
 
     # Listen on a URI: "tcp://HOST:PORT" or "unix:///path". Repeatable.
     #   bind "tcp://0.0.0.0:3000"
-    def bind(uri)
+    #   bind "tcp://0.0.0.0:3000", proxy_protocol: :v2   (or ?proxy_protocol=v2)
+    def bind(uri, proxy_protocol: nil)
+      uri = "#{uri}#{uri.to_s.include?('?') ? '&' : '?'}proxy_protocol=#{proxy_protocol}" if proxy_protocol
       Binds.parse(uri) # checks it
       @config[:binds] = @config[:binds] + [uri.to_s]
+    end
+
+    # The proxies whose PROXY protocol header is believed (binds with
+    # proxy_protocol): addresses or CIDR ranges. Repeatable.
+    #   proxy_from "10.0.0.0/8", "192.168.1.10"
+    def proxy_from(*ranges)
+      ranges = ranges.flatten.flat_map { |r| r.to_s.split(",") }.map(&:strip)
+      ranges.each do |range|
+        # The engine's form: an address, and a prefix length if any.
+        raise IPAddr::InvalidAddressError unless range.match?(%r{\A\[?[\h.:]+\]?(/\d{1,3})?\z})
+
+        IPAddr.new(range.delete_prefix("[").delete_suffix("]"))
+      rescue IPAddr::Error
+        raise ConfigError, "proxy_from #{range.inspect}: expected an address or CIDR range (10.0.0.0/8, ::1)"
+      end
+      @config[:proxy_from] = @config[:proxy_from] + ranges
     end
 
     # Shorthand for a TCP bind.  port 3000  /  port 3000, "127.0.0.1"

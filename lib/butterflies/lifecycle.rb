@@ -58,8 +58,8 @@ module Butterflies
                              takeover: { Runtime::STATS_ENV => @stats, Control::INHERIT_ENV => @control })
     end
 
-    def goodbye
-      Listeners.unlink_unix_sockets(@config)
+    def goodbye(engine)
+      Listeners.unlink_unix_sockets(engine)
       ProcessFiles.new(@config).remove
       say "Goodbye"
       @log.drain

@@ -125,7 +125,7 @@ module Butterflies
         @stats.retire(@slot) # its counts stay, in the region the new process adopts
         @life.exec_again(@engine)
       end
-      @life.goodbye
+      @life.goodbye(@engine)
     end
 
     def banner(pool_note)

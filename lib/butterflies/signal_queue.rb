@@ -18,6 +18,8 @@ module Butterflies
     def push(signal)
       @queue << signal
       @writer.write_nonblock(".", exception: false)
+    rescue IOError
+      nil # between #close and a new pipe (#reopen_in_child): it is queued
     end
 
     # The next signal, waiting up to `timeout` seconds (nil: forever) and for
@@ -34,6 +36,18 @@ module Butterflies
     def close
       @reader.close
       @writer.close
+    end
+
+    # In a forked child: a pipe of its own (the parent's stays the
+    # parent's), keeping of what was queued only the signals in `keep`. The
+    # traps inherited from the parent push here until the child sets its
+    # own, so a TERM sent to a worker the moment it was forked is not lost.
+    def reopen_in_child(keep)
+      close
+      @reader, @writer = IO.pipe
+      @queue.select! { |signal| keep.include?(signal) }
+      @writer.write_nonblock(".", exception: false) unless @queue.empty?
+      self
     end
   end
 end

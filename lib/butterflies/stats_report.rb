@@ -174,7 +174,9 @@ module Butterflies
       "butterflies_log_lines_dropped_total" => ["log_lines_dropped",
                                                 "Log lines dropped because the output was slower than the requests."],
       "butterflies_slow_clients_closed_total" => ["slow_clients_closed",
-                                                  "Clients closed, slowest first, when no budget had room for a response."]
+                                                  "Clients closed, slowest first, when no budget had room for a response."],
+      "butterflies_proxy_refused_total" => ["proxy_refused",
+                                            "Connections closed for a missing or malformed PROXY protocol header."]
     }.freeze
 
     def plain_counters(lines, groups)

@@ -19,6 +19,10 @@ module Butterflies
   #   WATCHDOG=1                       every half WATCHDOG_USEC, and only while
   #                                    the workers' heartbeats are that fresh:
   #                                    all of them stuck, systemd restarts it
+  #   EXTEND_TIMEOUT_USEC=...          while the app loads in this process
+  #                                    (preload, single mode) and the load
+  #                                    makes progress: a boot that hangs is
+  #                                    not kept alive past TimeoutStartSec
   class Systemd
     STATES = %i[booting ready reloading stopping].freeze
     MESSAGES = {
@@ -26,6 +30,20 @@ module Butterflies
       reloading: -> { "RELOADING=1\nMONOTONIC_USEC=#{Process.clock_gettime(Process::CLOCK_MONOTONIC, :microsecond)}" }
     }.freeze
     STATUS_EVERY = 1.0
+    # While loading: how often progress is looked at, and how long past
+    # each look systemd is asked to wait.
+    EXTEND_EVERY = 3.0
+    EXTEND_BY = 10.0
+    # Objects a load allocates between two looks to count as progress (the
+    # looking thread itself allocates a few).
+    PROGRESS_OBJECTS = 10_000
+
+    # Runs the block (loading the app), asking systemd for more start time
+    # while it makes progress; just runs it without NOTIFY_SOCKET.
+    def self.while_loading(&block)
+      notifier = self.for
+      notifier ? notifier.while_loading(&block) : yield
+    end
 
     # A notifier for this process, or nil when systemd is not listening.
     def self.for(env = ENV)
@@ -88,12 +106,41 @@ module Butterflies
       send_message("WATCHDOG=1")
     end
 
+    # Runs the block; meanwhile a thread looks every EXTEND_EVERY seconds
+    # and, if the process loaded files or allocated objects since, sends
+    # EXTEND_TIMEOUT_USEC. A load stuck in a sleep or on the network makes
+    # none, so systemd's own start timeout still ends it.
+    def while_loading
+      done, finished = IO.pipe # Queue#pop takes no timeout before Ruby 3.2
+      extender = Thread.new do
+        seen = progress
+        until done.wait_readable(EXTEND_EVERY)
+          now = progress
+          send_message("EXTEND_TIMEOUT_USEC=#{(EXTEND_BY * 1_000_000).to_i}") if progressed?(seen, now)
+          seen = now
+        end
+      end
+      yield
+    ensure
+      finished&.close
+      extender&.join
+      done&.close
+    end
+
     # Seconds a worker's heartbeat may be old for the watchdog to be fed.
     def heartbeat_limit
       @watchdog_seconds
     end
 
     private
+
+    def progress
+      [$LOADED_FEATURES.size, GC.stat(:total_allocated_objects)]
+    end
+
+    def progressed?(before, after)
+      after[0] > before[0] || after[1] - before[1] > PROGRESS_OBJECTS
+    end
 
     # Never waits and never raises: systemd gone is not the server's end.
     def send_message(text)

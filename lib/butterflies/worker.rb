@@ -9,10 +9,14 @@ module Butterflies
     HEARTBEAT_SECONDS = 1
     # Pushed on the signal queue when a Rust thread panicked or failed.
     FAULT = "an engine thread failed"
+    # What stops a worker.
+    STOP_SIGNALS = %w[TERM INT QUIT].freeze
 
     # alive: a pipe whose write end only the master holds (EOF: it died).
     # inquiries: this worker's end of its Inquiry socket.
-    def initialize(index:, engine:, app:, loader:, config:, alive:, inquiries:, log:)
+    # signals: the master's queue, reopened in the child (a forked worker),
+    # holding a stop signal that came before the worker trapped its own.
+    def initialize(index:, engine:, app:, loader:, config:, alive:, inquiries:, log:, signals: nil)
       @index = index
       @engine = engine
       @app = app
@@ -21,6 +25,7 @@ module Butterflies
       @alive = alive
       @inquiries = inquiries
       @log = log
+      @signals = signals
     end
 
     # Runs the worker until it is told to stop; never returns.
@@ -53,8 +58,8 @@ module Butterflies
       $PROGRAM_NAME = "butterflies worker #{@index}"
       Butterflies.sync_output!
       Inquiry.serve(@inquiries)
-      signals = SignalQueue.new
-      signals.trap(%w[TERM INT QUIT])
+      signals = @signals || SignalQueue.new
+      signals.trap(STOP_SIGNALS)
       %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }
       Signal.trap(LogFiles::SIGNAL) { LogFiles.new(@config).reopen! }
       pin if @config[:pin_workers]
@@ -93,7 +98,7 @@ module Butterflies
     def wait(signals)
       loop do
         signal = signals.pop(HEARTBEAT_SECONDS, also: [@alive])
-        return signal if signal
+        return signal if STOP_SIGNALS.include?(signal) || signal == FAULT
         return "master died" if master_gone?
       end
     end

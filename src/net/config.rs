@@ -30,6 +30,15 @@ pub struct Config {
     pub listen: ListenOptions,
     /// Listening sockets inherited across exec (hot restart), by descriptor.
     pub inherit: Vec<RawFd>,
+    /// Listening sockets the service manager passed (systemd socket
+    /// activation, or a previous process of ours that had them), by
+    /// descriptor; see `net::engine`.
+    pub activated: Vec<RawFd>,
+    /// Binds whose connections begin with a PROXY protocol header, and
+    /// the versions they take (`crate::proxy`).
+    pub proxy_binds: Vec<(BindAddr, crate::proxy::Versions)>,
+    /// The peers those headers are taken from.
+    pub proxy_from: Vec<crate::proxy::Cidr>,
     /// The listeners are shared with other processes (cluster workers): on
     /// stop, close them but do not shut them down.
     pub shared_listeners: bool,
@@ -72,6 +81,9 @@ impl Config {
                 .unwrap_or(1),
             listen: ListenOptions::default(),
             inherit: Vec::new(),
+            activated: Vec::new(),
+            proxy_binds: Vec::new(),
+            proxy_from: Vec::new(),
             shared_listeners: false,
             workers: 1,
             access_log: None,

@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::body::Body;
@@ -38,6 +39,9 @@ pub struct Request {
     pub local: SocketAddr,
     /// When it was complete (the access log's durations start here).
     pub received: Instant,
+    /// The PROXY protocol header its connection began with (`peer` is
+    /// already the client it names).
+    pub proxy: Option<Arc<crate::proxy::Header>>,
 }
 
 impl Request {
@@ -56,6 +60,9 @@ pub enum Progress {
     Request(Request),
     /// More bytes are needed.
     Pending,
+    /// The connection must close without a response: its PROXY protocol
+    /// header was required and is missing or malformed.
+    Refused,
 }
 
 #[derive(Debug)]
@@ -96,6 +103,19 @@ pub struct Conn {
     pub(crate) last_write: Instant,
     /// When the connection last became idle between requests.
     pub(crate) idle_since: Instant,
+    /// Where the connection is with the PROXY protocol.
+    proxy: Proxy,
+}
+
+/// A connection's PROXY protocol state.
+#[derive(Debug, Clone)]
+enum Proxy {
+    /// Not spoken here: the first bytes are a request.
+    Off,
+    /// A header of these versions must come first.
+    Awaiting(crate::proxy::Versions),
+    /// It came: every request on the connection carries it.
+    Received(Arc<crate::proxy::Header>),
 }
 
 /// What becomes of a connection once its response is written.
@@ -184,7 +204,42 @@ impl Conn {
             last_read: Instant::now(),
             last_write: Instant::now(),
             idle_since: Instant::now(),
+            proxy: Proxy::Off,
         }
+    }
+
+    /// The connection must begin with a PROXY protocol header of
+    /// `versions`; the header timeout counts from now.
+    pub fn expect_proxy_header(&mut self, versions: crate::proxy::Versions) {
+        self.proxy = Proxy::Awaiting(versions);
+        self.request_started = Some(Instant::now());
+    }
+
+    /// Still waiting for its PROXY protocol header.
+    pub(crate) fn awaits_proxy_header(&self) -> bool {
+        matches!(self.proxy, Proxy::Awaiting(_))
+    }
+
+    /// Takes the PROXY protocol header off the front of the input, if one
+    /// is awaited: `Ok(false)` while more bytes are needed. From then on
+    /// the peer is the client the header names.
+    fn read_proxy_header(&mut self) -> Result<bool, crate::proxy::HeaderError> {
+        let Proxy::Awaiting(versions) = self.proxy else {
+            return Ok(true);
+        };
+        let Some(header) = self
+            .reader
+            .take_prefix(|buf| crate::proxy::header::parse(buf, versions))?
+        else {
+            return Ok(false);
+        };
+        if let Some(addresses) = header.addresses {
+            self.peer = addresses.source;
+        }
+        self.proxy = Proxy::Received(Arc::new(header));
+        // The first request's header timeout starts with its first byte.
+        self.request_started = self.reader.has_buffered().then(Instant::now);
+        Ok(true)
     }
 
     /// Decides what happens after the response; a later decision can only
@@ -371,7 +426,11 @@ impl Conn {
     /// its scratch buffer, so an idle connection holds no read buffer of
     /// its own.
     pub fn fill(&mut self, scratch: &mut [u8], cap: usize) -> io::Result<Fill> {
-        if self.served == 0 && self.reader.is_idle() && self.peer_side == PeerSide::Open {
+        if self.served == 0
+            && self.reader.is_idle()
+            && self.peer_side == PeerSide::Open
+            && !self.awaits_proxy_header()
+        {
             if let Some(fill) = self.fill_upgrade(scratch)? {
                 return Ok(fill);
             }
@@ -481,6 +540,15 @@ impl Conn {
     /// Advances the request being read with the buffered bytes; queues
     /// `100 Continue` when the client waits for it.
     pub fn advance(&mut self, limits: &Limits) -> Result<Progress, RequestError> {
+        match self.read_proxy_header() {
+            Ok(true) => {}
+            Ok(false) => return Ok(Progress::Pending),
+            Err(e) => {
+                crate::proxy::note_refused(self.peer, &e);
+                self.settle(Afterwards::CloseNow);
+                return Ok(Progress::Refused);
+            }
+        }
         loop {
             match self.reader.advance(limits)? {
                 Step::Continue => self.queue(CONTINUE.to_vec()),
@@ -489,12 +557,17 @@ impl Conn {
                     let next_started = self.reader.has_buffered().then(Instant::now);
                     self.request_started = next_started;
                     let (peer, local) = (self.peer, self.local);
+                    let proxy = match &self.proxy {
+                        Proxy::Received(header) => Some(header.clone()),
+                        _ => None,
+                    };
                     return Ok(Progress::Request(Request {
                         head,
                         body,
                         peer,
                         local,
                         received: Instant::now(),
+                        proxy,
                     }));
                 }
             }

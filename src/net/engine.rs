@@ -11,6 +11,13 @@
 //! The cluster master keeps every socket for its whole life: a worker that
 //! dies leaves its sockets, and the connections queued on them, to its
 //! replacement. A Unix socket has one queue, shared by everyone.
+//!
+//! A socket the service manager passed (systemd socket activation,
+//! `Config::activated`) also has one queue: systemd bound it, often as
+//! root and without SO_REUSEPORT, so no socket of ours can join it. Every
+//! IO thread of every worker holds a descriptor of it and waits on it with
+//! EPOLLEXCLUSIVE; there is nothing to steer. It is never grown, shrunk
+//! or unlinked here, and a hot restart passes it on as activated.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -24,14 +31,58 @@ use super::handoff::{Mailbox, Shared};
 use super::io_thread::IoThread;
 use super::listener::{self, BindAddr, Listener};
 use super::Queued;
+use crate::proxy::Policy;
+
+/// An IO thread's listeners, each with the PROXY protocol policy of its
+/// address.
+pub(crate) type ThreadListeners = Vec<(Listener, Option<Arc<Policy>>)>;
+
+/// How the sockets of one address are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// TCP: `io_threads` sockets per worker of one SO_REUSEPORT group,
+    /// worker by worker (worker w's thread k has socket w * io_threads + k).
+    PerWorker,
+    /// A Unix socket: `io_threads` descriptors of one socket, every
+    /// worker's.
+    OneQueue,
+    /// A socket the service manager passed: laid out as `OneQueue`, but
+    /// not ours (see the module documentation).
+    Activated,
+}
 
 /// The listening sockets of one bound address.
 struct Group {
-    /// TCP: `io_threads` sockets per worker of one SO_REUSEPORT group,
-    /// worker by worker (worker w's thread k has socket w * io_threads + k).
-    /// Unix: `io_threads` descriptors of one socket, every worker's.
     listeners: Vec<Listener>,
-    tcp: bool,
+    layout: Layout,
+    /// The PROXY protocol its connections begin with, if on.
+    proxy: Option<Arc<Policy>>,
+}
+
+impl Group {
+    fn per_worker(&self) -> bool {
+        self.layout == Layout::PerWorker
+    }
+
+    fn try_clone(&self) -> io::Result<Group> {
+        Ok(Group {
+            listeners: self
+                .listeners
+                .iter()
+                .map(Listener::try_clone)
+                .collect::<io::Result<_>>()?,
+            layout: self.layout,
+            proxy: self.proxy.clone(),
+        })
+    }
+}
+
+/// How many sockets an address of `layout` gets.
+fn layout_size(layout: Layout, threads: usize, workers: usize) -> usize {
+    match layout {
+        Layout::PerWorker => threads * workers,
+        Layout::OneQueue | Layout::Activated => threads,
+    }
 }
 
 /// The engine before and after its threads start.
@@ -39,8 +90,8 @@ pub struct Engine {
     config: Config,
     /// Per bound address, its sockets (taken by `start`).
     groups: Vec<Group>,
-    /// What was bound, with real ports.
-    addrs: Vec<BindAddr>,
+    /// What was bound, with real ports, and how.
+    addrs: Vec<(BindAddr, Layout)>,
     shared: Arc<Shared>,
     jobs_tx: Option<Sender<Queued>>,
     jobs_rx: Receiver<Queued>,
@@ -48,17 +99,20 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     /// Duplicates of the listeners the IO threads took (single mode), so a
     /// hot restart can pass them on after the threads are gone.
-    kept_listeners: Vec<Listener>,
+    kept_groups: Vec<Group>,
 }
 
 impl Engine {
     /// Binds every address (`io_threads` sockets per worker for TCP),
-    /// reusing inherited listening sockets where they match. Starts no
-    /// thread.
+    /// using a socket the service manager passed, or else one inherited
+    /// across exec, where one matches. Passed sockets no bind asked for
+    /// are served too. Starts no thread.
     pub fn bind(config: Config) -> io::Result<Engine> {
         let threads = config.io_threads.max(1);
         let workers = config.workers.max(1);
+        let mut activated = adopt_all(&config.activated)?;
         let mut inherited = adopt_all(&config.inherit)?;
+        check_proxy(&config)?;
         let mut groups = Vec::with_capacity(config.binds.len());
         let mut addrs = Vec::with_capacity(config.binds.len());
         // Several addresses asking for port 0 (`localhost` is 127.0.0.1 and
@@ -72,28 +126,60 @@ impl Engine {
                 }
                 _ => addr.clone(),
             };
-            let tcp = matches!(addr, BindAddr::Tcp(_));
-            let wanted = if tcp { threads * workers } else { threads };
-            let listeners = match inherited.iter().position(|(a, _)| a.satisfies(addr)) {
-                Some(at) => inherited.swap_remove(at).1,
-                None => listener::bind(addr, wanted, config.listen)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
+            let passed = activated.iter().position(|(a, _)| a.satisfies(addr));
+            let (layout, listeners) = match passed {
+                Some(at) => (Layout::Activated, activated.swap_remove(at).1),
+                None => {
+                    let layout = match addr {
+                        BindAddr::Tcp(_) => Layout::PerWorker,
+                        BindAddr::Unix(_) => Layout::OneQueue,
+                    };
+                    let wanted = layout_size(layout, threads, workers);
+                    let listeners = match inherited.iter().position(|(a, _)| a.satisfies(addr)) {
+                        Some(at) => inherited.swap_remove(at).1,
+                        None => listener::bind(addr, wanted, config.listen)
+                            .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
+                    };
+                    (layout, listeners)
+                }
             };
-            addrs.push(
-                match (addr, listeners.first().and_then(Listener::tcp_addr)) {
-                    (BindAddr::Tcp(_), Some(real)) => {
-                        if wants_any_port {
-                            zero_port.get_or_insert(real.port());
-                        }
-                        BindAddr::Tcp(real)
+            let real = match (addr, listeners.first().and_then(Listener::tcp_addr)) {
+                (BindAddr::Tcp(_), Some(real)) => {
+                    if wants_any_port {
+                        zero_port.get_or_insert(real.port());
                     }
-                    _ => addr.clone(),
-                },
-            );
+                    BindAddr::Tcp(real)
+                }
+                _ => addr.clone(),
+            };
+            addrs.push((real, layout));
+            let wanted = layout_size(layout, threads, workers);
+            let proxy = config
+                .proxy_binds
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map(|&(_, versions)| {
+                    Arc::new(Policy {
+                        versions,
+                        trusted: config.proxy_from.clone(),
+                    })
+                });
             groups.push(Group {
-                listeners: resize_group(listeners, wanted, tcp, config.listen)?,
-                tcp,
+                listeners: resize_group(listeners, wanted, layout, config.listen)?,
+                layout,
+                proxy,
             });
+        }
+        for (addr, listeners) in activated {
+            addrs.push((addr, Layout::Activated));
+            groups.push(Group {
+                listeners: resize_group(listeners, threads, Layout::Activated, config.listen)?,
+                layout: Layout::Activated,
+                proxy: None,
+            });
+        }
+        if groups.is_empty() {
+            return Err(io::Error::other("nothing to listen on"));
         }
         let steered = config.shared_listeners;
         // Inherited sockets no longer configured close here.
@@ -120,24 +206,39 @@ impl Engine {
             jobs_rx,
             mailboxes: Vec::new(),
             threads: Vec::new(),
-            kept_listeners: Vec::new(),
+            kept_groups: Vec::new(),
         })
     }
 
     /// The addresses bound (ports resolved when 0 was asked for).
     pub fn local_addrs(&self) -> Vec<BindAddr> {
-        self.addrs.clone()
+        self.addrs.iter().map(|(addr, _)| addr.clone()).collect()
     }
 
     /// The listening descriptors, made to survive exec, for a hot restart:
     /// the bound ones (a cluster master never starts), or the duplicates
-    /// kept when the IO threads started (single mode).
-    pub fn listener_fds(&self) -> io::Result<Vec<std::os::fd::RawFd>> {
+    /// kept when the IO threads started (single mode). `activated`: those
+    /// the service manager passed, else the others.
+    pub fn listener_fds(&self, activated: bool) -> io::Result<Vec<std::os::fd::RawFd>> {
         self.groups
             .iter()
+            .chain(&self.kept_groups)
+            .filter(|g| (g.layout == Layout::Activated) == activated)
             .flat_map(|g| &g.listeners)
-            .chain(&self.kept_listeners)
             .map(listener::keep_across_exec)
+            .collect()
+    }
+
+    /// The paths of the Unix sockets this server made (or a previous
+    /// process of it did), to remove on a final stop; not those the
+    /// service manager passed.
+    pub fn own_socket_paths(&self) -> Vec<std::path::PathBuf> {
+        self.addrs
+            .iter()
+            .filter_map(|(addr, layout)| match (addr, layout) {
+                (BindAddr::Unix(path), Layout::OneQueue) => Some(path.clone()),
+                _ => None,
+            })
             .collect()
     }
 
@@ -150,8 +251,8 @@ impl Engine {
     /// master growing, TTIN). Returns the worker count.
     pub fn add_worker(&mut self) -> io::Result<usize> {
         let threads = self.config.io_threads.max(1);
-        for (group, addr) in self.groups.iter_mut().zip(&self.addrs) {
-            if let (true, BindAddr::Tcp(addr)) = (group.tcp, addr) {
+        for (group, (addr, _)) in self.groups.iter_mut().zip(&self.addrs) {
+            if let (true, BindAddr::Tcp(addr)) = (group.per_worker(), addr) {
                 for _ in 0..threads {
                     group.listeners.push(Listener::Tcp(listener::join_group(
                         *addr,
@@ -179,7 +280,7 @@ impl Engine {
         // No new connection goes to the leaving worker's sockets from now:
         // what is queued on them, the worker accepts before it closes them.
         steer(&self.groups, keep);
-        for group in self.groups.iter_mut().filter(|g| g.tcp) {
+        for group in self.groups.iter_mut().filter(|g| g.per_worker()) {
             group.listeners.truncate(keep);
         }
         self.config.workers = workers - 1;
@@ -193,6 +294,13 @@ impl Engine {
         let Some(jobs_tx) = self.jobs_tx.take() else {
             return Err(io::Error::other("engine already started"));
         };
+        if !self.config.shared_listeners {
+            self.kept_groups = self
+                .groups
+                .iter()
+                .map(Group::try_clone)
+                .collect::<io::Result<_>>()?;
+        }
         let groups = self.take_listeners(worker)?;
         crate::logs::sink::start(self.shared.faults.clone())?;
         crate::stats::set(crate::stats::QUEUE_CAPACITY, self.config.queue_depth as u64);
@@ -201,11 +309,6 @@ impl Engine {
         }
         if let Some(format) = self.config.access_log {
             crate::logs::access::enable(format, worker);
-        }
-        if !self.config.shared_listeners {
-            for listener in groups.iter().flatten() {
-                self.kept_listeners.push(listener.try_clone()?);
-            }
         }
         for (index, listeners) in groups.into_iter().enumerate() {
             let mailbox = Arc::new(Mailbox::new()?);
@@ -262,6 +365,26 @@ impl Engine {
     }
 }
 
+/// The PROXY protocol needs to know whom to believe: a TCP bind with it
+/// on and no `proxy_from` is refused (a Unix socket's file permissions
+/// say who connects).
+fn check_proxy(config: &Config) -> io::Result<()> {
+    let untrusted = config
+        .proxy_binds
+        .iter()
+        .find(|(addr, _)| matches!(addr, BindAddr::Tcp(_)));
+    match untrusted {
+        Some((addr, _)) if config.proxy_from.is_empty() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{addr}: proxy_protocol needs proxy_from (the addresses of the proxies whose \
+                 header to believe)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Adopts inherited listening sockets, grouped by address.
 fn adopt_all(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<(BindAddr, Vec<Listener>)>> {
     let mut groups: Vec<(BindAddr, Vec<Listener>)> = Vec::new();
@@ -282,7 +405,7 @@ fn adopt_all(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<(BindAddr, Vec<Listen
 /// the kernel's own hashing (a leaving worker's queue may then lose the
 /// connections that arrive as it closes).
 fn steer(groups: &[Group], count: usize) {
-    for group in groups.iter().filter(|g| g.tcp) {
+    for group in groups.iter().filter(|g| g.per_worker()) {
         if let Some(Listener::Tcp(first)) = group.listeners.first() {
             if let Err(e) = listener::steer(first, count) {
                 crate::log_err!("butterflies: cannot steer connections between workers: {e}");
@@ -294,17 +417,17 @@ fn steer(groups: &[Group], count: usize) {
 impl Engine {
     /// Per IO thread, its listeners: worker `worker`'s sockets of every
     /// TCP address, and a descriptor of every Unix socket. The rest close.
-    fn take_listeners(&mut self, worker: Option<usize>) -> io::Result<Vec<Vec<Listener>>> {
+    fn take_listeners(&mut self, worker: Option<usize>) -> io::Result<Vec<ThreadListeners>> {
         let threads = self.config.io_threads.max(1);
-        let mut per_thread: Vec<Vec<Listener>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut per_thread: Vec<ThreadListeners> = (0..threads).map(|_| Vec::new()).collect();
         for group in std::mem::take(&mut self.groups) {
-            let mine = match (group.tcp, worker) {
+            let mine = match (group.per_worker(), worker) {
                 (true, Some(w)) => w * threads..(w + 1) * threads,
                 _ => 0..group.listeners.len(),
             };
             for (i, listener) in group.listeners.into_iter().enumerate() {
                 if mine.contains(&i) {
-                    per_thread[i % threads].push(listener);
+                    per_thread[i % threads].push((listener, group.proxy.clone()));
                 }
             }
         }
@@ -325,17 +448,19 @@ impl Engine {
 fn resize_group(
     mut group: Vec<Listener>,
     wanted: usize,
-    tcp: bool,
+    layout: Layout,
     options: listener::ListenOptions,
 ) -> io::Result<Vec<Listener>> {
     if group.len() > wanted {
         group.truncate(wanted);
-        listener::warn_unless_migrating("workers or threads no longer configured");
+        if layout == Layout::PerWorker {
+            listener::warn_unless_migrating("workers or threads no longer configured");
+        }
     }
     let mut i = 0;
     while group.len() < wanted {
-        let more = match (tcp, group[i].tcp_addr()) {
-            (true, Some(addr)) => Listener::Tcp(listener::join_group(addr, options)?),
+        let more = match (layout, group[i].tcp_addr()) {
+            (Layout::PerWorker, Some(addr)) => Listener::Tcp(listener::join_group(addr, options)?),
             _ => group[i].try_clone()?,
         };
         group.push(more);
@@ -356,7 +481,7 @@ impl Drop for Engine {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
     fn cluster(workers: usize, threads: usize) -> (Engine, SocketAddr) {
@@ -381,7 +506,7 @@ mod tests {
             .map(AsRawFd::as_raw_fd)
             .collect();
         let mine = engine.take_listeners(Some(1)).unwrap();
-        let taken: Vec<i32> = mine.iter().flatten().map(AsRawFd::as_raw_fd).collect();
+        let taken: Vec<i32> = mine.iter().flatten().map(|(l, _)| l.as_raw_fd()).collect();
         assert_eq!(
             taken,
             fds[2..4],
@@ -430,15 +555,53 @@ mod tests {
     }
 
     #[test]
+    fn a_passed_socket_is_one_queue_every_worker_shares() {
+        // As systemd binds it: no SO_REUSEPORT, so nothing can join it.
+        let passed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = passed.local_addr().unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(passed);
+        let mut config = Config::new(Vec::new());
+        config.io_threads = 2;
+        config.workers = 3;
+        config.shared_listeners = true;
+        config.activated = vec![fd];
+        let mut engine = Engine::bind(config).unwrap();
+        assert_eq!(engine.local_addrs(), vec![BindAddr::Tcp(addr)]);
+        assert_eq!(engine.groups[0].listeners.len(), 2, "one per IO thread");
+        assert_eq!(engine.add_worker().unwrap(), 4);
+        assert_eq!(engine.groups[0].listeners.len(), 2, "not grown");
+        assert_eq!(engine.listener_fds(true).unwrap().len(), 2);
+        assert!(engine.listener_fds(false).unwrap().is_empty());
+        assert!(engine.own_socket_paths().is_empty());
+        let theirs = engine.take_listeners(Some(3)).unwrap();
+        assert_eq!(
+            theirs.iter().flatten().count(),
+            2,
+            "the last worker has it too"
+        );
+        let client = TcpStream::connect(addr).unwrap();
+        let Listener::Tcp(listener) = &theirs[0][0].0 else {
+            panic!("not TCP")
+        };
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
+    }
+
+    #[test]
     fn an_inherited_group_is_filled_or_trimmed_to_the_workers() {
         let (engine, addr) = cluster(1, 1);
         drop(engine);
         let group =
             listener::bind(&BindAddr::Tcp(addr), 3, listener::ListenOptions::default()).unwrap();
         let options = listener::ListenOptions::default();
-        assert_eq!(resize_group(group, 1, true, options).unwrap().len(), 1);
+        assert_eq!(
+            resize_group(group, 1, Layout::PerWorker, options)
+                .unwrap()
+                .len(),
+            1
+        );
         let group = listener::bind(&BindAddr::Tcp(addr), 1, options).unwrap();
-        let grown = resize_group(group, 4, true, options).unwrap();
+        let grown = resize_group(group, 4, Layout::PerWorker, options).unwrap();
         assert_eq!(grown.len(), 4);
         assert!(grown.iter().all(|l| l.tcp_addr() == Some(addr)));
     }

@@ -253,6 +253,7 @@ impl Kept {
                 }
                 Ok(Progress::Pending) if fill == Fill::Full => continue,
                 Ok(Progress::Pending) => {}
+                Ok(Progress::Refused) => break, // settled to close now
                 Err(e) => {
                     conn.queue_error(e.status(), &format!("{e}\n"));
                     break;

@@ -44,7 +44,9 @@ const EVENTS_PER_WAIT: usize = 256;
 
 pub(crate) struct IoThread {
     /// Each listener with the local address its connections report.
-    listeners: Vec<(Listener, SocketAddr)>,
+    /// Each listener, the address it listens on, and its PROXY protocol
+    /// policy.
+    listeners: Vec<(Listener, SocketAddr, Option<Arc<crate::proxy::Policy>>)>,
     shared_listeners: bool,
     slots: Slots,
     jobs: Sender<Queued>,
@@ -97,7 +99,7 @@ impl AcceptPaused {
 
 impl IoThread {
     pub(crate) fn new(
-        listeners: Vec<Listener>,
+        listeners: super::engine::ThreadListeners,
         config: &Config,
         jobs: Sender<Queued>,
         mailbox: Arc<Mailbox>,
@@ -111,14 +113,14 @@ impl IoThread {
         // EPOLLEXCLUSIVE: a listener shared with other threads or processes
         // (Unix sockets, cluster workers) wakes one waiter, not all of them.
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET | EpollFlags::EPOLLEXCLUSIVE;
-        for (i, listener) in listeners.iter().enumerate() {
+        for (i, (listener, _)) in listeners.iter().enumerate() {
             epoll.add(listener, EpollEvent::new(flags, LISTENER_BIT | i as u64))?;
         }
         let listeners = listeners
             .into_iter()
-            .map(|l| {
+            .map(|(l, proxy)| {
                 let local = l.tcp_addr().unwrap_or(UNIX_PLACEHOLDER);
-                (l, local)
+                (l, local, proxy)
             })
             .collect();
         Ok(IoThread {
@@ -231,10 +233,11 @@ impl IoThread {
 
     fn accept(&mut self, index: usize) {
         loop {
-            let Some((listener, local)) = self.listeners.get(index) else {
+            let Some((listener, local, proxy)) = self.listeners.get(index) else {
                 return;
             };
             let local = *local;
+            let proxy = proxy.clone();
             let fd = match accept4(
                 listener.as_raw_fd(),
                 SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
@@ -256,14 +259,14 @@ impl IoThread {
             let stream = std::net::TcpStream::from(fd);
             // A Unix socket's peer has no IP: it reports as 127.0.0.1, as
             // Puma does, so apps' IP checks treat it as local.
-            let peer = getpeername::<SockaddrStorage>(stream.as_raw_fd())
+            let ip_peer = getpeername::<SockaddrStorage>(stream.as_raw_fd())
                 .ok()
                 .and_then(|a| {
                     a.as_sockaddr_in()
                         .map(|v4| SocketAddr::V4((*v4).into()))
                         .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
-                })
-                .unwrap_or(UNIX_PLACEHOLDER);
+                });
+            let peer = ip_peer.unwrap_or(UNIX_PLACEHOLDER);
             let _ = stream.set_nodelay(true);
             let token = self.slots.reserve();
             if self
@@ -275,8 +278,11 @@ impl IoThread {
                 self.slots.unreserve(token);
                 continue;
             }
-            self.slots
-                .insert(token, Box::new(Conn::new(stream, token, peer, local)));
+            let mut conn = Box::new(Conn::new(stream, token, peer, local));
+            if let Some(policy) = proxy.filter(|p| p.expects_header(ip_peer)) {
+                conn.expect_proxy_header(policy.versions);
+            }
+            self.slots.insert(token, conn);
             crate::stats::gauge(crate::stats::CONNECTIONS, 1);
         }
     }
@@ -356,6 +362,7 @@ impl IoThread {
             }
             match conn.advance(&self.limits) {
                 Ok(Progress::Request(request)) => return self.dispatch(token, request),
+                Ok(Progress::Refused) => return self.close(token),
                 Ok(Progress::Pending) if conn.has_output() => continue,
                 Ok(Progress::Pending) => match last_fill {
                     None | Some(Fill::Full) => {}
@@ -431,13 +438,13 @@ impl IoThread {
     /// this thread may have taken the only wake-up for a connection that
     /// just arrived, and nobody else would hear of it until the next one.
     fn close_listeners(&mut self) {
-        for (listener, _) in &self.listeners {
+        for (listener, _, _) in &self.listeners {
             let _ = self.mailbox.epoll.delete(listener);
         }
         for index in 0..self.listeners.len() {
             self.accept(index);
         }
-        for (listener, _) in self.listeners.drain(..) {
+        for (listener, _, _) in self.listeners.drain(..) {
             // Sockets this process alone serves are shut down, so the kernel
             // stops routing new connections to a group member nobody serves.
             // Shared ones (cluster workers) are only closed: the master and

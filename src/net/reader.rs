@@ -178,6 +178,20 @@ impl RequestReader {
         self.buf.take(max)
     }
 
+    /// Parses a prefix of the buffered bytes with `parse` (which says how
+    /// many bytes it used, or that it needs more) and drops what it used:
+    /// for what precedes the first request (a PROXY protocol header).
+    pub fn take_prefix<T, E>(
+        &mut self,
+        parse: impl FnOnce(&[u8]) -> Result<Option<(T, usize)>, E>,
+    ) -> Result<Option<T>, E> {
+        let Some((value, used)) = parse(self.buf.unparsed())? else {
+            return Ok(None);
+        };
+        self.buf.consume(used);
+        Ok(Some(value))
+    }
+
     /// Forgets everything (after an error, nothing more is read).
     pub fn clear(&mut self) {
         self.buf = Buffer::default();

@@ -266,6 +266,10 @@ impl Timeouts {
             };
         }
         match conn.request_started {
+            // No PROXY protocol header in time: closed without a response.
+            Some(started) if now - started > self.header && conn.awaits_proxy_header() => {
+                Expired::Close
+            }
             Some(started) if now - started > self.header => Expired::Answer408,
             None if conn.is_idle() && now - conn.idle_since > self.idle => Expired::Close,
             _ => Expired::No,

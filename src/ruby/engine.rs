@@ -25,7 +25,8 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.const_set("MAX_SECONDS", MAX_SECONDS)?;
     class.define_singleton_method("pin_process", function!(RbEngine::pin_process, 1))?;
     class.define_method("addresses", method!(RbEngine::addresses, 0))?;
-    class.define_method("listener_fds", method!(RbEngine::listener_fds, 0))?;
+    class.define_method("listener_fds", method!(RbEngine::listener_fds, 1))?;
+    class.define_method("own_socket_paths", method!(RbEngine::own_socket_paths, 0))?;
     class.define_method("start", method!(RbEngine::start, 1))?;
     class.define_method("workers", method!(RbEngine::workers, 0))?;
     class.define_method("io_threads", method!(RbEngine::io_threads, 0))?;
@@ -57,20 +58,37 @@ pub struct RbEngine {
 }
 
 impl RbEngine {
-    /// `Engine.new([["tcp", "127.0.0.1", 9292], ["unix", "/run/a.sock", 0]],
+    /// `Engine.new([["tcp", "127.0.0.1", 9292, nil], ["unix", "/run/a.sock", 0, "v2"]],
     /// io_threads: 2, ...)`: binds now, starts no thread. The binds come
     /// parsed (`Butterflies::Binds`); host names are resolved here.
     pub fn new(
         ruby: &Ruby,
-        binds: Vec<(String, String, u16)>,
+        binds: Vec<(String, String, u16, Option<String>)>,
         options: RHash,
     ) -> Result<Self, Error> {
         check_known(ruby, options)?;
         let mut addrs: Vec<BindAddr> = Vec::new();
-        for (kind, host, port) in &binds {
+        let mut proxy_binds = Vec::new();
+        for (kind, host, port, proxy) in &binds {
+            let versions = match proxy.as_deref() {
+                None => None,
+                Some(name) => Some(
+                    crate::proxy::Versions::parse(name)
+                        .ok_or_else(|| {
+                            ExtError::Config(format!(
+                                "proxy_protocol {name:?}: expected v1, v2 or any"
+                            ))
+                        })
+                        .or_raise(ruby)?,
+                ),
+            };
             let resolved = match kind.as_str() {
                 "unix" => {
-                    addrs.push(BindAddr::Unix(host.into()));
+                    let addr = BindAddr::Unix(host.into());
+                    if let Some(versions) = versions {
+                        proxy_binds.push((addr.clone(), versions));
+                    }
+                    addrs.push(addr);
                     continue;
                 }
                 "tcp" => (host.as_str(), *port)
@@ -80,12 +98,24 @@ impl RbEngine {
             }
             .or_raise(ruby)?;
             for addr in resolved.map(BindAddr::Tcp) {
+                if let Some(versions) = versions {
+                    proxy_binds.push((addr.clone(), versions));
+                }
                 if !addrs.contains(&addr) {
                     addrs.push(addr);
                 }
             }
         }
         let mut config = Config::new(addrs);
+        config.proxy_binds = proxy_binds;
+        if let Some(ranges) = option::<Vec<String>>(ruby, options, "proxy_from")? {
+            config.proxy_from = ranges
+                .iter()
+                .map(|r| crate::proxy::Cidr::parse(r))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ExtError::Config(e.to_string()))
+                .or_raise(ruby)?;
+        }
         for setting in SETTINGS {
             let given = match setting.value {
                 Value::Count { .. } => {
@@ -109,6 +139,9 @@ impl RbEngine {
         if let Some(fds) = option::<Vec<i32>>(ruby, options, "inherit_fds")? {
             config.inherit = fds;
         }
+        if let Some(fds) = option::<Vec<i32>>(ruby, options, "activated_fds")? {
+            config.activated = fds;
+        }
         if let Some(name) = option::<String>(ruby, options, "access_log")? {
             config.access_log = Some(
                 crate::logs::access::Format::parse(&name)
@@ -127,7 +160,10 @@ impl RbEngine {
             (soft, hard) => Some((soft, hard)),
         };
         let engine = Engine::bind(config)
-            .map_err(|e| ExtError::Bind(e.to_string()))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidInput => ExtError::Config(e.to_string()),
+                _ => ExtError::Bind(e.to_string()),
+            })
             .or_raise(ruby)?;
         if let Some((Some(_), _)) = request_timeouts {
             // Queued requests can time out too (net::queue).
@@ -200,12 +236,24 @@ impl RbEngine {
             .or_raise(ruby)
     }
 
-    /// The listening descriptors, made to survive exec (hot restart).
-    pub fn listener_fds(ruby: &Ruby, rb_self: &Self) -> Result<Vec<i32>, Error> {
+    /// `listener_fds(activated)`: the listening descriptors, made to
+    /// survive exec (hot restart); those the service manager passed, or
+    /// the others.
+    pub fn listener_fds(ruby: &Ruby, rb_self: &Self, activated: bool) -> Result<Vec<i32>, Error> {
         rb_self
-            .with_engine(|e| e.listener_fds())
+            .with_engine(|e| e.listener_fds(activated))
             .map_err(ExtError::Io)
             .or_raise(ruby)
+    }
+
+    /// The Unix socket files this server made, to remove on a final stop.
+    pub fn own_socket_paths(&self) -> Vec<String> {
+        self.with_engine(|e| {
+            e.own_socket_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect()
+        })
     }
 
     /// The bound addresses: "host:port", or "unix:/path".
@@ -362,6 +410,8 @@ const PLUMBING: &[&str] = &[
     "io_threads",
     "workers",
     "inherit_fds",
+    "activated_fds",
+    "proxy_from",
     "shared_listeners",
     "access_log",
     "trust_request_start",

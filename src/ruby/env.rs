@@ -22,6 +22,7 @@ keys! {
     HTTP_VERSION = "HTTP_VERSION";
     RACK_PROTOCOL = "rack.protocol";
     REMOTE_ADDR = "REMOTE_ADDR";
+    BUTTERFLIES_PROXY = "butterflies.proxy";
     CONTENT_TYPE = "CONTENT_TYPE";
     CONTENT_LENGTH = "CONTENT_LENGTH";
     RACK_INPUT = "rack.input";
@@ -59,6 +60,37 @@ common_headers! {
     H_X_FORWARDED_PROTO = "x-forwarded-proto" => "HTTP_X_FORWARDED_PROTO";
     H_X_REQUEST_ID = "x-request-id" => "HTTP_X_REQUEST_ID";
     H_UPGRADE = "upgrade" => "HTTP_UPGRADE";
+}
+
+/// `env["butterflies.proxy"]`: what the connection's PROXY protocol header
+/// said. "version" (1 or 2); "source" and "destination" ("ip:port", absent
+/// for LOCAL and UNKNOWN headers); and the v2 TLVs given: "authority",
+/// "unique_id" and "alpn" (binary strings but the authority), "aws_vpce_id".
+fn proxy_hash(ruby: &Ruby, header: &crate::proxy::Header) -> Result<RHash, Error> {
+    let hash = ruby.hash_new();
+    let version = match header.version {
+        Some(crate::proxy::header::Version::V1) => 1,
+        _ => 2,
+    };
+    hash.aset("version", version)?;
+    if let Some(a) = header.addresses {
+        hash.aset("source", a.source.to_string())?;
+        hash.aset("destination", a.destination.to_string())?;
+    }
+    let tlvs = &header.tlvs;
+    if let Some(authority) = &tlvs.authority {
+        hash.aset("authority", authority.as_str())?;
+    }
+    if let Some(id) = &tlvs.unique_id {
+        hash.aset("unique_id", ruby.str_from_slice(id))?;
+    }
+    if let Some(alpn) = &tlvs.alpn {
+        hash.aset("alpn", ruby.str_from_slice(alpn))?;
+    }
+    if let Some(vpce) = &tlvs.aws_vpce_id {
+        hash.aset("aws_vpce_id", vpce.as_str())?;
+    }
+    Ok(hash)
 }
 
 static STRING_IO: Lazy<RClass> = Lazy::new(|ruby| {
@@ -293,6 +325,12 @@ pub fn build(
         ruby.get_inner(&REMOTE_ADDR),
         bin(Small::of(request.peer.ip()).bytes()),
     )?;
+    if let Some(header) = &request.proxy {
+        pairs.push(
+            ruby.get_inner(&BUTTERFLIES_PROXY),
+            proxy_hash(ruby, header)?,
+        )?;
+    }
 
     let (mut local_name, mut local_port) = (Small::new(), Small::new());
     let (name, port) = server_name_and_port(

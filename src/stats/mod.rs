@@ -52,8 +52,9 @@ pub const VALUES: [(&str, Kind); VALUE_COUNT] = [
     ("parked_bytes", Kind::Gauge),
     ("spilled_bytes", Kind::Gauge),
     ("slow_clients_closed", Kind::Counter),
+    ("proxy_refused", Kind::Counter),
 ];
-pub const VALUE_COUNT: usize = 24;
+pub const VALUE_COUNT: usize = 25;
 
 /// Whether [`VALUES`]`[index]` is a gauge (not summed into retired totals).
 pub fn is_gauge(index: usize) -> bool {
@@ -81,6 +82,8 @@ pub const PARKED_BYTES: usize = 21;
 pub const SPILLED_BYTES: usize = 22;
 /// Clients closed, slowest first, when neither budget had room.
 pub const SLOW_CLIENTS_CLOSED: usize = 23;
+/// Connections closed for a missing or malformed PROXY protocol header.
+pub const PROXY_REFUSED: usize = 24;
 
 /// Histograms of a slot.
 pub const HISTOGRAMS: [&str; HISTOGRAM_COUNT] = ["queue", "gvl_wait", "app", "proxy_queue"];
@@ -233,6 +236,7 @@ mod tests {
             (PARKED_BYTES, "parked_bytes"),
             (SPILLED_BYTES, "spilled_bytes"),
             (SLOW_CLIENTS_CLOSED, "slow_clients_closed"),
+            (PROXY_REFUSED, "proxy_refused"),
         ];
         for (index, name) in named {
             assert_eq!(VALUES[index].0, name);

@@ -24,7 +24,7 @@ pub const MAX_INDEXES: usize = MAX_WORKERS + 1;
 const MAGIC: u64 = 0x4246_4c59_5354_4154;
 /// Bumped whenever [`Layout`] changes: a hot restart into a build with
 /// another layout starts a new region instead of misreading the old one.
-const VERSION: u64 = 3;
+const VERSION: u64 = 4;
 
 /// What a serving process says of itself with each heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
