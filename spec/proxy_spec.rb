@@ -48,10 +48,6 @@ RSpec.describe "behind a proxy", timeout: 240 do
     end
   end
 
-  def need(program)
-    skip "#{program} is not installed" unless system("command -v #{program} >/dev/null")
-  end
-
   # A proxy process, stopped after the example; ready once it accepts.
   def start_proxy(command, port)
     proxy = ServerProcess.new(command)
@@ -72,19 +68,17 @@ RSpec.describe "behind a proxy", timeout: 240 do
   end
 
   def haproxy(backend_port, send_proxy)
-    need("haproxy")
     port = free_port
     config = proxy_config("haproxy.cfg", port: port, backend_port: backend_port, send_proxy: send_proxy)
-    start_proxy(["haproxy", "-db", "-f", config], port)
+    start_proxy([program("haproxy"), "-db", "-f", config], port)
     port
   end
 
   def nginx(backend_port)
-    need("nginx")
     port = free_port
     config = proxy_config("nginx.conf", port: port, backend_port: backend_port, dir: @dir,
                                         user: Process.uid.zero? ? "user root;" : "")
-    start_proxy(["nginx", "-c", config, "-p", @dir], port)
+    start_proxy([program("nginx"), "-c", config, "-p", @dir], port)
     port
   end
 

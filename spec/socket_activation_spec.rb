@@ -11,7 +11,7 @@ require "socket"
 RSpec.describe "socket activation", timeout: 180 do
   include ClusterHelpers
 
-  let(:launcher) { "systemd-socket-activate" }
+  let(:launcher) { program("systemd-socket-activate") }
 
   around do |example|
     Dir.mktmpdir do |dir|
@@ -62,7 +62,6 @@ RSpec.describe "socket activation", timeout: 180 do
   end
 
   it "serves the passed sockets instead of its default bind, across USR2, and leaves systemd's socket file alone" do
-    skip "#{launcher} is not installed" unless system("command -v #{launcher} >/dev/null")
     port = free_port
     path = File.join(@dir, "app.sock")
     server = activate(["127.0.0.1:#{port}", path], "-t", "2")
@@ -87,7 +86,6 @@ RSpec.describe "socket activation", timeout: 180 do
   end
 
   it "shares one passed socket between the workers and keeps it through a hot restart" do
-    skip "#{launcher} is not installed" unless system("command -v #{launcher} >/dev/null")
     port = free_port
     server = activate(["127.0.0.1:#{port}"], "-w", "2", "-t", "2", "--io-threads", "1")
     first = Thread.new { get(port) }

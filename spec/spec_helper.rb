@@ -46,6 +46,15 @@ module ServerHelpers
     server&.close
   end
 
+  # The absolute path of a program script/bootstrap installs (proxies and
+  # the like live in /usr/sbin, which a user's PATH may lack); raises if
+  # it is missing, so a spec that needs it fails instead of passing unseen.
+  def program(name)
+    dirs = ENV.fetch("PATH", "").split(File::PATH_SEPARATOR) + %w[/usr/sbin /sbin /usr/bin]
+    found = dirs.map { |dir| File.join(dir, name) }.find { |path| File.executable?(path) }
+    found or raise "#{name} is not installed: run script/bootstrap"
+  end
+
   # Starts `butterflies` on a free port; stops it after the example.
   def start_butterflies(*args, rackup: APP, **kwargs)
     server = ServerProcess.start(butterflies_command("-b", "tcp://127.0.0.1:0", *args, rackup), **kwargs)
