@@ -38,7 +38,11 @@ require "butterflies/inquiry"
 require "butterflies/control"
 require "butterflies/process_files"
 require "butterflies/lifecycle"
+require "butterflies/memory"
+require "butterflies/drain"
+require "butterflies/respawn_throttle"
 require "butterflies/worker_handle"
+require "butterflies/cluster_state"
 require "butterflies/cluster"
 
 # Butterflies is a Rack web server whose engine is written in Rust.

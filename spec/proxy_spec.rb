@@ -111,11 +111,11 @@ RSpec.describe "behind a proxy", timeout: 240 do
     [results.sum(&:first), results.flat_map(&:last)]
   end
 
-  def start_proxied(protocol)
+  def start_proxied(protocol, *args)
     port = free_port
     server = ServerProcess.start(
       butterflies_command("-t", "4", "-b", "tcp://127.0.0.1:#{port}?proxy_protocol=#{protocol}",
-                          "--proxy-from", "127.0.0.1", rackup)
+                          "--proxy-from", "127.0.0.1", *args, rackup)
     )
     (@servers ||= []) << server
     server
@@ -133,10 +133,11 @@ RSpec.describe "behind a proxy", timeout: 240 do
     expect([ok, errors.tally]).to eq([10_000, {}])
   end
 
-  it "takes it from HAProxy's PROXY v1 header too" do
-    server = start_proxied("v1")
+  it "takes it from HAProxy's PROXY v1 header too, for the access log as well" do
+    server = start_proxied("v1", "--log-requests")
     front = haproxy(server.port, "send-proxy")
     expect(seen(front)).to include("remote_addr" => client_ip, "proxy" => include("version" => 1))
+    expect(server.wait_for_output(/^#{Regexp.escape(client_ip)} - - \[/)).to be(true), server.output
     ok, errors = keep_alive_run(front, total: 2_000)
     expect([ok, errors.tally]).to eq([2_000, {}])
   end

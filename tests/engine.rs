@@ -89,7 +89,7 @@ fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>) -> Option<Kep
     let head = ResponseHead::new(200).unwrap();
     let framing = head.framing(version, false, Some(body.len() as u64));
     let mut out = Vec::new();
-    let keep = head.write(&mut out, version, framing, keep_alive && !ex.stopping());
+    let keep = head.write(&mut out, version, framing, keep_alive && !ex.closing());
     ex.set_head(200, out.len(), framing);
     out.extend_from_slice(body.as_bytes());
     ex.send(&Direct, out).unwrap();

@@ -18,6 +18,8 @@ module Butterflies
   #   TTIN / TTOU      one worker more / fewer
   #   HUP              reload the config file, then a phased restart
   class Cluster
+    include ClusterState
+
     SIGNALS = %w[TERM INT QUIT USR1 USR2 TTIN TTOU HUP CHLD URG].freeze
     # Set in a worker started by fork + exec: "index,alive fd,workers,io
     # threads,stats fd,stats slot,inquiry fd" (workers and io threads say
@@ -27,24 +29,6 @@ module Butterflies
     TICK_SECONDS = 0.25
     # A worker that ignores TERM this long after it was due is killed.
     KILL_GRACE_SECONDS = 5
-
-    # When each worker index last died before it was ready: such a worker
-    # is not respawned more than once a second (an app that does not load
-    # must not fork-bomb).
-    class RespawnThrottle
-      def initialize
-        @failed_at = {}
-      end
-
-      def failed(index, now)
-        @failed_at[index] = now
-      end
-
-      def throttled?(index, now)
-        last = @failed_at[index]
-        !last.nil? && now - last < 1
-      end
-    end
 
     # embedded: run by the Rack handler (rackup, rails server), which loaded
     # the app already: workers are forked, never exec'd, and USR2 (which
@@ -69,6 +53,10 @@ module Butterflies
       # phased restart of a preloaded app until the next hot restart.
       @exec_workers = false
       @systemd = Systemd.for
+      @state = :booting
+      @ticked_at = now
+      @memory = MemoryWatch.new(config, -> { @stats })
+      @drain = Drain.new(config, -> { @stats }, log: @log)
     end
 
     def run
@@ -130,17 +118,18 @@ module Butterflies
         handle(signal) if signal
         reap
         read_heartbeats
+        watch_memory
         step_phased_restart
         retire_duplicates
         @workers.each { |w| w.escalate(now, grace(w)) }
-        tell_systemd if @systemd
+        tick_state
         break if @stopping && @workers.empty?
       end
     end
 
     # What each signal does (SIGCHLD only wakes the loop, which reaps).
     HANDLERS = {
-      "TERM" => -> { stop_all(restart: false) }, "INT" => -> { stop_all(restart: false) },
+      "TERM" => -> { drain_or_stop }, "INT" => -> { stop_all(restart: false) },
       "QUIT" => -> { stop_all(restart: false) }, "USR2" => -> { hot_restart }, "USR1" => -> { phased_restart },
       "TTIN" => -> { resize(+1) }, "TTOU" => -> { resize(-1) }, "HUP" => -> { reload },
       LogFiles::SIGNAL => -> { reopen_logs }
@@ -264,41 +253,18 @@ module Butterflies
       event line if line
     end
 
-    # --- systemd (lib/butterflies/systemd.rb) --------------------------------
+    # --- memory (worker_memory_limit, lib/butterflies/memory.rb) ------------
 
-    def tell_systemd
-      @systemd.state = systemd_state
-      @systemd.status(now) { systemd_status } if @systemd.state == :ready
-      @systemd.watchdog(heartbeats_fresh?, now) if @systemd.watchdog_seconds
-    end
-
-    # Ready once every index has a ready worker; after that, ready until a
-    # restart or a stop (a crashed worker is replaced, not a reload).
-    def systemd_state
-      return @restart ? :reloading : :stopping if @stopping
-      return :reloading if @phased
-      return :ready if @systemd.state != :booting || (0...@config[:workers]).all? { |i| ready_worker?(i) }
-
-      :booting
-    end
-
-    def ready_worker?(index)
-      @workers.any? { |w| w.index == index && w.active? && w.ready? }
-    end
-
-    def systemd_status
-      stats = report.stats
-      totals = stats["butterflies"]["totals"]
-      served = %w[1xx 2xx 3xx 4xx 5xx].sum { |c| totals["requests_#{c}"] }
-      queued = stats["worker_status"].sum { |w| w["last_status"]["backlog"] }
-      "#{stats['booted_workers']} of #{@config[:workers]} workers ready (phase #{@phase}), #{served} requests, " \
-        "#{queued} queued"
-    end
-
-    # Every ready worker beat within the watchdog's interval.
-    def heartbeats_fresh?
-      @workers.select { |w| w.active? && w.ready? }.all? do |w|
-        @stats.last_beat(w.slot).first < @systemd.heartbeat_limit
+    def watch_memory
+      @memory.check(@workers, now, quiet: @stopping || @phased || @drain.until) do |action, worker, line|
+        event line
+        @stats.count_restart("memory")
+        if action == :kill
+          worker.kill(:memory_hard, now)
+        else
+          worker.succeeded_for = :memory
+          spawn_worker(worker.index)
+        end
       end
     end
 
@@ -314,7 +280,7 @@ module Butterflies
       @workers.select(&:active?).group_by(&:index).each_value do |same|
         next unless surplus?(same)
 
-        same[0...-1].each { |w| w.stop(:duplicate, now) }
+        same[0...-1].each { |w| w.stop(w.succeeded_for || :duplicate, now) }
       end
     end
 
@@ -397,6 +363,7 @@ module Butterflies
       fresh = Configuration.load(@cli, path: @config_path)
       @log.warn "butterflies: HUP: binds changed; they apply after a hot restart (USR2)" if fresh.binds != @config.binds
       @config = fresh
+      @memory = MemoryWatch.new(@config, -> { @stats })
       say "Reloaded #{@config_path || Configuration::DEFAULT_PATH}"
       stop_extra_workers
       phased_restart

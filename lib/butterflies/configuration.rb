@@ -52,6 +52,16 @@ module Butterflies
       redirect_stderr: { default: nil },
       redirect_append: { default: false },
       worker_timeout: { kind: :seconds, default: 60.0, zero: false, help: "Replace a worker silent this long" },
+      # On TERM, go on serving this long with /ready saying 503 and every
+      # response closing its connection, then stop (a load balancer takes
+      # the server out of rotation meanwhile).
+      drain_delay: { kind: :seconds, default: 0.0, zero: true,
+                     help: "On TERM, serve this long with /ready 503 and Connection: close, then stop" },
+      # Replace a worker whose private memory (USS) passes this many MB,
+      # a successor first; kill one past the hard limit.
+      worker_memory_limit: { kind: :count, default: nil, min: 1, help: "Replace a worker past this many MB of USS" },
+      worker_memory_hard_limit: { kind: :count, default: nil, min: 1,
+                                  help: "Kill a worker past this many MB of USS" },
       # Called with (exception, env, status) when the app raises; returns
       # the Rack response to send instead of a plain 500 (Puma's name).
       lowlevel_error_handler: { default: nil }

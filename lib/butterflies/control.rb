@@ -9,7 +9,8 @@ module Butterflies
   # /thread-backtraces` and `/gc-stats` (each process's, see Inquiry), and
   # the actions `/stop`, `/halt`, `/restart`, `/phased-restart`, `/reload`
   # (GET or POST, as Puma's control app takes them), each what its signal
-  # does. Nothing in it reaches the app.
+  # does, and the probes `/ready` and `/live` (no token). Nothing in it
+  # reaches the app.
   #
   # It runs on threads of its own, never on the loop that supervises: an
   # acceptor thread, and a thread per client with a deadline to send its
@@ -230,9 +231,17 @@ module Butterflies
       head
     end
 
+    # Probes need no token (Kubernetes' httpGet sends none): they tell
+    # only whether the server takes traffic and whether its master runs.
+    PROBES = %w[/ready /live].freeze
+
     def answer(head)
       method, target = head.lines.first.to_s.split(" ", 3)
       path, query = target.to_s.split("?", 2)
+      PROBES.include?(path) ? probe(path) : answer_authorized(head, method, path, query)
+    end
+
+    def answer_authorized(head, method, path, query)
       return [401, "text/plain", "a control token is needed\n", true] unless authorized?(head, query)
       return [405, "text/plain", "only GET or POST\n"] unless %w[GET POST].include?(method)
 
@@ -241,6 +250,18 @@ module Butterflies
       when "/metrics" then [200, "text/plain; version=0.0.4; charset=utf-8", @owner.report.metrics]
       when *Inquiry::NAMES.map { |name| "/#{name}" } then inquiry(path.delete_prefix("/"), query)
       else action(path.to_s.delete_prefix("/"))
+      end
+    end
+
+    # /ready: 200 while the server takes traffic, else 503 with what it
+    # does (booting, reloading, draining, stopping). /live: 200 while the
+    # supervising loop runs.
+    def probe(path)
+      if path == "/ready"
+        state = @owner.state
+        state == :ready ? [200, "text/plain", "ready\n"] : [503, "text/plain", "#{state}\n"]
+      else
+        @owner.live? ? [200, "text/plain", "live\n"] : [503, "text/plain", "the supervising loop is stuck\n"]
       end
     end
 
@@ -282,7 +303,7 @@ module Butterflies
     end
 
     REASONS = { 200 => "OK", 400 => "Bad Request", 401 => "Unauthorized", 404 => "Not Found",
-                405 => "Method Not Allowed", 409 => "Conflict" }.freeze
+                405 => "Method Not Allowed", 409 => "Conflict", 503 => "Service Unavailable" }.freeze
 
     def respond(client, status, type, body, challenge = false)
       head = +"HTTP/1.1 #{status} #{REASONS[status]}\r\ncontent-type: #{type}\r\ncontent-length: #{body.bytesize}\r\n"

@@ -30,6 +30,7 @@ module Butterflies
     # and the control server for `owner`, on its own threads.
     def open(owner)
       @stats = stats_region
+      @stats.draining = false # a region adopted from a process that drained
       @control = Control.for(@config, owner, log: @log)&.start
     end
 

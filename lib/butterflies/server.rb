@@ -31,6 +31,17 @@ module Butterflies
       @life = Lifecycle.new(@config, log: @log)
       @signals = @life.signals
       @systemd = Systemd.for
+      @state = :booting
+      @drain = Drain.new(@config, -> { @stats }, log: @log)
+    end
+
+    # What the server does: :booting, :ready, :draining (drain_delay after
+    # TERM), :reloading or :stopping (read by /ready).
+    attr_reader :state
+
+    # The process answers: nothing else supervises it (a /live probe).
+    def live?
+      true
     end
 
     # Binds, serves until a stop signal (or #stop), then drains and returns.
@@ -39,6 +50,7 @@ module Butterflies
       bind
       start
       signal = next_signal
+      signal = drain if signal == "TERM" && @drain.begin(Butterflies.monotonic)
       shutdown(restart: signal == "USR2" && !@fault)
       raise EngineFault, "stopped: #{@fault}" if @fault
     end
@@ -59,6 +71,7 @@ module Butterflies
       pool_note = DatabasePool.fit!(@config)
       @runtime = Runtime.new(@engine, @app, @config, on_fault: method(:fault)).start
       banner(pool_note)
+      @state = :ready
       @systemd&.state = :ready
     end
 
@@ -116,7 +129,21 @@ module Butterflies
       @signals.push("FAULT")
     end
 
+    # Serves on for drain_delay with /ready saying 503 and every response
+    # closing its connection; a stop or restart signal ends it early.
+    # Returns the signal that ended it ("TERM" when the delay ran out).
+    def drain
+      @state = :draining
+      @systemd&.state = :stopping
+      while (left = @drain.until - Butterflies.monotonic).positive?
+        signal = @signals.pop(left)
+        return signal if signal && !IGNORED_SIGNALS.key?(signal) && signal != LogFiles::SIGNAL
+      end
+      "TERM"
+    end
+
     def shutdown(restart: false)
+      @state = restart ? :reloading : :stopping
       @systemd&.state = restart ? :reloading : :stopping
       grace = @config[:shutdown_timeout].round(1)
       say(restart ? "Hot restart: finishing requests in flight" : "Stopping (waiting up to #{grace}s for requests in flight)")

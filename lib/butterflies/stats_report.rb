@@ -46,6 +46,14 @@ module Butterflies
       "#{lines.join("\n")}\n"
     end
 
+    # systemd's STATUS= line for a cluster of `wanted` workers in `phase`.
+    def status_line(wanted, phase)
+      totals = stats["butterflies"]["totals"]
+      served = %w[1xx 2xx 3xx 4xx 5xx].sum { |c| totals["requests_#{c}"] }
+      queued = stats["worker_status"].sum { |w| w["last_status"]["backlog"] }
+      "#{stats['booted_workers']} of #{wanted} workers ready (phase #{phase}), #{served} requests, #{queued} queued"
+    end
+
     private
 
     def live
@@ -189,7 +197,7 @@ module Butterflies
 
     def gauges(lines)
       groups = by_worker.select { |_, g| g[:live].any? }
-      GAUGE_HELP.each do |name, help|
+      gauge_help.each do |name, help|
         metric = "butterflies_#{name}"
         header(lines, metric, help, "gauge")
         groups.each { |worker, g| lines << %(#{metric}{worker="#{worker}"} #{g[:live][name]}) }
@@ -201,6 +209,11 @@ module Butterflies
       end
     end
 
+    # The master measures worker memory: single mode has none.
+    def gauge_help
+      @workers ? GAUGE_HELP : GAUGE_HELP.except("worker_memory_bytes")
+    end
+
     GAUGE_HELP = {
       "connections" => "Open client connections.",
       "keep_alive" => "Open client connections between requests (kept alive).",
@@ -208,7 +221,8 @@ module Butterflies
       "queue_capacity" => "Requests that may wait before new ones get 503.", "threads" => "App threads.",
       "busy_threads" => "App threads running a request.",
       "parked_bytes" => "Response bytes left in memory with IO threads for slow clients.",
-      "spilled_bytes" => "Response bytes spilled to disk for slow clients."
+      "spilled_bytes" => "Response bytes spilled to disk for slow clients.",
+      "worker_memory_bytes" => "A worker's private memory (USS), as the master last measured it."
     }.freeze
 
     HISTOGRAMS = {

@@ -127,9 +127,14 @@ module Butterflies
       done&.close
     end
 
-    # Seconds a worker's heartbeat may be old for the watchdog to be fed.
-    def heartbeat_limit
-      @watchdog_seconds
+    # A supervising loop's tick: the state (a drain is a stop to systemd),
+    # the status line (asked for at most once every STATUS_EVERY, while
+    # ready), and the watchdog, fed if the block, given the age a
+    # heartbeat may have, says every worker is that fresh.
+    def tell(state, now, status:)
+      self.state = state == :draining ? :stopping : state
+      self.status(now, &status) if @state == :ready
+      watchdog(yield(@watchdog_seconds), now) if @watchdog_seconds
     end
 
     private

@@ -20,12 +20,16 @@ module Butterflies
     REASONS = {
       shutdown: "stopped", hot: "stopped for a hot restart", resize: "stopped (fewer workers)",
       phased: "replaced (phased restart)", timeout: "replaced after no heartbeat",
-      duplicate: "stopped (a newer worker serves its index)"
+      duplicate: "stopped (a newer worker serves its index)",
+      memory: "replaced (worker_memory_limit)", memory_hard: "killed (worker_memory_hard_limit)"
     }.freeze
     # Reasons after which the index is served again at once, by a new worker.
     RESPAWNED = %i[timeout].freeze
 
     attr_reader :index, :pid, :slot, :phase, :channel, :state, :reason, :stopped_at
+    # Why a successor was forked for it (it stops once that one is
+    # ready), or nil.
+    attr_accessor :succeeded_for
 
     # `channel`: the master's end of its Inquiry socket.
     def initialize(index:, pid:, slot:, phase:, channel:)
@@ -38,6 +42,7 @@ module Butterflies
       @reason = nil
       @stopped_at = nil
       @killed = false
+      @succeeded_for = nil
     end
 
     def ready?
@@ -94,6 +99,18 @@ module Butterflies
       true
     end
 
+    # Stops it at once (KILL), for `reason`.
+    def kill(reason, now)
+      return false if stopping?
+
+      @state = :stopping
+      @reason = reason
+      @stopped_at = now
+      @killed = true
+      signal("KILL")
+      true
+    end
+
     # KILL it if it is still there `grace` seconds after it was told to stop.
     def escalate(now, grace)
       return unless stopping? && !@killed && now > @stopped_at + grace
@@ -116,7 +133,7 @@ module Butterflies
     # What the log says of its exit; nil for an exit that was asked for
     # and is told elsewhere (the worker's own "served N requests").
     def exit_line(status)
-      return nil if stopping? && !%i[timeout duplicate].include?(@reason)
+      return nil if stopping? && !%i[timeout duplicate memory memory_hard].include?(@reason)
 
       how = status.signaled? ? "killed by SIG#{Signal.signame(status.termsig)}" : "exit status #{status.exitstatus}"
       what = stopping? ? REASONS.fetch(@reason) : "died"

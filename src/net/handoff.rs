@@ -130,6 +130,12 @@ impl Job {
         self.shared.stopping.load(Ordering::Relaxed)
     }
 
+    /// Its connection must not be kept after this response: the server
+    /// stops, or drains (`crate::stats::draining`).
+    pub fn closing(&self) -> bool {
+        self.stopping() || crate::stats::draining()
+    }
+
     /// Like [`Job::finish`], but a connection left quiet (all written,
     /// kept alive, nothing read ahead) while it is the only one lent to an
     /// app thread stays with this thread as a [`Kept`], to read its next

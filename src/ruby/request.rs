@@ -129,8 +129,9 @@ fn call(
 ) -> Result<Outcome, Error> {
     let result: Value = app.app.funcall(id(ruby, &CALL), (env,))?;
     *triple = RArray::from_value(result);
-    // A stop that came while the app ran still closes this connection.
-    let keep_alive = keep_alive && !ex.stopping();
+    // A stop or drain that came while the app ran still closes this
+    // connection (Connection: close tells the client).
+    let keep_alive = keep_alive && !ex.closing();
     response::send(ruby, ex, result, keep_alive, app.flusher.as_ref())
 }
 
@@ -161,7 +162,7 @@ fn fail(
     if ex.head_sent() || disconnected || ex.broken() {
         ex.abandon();
     } else if app_error {
-        let keep_alive = keep_alive && !ex.stopping();
+        let keep_alive = keep_alive && !ex.closing();
         // The lowlevel_error_handler's response, else a plain 500.
         let sent = match custom.map(|triple| response::send(ruby, ex, triple, keep_alive, None)) {
             Some(Ok(response::Outcome::Sent { keep_alive })) => Ok(keep_alive),

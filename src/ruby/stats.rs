@@ -33,6 +33,8 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     gauges.freeze();
     class.const_set("GAUGES", gauges)?;
     class.define_method("count_restart", method!(Stats::count_restart, 1))?;
+    class.define_method("draining=", method!(Stats::set_draining, 1))?;
+    class.define_method("set_memory", method!(Stats::set_memory, 2))?;
     class.define_method("snapshot", method!(Stats::snapshot, 0))?;
     let buckets = ruby.ary_from_iter(stats::BUCKETS_US.iter().map(|&us| us as f64 / 1e6));
     class.const_set("BUCKETS_SECONDS", buckets)?;
@@ -84,7 +86,7 @@ impl Stats {
         if let Some(slot) = self.0.slot(at) {
             slot.pid
                 .store(u64::from(std::process::id()), Ordering::Relaxed);
-            stats::attach(slot);
+            stats::attach(slot, self.0.draining_flag());
         }
     }
 
@@ -115,6 +117,21 @@ impl Stats {
     pub fn last_beat(ruby: &Ruby, rb_self: &Self, at: usize) -> Option<(f64, magnus::Symbol)> {
         let (age_ms, health) = rb_self.0.slot(at)?.last_beat();
         Some((age_ms as f64 / 1e3, ruby.to_symbol(health.name())))
+    }
+
+    /// Every process's responses close their connections while set.
+    pub fn set_draining(&self, draining: bool) {
+        self.0
+            .draining_flag()
+            .store(u64::from(draining), Ordering::Relaxed);
+    }
+
+    /// `set_memory(slot, bytes)`: the private memory the master measured
+    /// for the process in `slot` (the `worker_memory_bytes` gauge).
+    pub fn set_memory(&self, at: usize, bytes: u64) {
+        if let Some(slot) = self.0.slot(at) {
+            slot.set(stats::MEMORY_BYTES, bytes);
+        }
     }
 
     pub fn count_restart(&self, reason: String) {

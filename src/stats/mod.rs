@@ -53,8 +53,9 @@ pub const VALUES: [(&str, Kind); VALUE_COUNT] = [
     ("spilled_bytes", Kind::Gauge),
     ("slow_clients_closed", Kind::Counter),
     ("proxy_refused", Kind::Counter),
+    ("worker_memory_bytes", Kind::Gauge),
 ];
-pub const VALUE_COUNT: usize = 25;
+pub const VALUE_COUNT: usize = 26;
 
 /// Whether [`VALUES`]`[index]` is a gauge (not summed into retired totals).
 pub fn is_gauge(index: usize) -> bool {
@@ -84,6 +85,8 @@ pub const SPILLED_BYTES: usize = 22;
 pub const SLOW_CLIENTS_CLOSED: usize = 23;
 /// Connections closed for a missing or malformed PROXY protocol header.
 pub const PROXY_REFUSED: usize = 24;
+/// The process's private memory (USS), as its master last measured it.
+pub const MEMORY_BYTES: usize = 25;
 
 /// Histograms of a slot.
 pub const HISTOGRAMS: [&str; HISTOGRAM_COUNT] = ["queue", "gvl_wait", "app", "proxy_queue"];
@@ -142,14 +145,26 @@ pub const BUCKETS_US: [u64; BUCKET_COUNT] = [
 pub const BUCKET_COUNT: usize = 12;
 
 /// Worker restart reasons the master counts.
-pub const RESTARTS: [&str; 4] = ["crash", "timeout", "phased", "hot"];
+pub const RESTARTS: [&str; 5] = ["crash", "timeout", "phased", "hot", "memory"];
 
 /// This process's slot, once attached.
 static CURRENT: OnceLock<&'static Slot> = OnceLock::new();
+/// The region's draining flag, once attached.
+static DRAINING: OnceLock<&'static std::sync::atomic::AtomicU64> = OnceLock::new();
 
-/// Makes `slot` this process's (once; after any fork).
-pub fn attach(slot: &'static Slot) {
+/// Makes `slot` this process's (once; after any fork), and `draining`
+/// the flag it reads.
+pub fn attach(slot: &'static Slot, draining: &'static std::sync::atomic::AtomicU64) {
     let _ = CURRENT.set(slot);
+    let _ = DRAINING.set(draining);
+}
+
+/// Whether the server drains (`drain_delay`): responses close their
+/// connections so clients go elsewhere.
+pub fn draining() -> bool {
+    DRAINING
+        .get()
+        .is_some_and(|flag| flag.load(std::sync::atomic::Ordering::Relaxed) != 0)
 }
 
 /// Adds `n` to value `index` of this process's slot (nothing if none).
@@ -237,6 +252,7 @@ mod tests {
             (SPILLED_BYTES, "spilled_bytes"),
             (SLOW_CLIENTS_CLOSED, "slow_clients_closed"),
             (PROXY_REFUSED, "proxy_refused"),
+            (MEMORY_BYTES, "worker_memory_bytes"),
         ];
         for (index, name) in named {
             assert_eq!(VALUES[index].0, name);

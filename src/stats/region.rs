@@ -24,7 +24,7 @@ pub const MAX_INDEXES: usize = MAX_WORKERS + 1;
 const MAGIC: u64 = 0x4246_4c59_5354_4154;
 /// Bumped whenever [`Layout`] changes: a hot restart into a build with
 /// another layout starts a new region instead of misreading the old one.
-const VERSION: u64 = 4;
+const VERSION: u64 = 5;
 
 /// What a serving process says of itself with each heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +97,9 @@ struct Layout {
     slots: [Slot; MAX_SLOTS],
     retired: [Slot; MAX_INDEXES],
     restarts: [AtomicU64; RESTARTS.len()],
+    /// Non-zero while the server drains (`drain_delay`): every process's
+    /// responses close their connections.
+    draining: AtomicU64,
 }
 
 impl Slot {
@@ -326,6 +329,11 @@ impl Region {
         }
         slot.clear();
         slot.used.store(0, Ordering::Release);
+    }
+
+    /// The flag every process of the server reads for draining.
+    pub fn draining_flag(&self) -> &'static AtomicU64 {
+        &self.layout.draining
     }
 
     pub fn count_restart(&self, reason: usize) {

@@ -156,8 +156,9 @@ impl Exchange {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn stopping(&self) -> bool {
-        self.lock().job.as_ref().is_some_and(Job::stopping)
+    /// The response must close its connection (stopping or draining).
+    pub fn closing(&self) -> bool {
+        self.lock().job.as_ref().is_some_and(Job::closing)
     }
 
     /// The head went out (the body may be complete since).
