@@ -41,7 +41,7 @@ RSpec.describe "socket activation", timeout: 180 do
   def activate(listens, *args)
     env = GcStressMode.server_env
     command = [launcher, *listens.flat_map { |l| ["-l", l] }, "--fdname=web",
-               *env.keys.flat_map { |k| ["-E", k] },
+               *launcher_env_flags(env),
                *butterflies_command(*args, rackup)]
     @server = ServerProcess.new(command, env: env)
     raise "#{launcher} did not listen:\n#{@server.output}" unless @server.wait_for_matches(/ as \d+\./, listens.size)

@@ -55,6 +55,12 @@ module ServerHelpers
     found or raise "#{name} is not installed: run script/bootstrap"
   end
 
+  # systemd-socket-activate passes a program only the variables named
+  # with -E: those of `env`, and the suite's own (GC stress mode's).
+  def launcher_env_flags(env)
+    (env.keys + ENV.keys.grep(/\ABUTTERFLIES_SPEC_/)).uniq.flat_map { |key| ["-E", key] }
+  end
+
   # Starts `butterflies` on a free port; stops it after the example.
   def start_butterflies(*args, rackup: APP, **kwargs)
     server = ServerProcess.start(butterflies_command("-b", "tcp://127.0.0.1:0", *args, rackup), **kwargs)

@@ -137,7 +137,7 @@ RSpec.describe "systemd notifications", timeout: 180 do
     env = @env.merge("WATCHDOG_USEC" => watchdog.to_s).merge(unit_env, GcStressMode.server_env)
     launcher = [program("systemd-socket-activate"), "-l", listen,
                 "--fdname=#{unit_setting('butterflies.socket', 'FileDescriptorName')}",
-                *env.keys.flat_map { |k| ["-E", k] }]
+                *launcher_env_flags(env)]
     server = ServerProcess.new([*launcher, *butterflies_command(*command.drop(4))],
                                env: env, chdir: File.join(ServerHelpers::ROOT, "examples/hello"))
     (@servers ||= []) << server
