@@ -18,7 +18,9 @@ RSpec.describe "behind a proxy", timeout: 240 do
       @dir = dir
       example.run
     ensure
-      (@proxies || []).each(&:kill)
+      # TERM: nginx's and HAProxy's masters take their workers with them
+      # (a KILLed master would leave them behind).
+      (@proxies || []).each { |proxy| proxy.stop("TERM") }
     end
   end
 

@@ -71,6 +71,9 @@ pub fn serve(
     // Where a kept connection's next request is read.
     let mut scratch = vec![0u8; KEPT_READ_BYTES];
     let mut skip_keeps = 0u32;
+    let batch = super::gvl::batch();
+    // When this thread last took the GVL back (for `batch`).
+    let mut held_since = Instant::now();
     loop {
         let job = match jobs.try_recv() {
             Ok(queued) => match queued.claim() {
@@ -84,7 +87,9 @@ pub fn serve(
             },
             Err(TryRecvError::Disconnected) => return Ok(()),
             Err(TryRecvError::Empty) => {
-                match wait_for_job(ruby, &jobs, &wake_tx, &wake_rx, idle_exit)? {
+                let waited = wait_for_job(ruby, &jobs, &wake_tx, &wake_rx, idle_exit)?;
+                held_since = Instant::now();
+                match waited {
                     Waited::Job(job) => job,
                     Waited::Closed | Waited::Idle => return Ok(()),
                     Waited::Again => continue,
@@ -103,8 +108,15 @@ pub fn serve(
                 let _busy = Busy::new(&rb_self.pool);
                 request::handle(ruby, &app, job, may_keep)?
             };
+            if let Some(batch) = batch {
+                if held_since.elapsed() >= batch {
+                    super::gvl::let_others_in(ruby)?;
+                    held_since = Instant::now();
+                }
+            }
             let Some(connection) = kept else { break };
             let waited = next_request(ruby, rb_self, connection, &mut scratch, &wake_tx, &wake_rx)?;
+            held_since = Instant::now();
             match waited {
                 Waited::Job(job) => next = Some(job),
                 Waited::Woken => check_interrupts()?,

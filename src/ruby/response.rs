@@ -174,7 +174,13 @@ fn send_array(
         if ResponseHead::sends_body(framing) {
             append_body(&mut out, chunks);
         }
-        ex.send(&Gvl(ruby), out).or_raise(ruby)?;
+        if super::gvl::batch().is_some() {
+            // Written with the GVL held when the socket takes it (the
+            // app thread lets others in every batch, app_thread.rs).
+            ex.send_now(&Gvl(ruby), &[&out]).or_raise(ruby)?;
+        } else {
+            ex.send(&Gvl(ruby), out).or_raise(ruby)?;
+        }
         ex.mark_finished();
         return Ok(Some(Outcome::Sent { keep_alive }));
     }
