@@ -71,8 +71,7 @@ pub fn serve(
     // Where a kept connection's next request is read.
     let mut scratch = vec![0u8; KEPT_READ_BYTES];
     let mut skip_keeps = 0u32;
-    let batch = super::gvl::batch();
-    // When this thread last took the GVL back (for `batch`).
+    // When this thread last took the GVL back (see GVL_BATCH).
     let mut held_since = Instant::now();
     loop {
         let job = match jobs.try_recv() {
@@ -108,11 +107,9 @@ pub fn serve(
                 let _busy = Busy::new(&rb_self.pool);
                 request::handle(ruby, &app, job, may_keep)?
             };
-            if let Some(batch) = batch {
-                if held_since.elapsed() >= batch {
-                    super::gvl::let_others_in(ruby)?;
-                    held_since = Instant::now();
-                }
+            if held_since.elapsed() >= GVL_BATCH {
+                super::gvl::let_others_in(ruby)?;
+                held_since = Instant::now();
             }
             let Some(connection) = kept else { break };
             let waited = next_request(ruby, rb_self, connection, &mut scratch, &wake_tx, &wake_rx)?;
@@ -191,6 +188,16 @@ fn claimed(queued: Result<Queued, crossbeam_channel::RecvError>) -> Waited {
         Err(_) => Waited::Closed,
     }
 }
+
+/// How long an app thread keeps the GVL across the requests it serves
+/// back to back (small responses are written with it held) before it
+/// releases it to let the other app threads in. Per request instead,
+/// Ruby 3.3 handed the GVL to a waiting thread at every write and the
+/// writer paid a context switch to get it back: hello c=32 did 37-40k
+/// req/s on 3.3 against 85k on 3.1. Never, and requests another thread
+/// had taken waited a whole time slice (hello c=256 p99 100 ms). 500 us
+/// measured best of 100, 500 and 2000 (docs/PERFORMANCE.md).
+const GVL_BATCH: Duration = Duration::from_micros(500);
 
 /// Bytes read per pass from a kept connection.
 const KEPT_READ_BYTES: usize = 16 * 1024;

@@ -28,22 +28,9 @@ use rb_sys::{rb_nogvl, rb_thread_check_ints, RB_NOGVL_INTR_FAIL};
 use crate::serve::Blocking;
 pub use crate::serve::Unblock;
 
-/// EXPERIMENT (issue 23): how long an app thread may keep the GVL across
-/// requests before it lets another in; `None`: the GVL is released for
-/// every response's write, as before. From BUTTERFLIES_GVL_BATCH_US.
-pub fn batch() -> Option<std::time::Duration> {
-    static BATCH: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
-    *BATCH.get_or_init(|| {
-        std::env::var("BUTTERFLIES_GVL_BATCH_US")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&us| us > 0)
-            .map(std::time::Duration::from_micros)
-    })
-}
-
 /// Lets another thread that waits for the GVL run: releases it and takes
-/// it back. `Err` as for [`without_gvl`].
+/// it back (on Ruby 3.3 a waiting thread gets it first). `Err` as for
+/// [`without_gvl`].
 pub fn let_others_in(ruby: &Ruby) -> Result<(), Error> {
     without_gvl(ruby, || (), None::<Unblock<'_, ()>>)
 }

@@ -136,10 +136,12 @@ fn send_parts(
 const COPY_BELOW_BYTES: u64 = 64 * 1024;
 
 /// An Array body: its length is known, so head and body go out in one
-/// write. A small one is copied and written with the GVL released, which
-/// also lets the next app thread in (holding the GVL from one request to
-/// the next made requests that another thread had already taken wait a
-/// whole time slice: hello c=256 p99 went from 9 ms to 100 ms). A large one
+/// write. A small one is copied and written without releasing the GVL
+/// (a non-blocking write; what the socket leaves, the IO thread sends):
+/// on Ruby 3.3 every release hands the GVL to a waiting app thread, and
+/// taking it back cost a context switch per request. The app thread lets
+/// the others in between requests instead, every
+/// `app_thread::GVL_BATCH`. A large one
 /// goes out with one `writev(2)` straight from frozen snapshots of the
 /// Ruby strings ([`Snapshot`]), nothing copied unless the socket does not
 /// take it all.
@@ -174,13 +176,9 @@ fn send_array(
         if ResponseHead::sends_body(framing) {
             append_body(&mut out, chunks);
         }
-        if super::gvl::batch().is_some() {
-            // Written with the GVL held when the socket takes it (the
-            // app thread lets others in every batch, app_thread.rs).
-            ex.send_now(&Gvl(ruby), &[&out]).or_raise(ruby)?;
-        } else {
-            ex.send(&Gvl(ruby), out).or_raise(ruby)?;
-        }
+        // Written with the GVL held: the socket takes it at once, or what
+        // it leaves goes to the IO thread (see `GVL_BATCH`).
+        ex.send_now(&Gvl(ruby), &[&out]).or_raise(ruby)?;
         ex.mark_finished();
         return Ok(Some(Outcome::Sent { keep_alive }));
     }
