@@ -28,14 +28,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::config::Config;
 use super::handoff::{Mailbox, Shared};
-use super::io_thread::IoThread;
+use super::io_thread::{IoThread, ThreadListeners};
 use super::listener::{self, BindAddr, Listener};
 use super::Queued;
 use crate::proxy::Policy;
-
-/// An IO thread's listeners, each with the PROXY protocol policy of its
-/// address.
-pub(crate) type ThreadListeners = Vec<(Listener, Option<Arc<Policy>>)>;
 
 /// How the sockets of one address are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,6 +42,10 @@ const TICK: Duration = Duration::from_millis(500);
 /// Epoll events taken per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 256;
 
+/// An IO thread's listeners, each with the PROXY protocol policy of its
+/// address (the engine deals them out).
+pub(crate) type ThreadListeners = Vec<(Listener, Option<Arc<crate::proxy::Policy>>)>;
+
 pub(crate) struct IoThread {
     /// Each listener with the local address its connections report.
     /// Each listener, the address it listens on, and its PROXY protocol
@@ -99,7 +103,7 @@ impl AcceptPaused {
 
 impl IoThread {
     pub(crate) fn new(
-        listeners: super::engine::ThreadListeners,
+        listeners: ThreadListeners,
         config: &Config,
         jobs: Sender<Queued>,
         mailbox: Arc<Mailbox>,
