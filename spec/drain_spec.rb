@@ -47,7 +47,8 @@ RSpec.describe "readiness and draining", timeout: 180 do
     seen[:closing] += 1 if closing && code == "200"
   end
 
-  it "answers /ready 503 while draining, keeps serving with Connection: close, and loses no request" do
+  it "answers /ready 503 while draining, keeps serving with Connection: close, and loses no request",
+     stress: false do
     control = free_port
     delay = 2
     server = start_cluster("--drain-delay", delay.to_s, "--control-url", "tcp://127.0.0.1:#{control}",

@@ -65,7 +65,7 @@ RSpec.describe "worker memory limits", timeout: 180 do
     expect(metrics).to match(/^butterflies_worker_restarts_total\{reason="memory"\} 1$/)
   end
 
-  it "kills a worker past the hard limit at once" do
+  it "kills a worker past the hard limit at once", stress: false do
     server = start("--worker-memory-hard-limit", "100")
     workers = ready_workers(server)
     grown = grow(server, 150)

@@ -142,7 +142,7 @@ RSpec.describe "behind a proxy", timeout: 240 do
     expect([ok, errors.tally]).to eq([long_run, {}])
   end
 
-  it "takes it from HAProxy's PROXY v1 header too, for the access log as well" do
+  it "takes it from HAProxy's PROXY v1 header too, for the access log as well", stress: false do
     server = start_proxied("v1", "--log-requests")
     front = haproxy(server.port, "send-proxy")
     expect(seen(front)).to include("remote_addr" => client_ip, "proxy" => include("version" => 1))
@@ -175,7 +175,8 @@ RSpec.describe "behind a proxy", timeout: 240 do
     expect(server.wait_for_output(/no PROXY protocol header/)).to be(true), server.output
   end
 
-  it "passes nginx's forwarded fields untouched, streams through it unbuffered, and measures its queue time" do
+  it "passes nginx's forwarded fields untouched, streams through it unbuffered, and measures its queue time",
+     stress: false do
     control = free_port
     port = free_port
     server = ServerProcess.start(

@@ -26,6 +26,9 @@ RSpec.configure do |config|
   # Examples that measure time mean nothing when the GC runs at every
   # allocation (spec/support/gc_stress_mode.rb).
   config.filter_run_excluding(timing: true) if GcStressMode.on?
+  # Examples that repeat, through another real program, an engine path
+  # that others already run under GC.stress (keeping CI under 30 minutes).
+  config.filter_run_excluding(stress: false) if GcStressMode.on?
 end
 
 module ServerHelpers

@@ -6,7 +6,9 @@
 # Ruby value the engine kept where the GC cannot see it; 0 = full marks, far
 # slower). Every deadline is scaled by BUTTERFLIES_SPEC_TIME_SCALE (default
 # 10 under stress), and examples tagged `timing: true`, which measure time
-# or race a clock, are skipped. script/test-gc-stress runs it.
+# or race a clock, are skipped, as are those tagged `stress: false`, which
+# repeat through another real program (nginx, HAProxy) an engine path that
+# other examples run under stress already. script/test-gc-stress runs it.
 module GcStressMode
   FLAGS = ENV.fetch("BUTTERFLIES_SPEC_GC_STRESS", nil)
   BOOT = File.expand_path("gc_stress_boot.rb", __dir__)
