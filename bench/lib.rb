@@ -13,6 +13,11 @@ require "tmpdir"
 module Bench
   ROOT = File.expand_path("..", __dir__)
   APPS = File.join(ROOT, "bench/apps")
+  # The wrk script an app is measured with, where it needs one.
+  SCRIPTS = {
+    "post" => File.join(ROOT, "bench/post.lua"),
+    "plaintext" => File.join(ROOT, "bench/pipeline.lua")
+  }.freeze
 
   module_function
 

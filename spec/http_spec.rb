@@ -56,6 +56,29 @@ RSpec.describe "HTTP/1.1 handling" do
     end
   end
 
+  it "answers a pipelined batch of mixed requests in order, ending mid-request" do
+    batch = [
+      "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst",
+      "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET /boom HTTP/1.1\r\nHost: x\r\n\r\n",
+      "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nlast"
+    ].join
+    socket = TCPSocket.new(server.host, server.port)
+    socket.write("#{batch}GET /tail HTTP/1.1\r\nHo")
+    got = read_response(socket, read_until: /last/)
+    statuses = got.scan(%r{^HTTP/1\.1 (\d{3})}).flatten
+    expect(statuses).to eq(%w[200 200 200 500 200 200])
+    expect(got.index("Hello world!")).to be < got.index("first")
+    expect(got.index("first")).to be < got.index("part2")
+    expect(got.index("part2")).to be < got.index("Internal Server Error")
+    socket.write("st: x\r\n\r\n")
+    expect(read_response(socket, read_until: %r{not found: /tail})).to include("not found: /tail")
+  ensure
+    socket&.close
+  end
+
   it "answers 501 to an unknown transfer coding" do
     response = raw_request(server, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
     expect(status_of(response)).to eq("501")

@@ -11,6 +11,8 @@ use std::time::Duration;
 use butterflies::http::response::ResponseHead;
 use butterflies::http::Limits;
 use butterflies::net::{BindAddr, Config, Engine, Job, Kept, Queued};
+use butterflies::serve::app_loop::AppLoop;
+use butterflies::serve::pool::Pool;
 use butterflies::serve::{Direct, Exchange, Waker};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -24,9 +26,9 @@ struct Started {
 }
 
 /// Starts an engine on a free port with `apps` app threads answering
-/// "<method> <path> <body length>". They serve as the extension's app
-/// threads do (`src/ruby/engine.rs`), minus Ruby: each job through an
-/// [`Exchange`], its connection handed back or kept for the next request.
+/// "<method> <path> <body length>". They run the extension's app-thread
+/// loop, minus Ruby: each job through an [`Exchange`], its connection
+/// handed back or kept for the next request.
 fn start(apps: usize) -> Started {
     let mut config = Config::new(vec![BindAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
     config.io_threads = 2;
@@ -52,25 +54,29 @@ fn start(apps: usize) -> Started {
     }
 }
 
-/// One app thread: takes jobs until the queue closes.
+/// One app thread: the production loop (`AppLoop`), answering in Rust.
 fn app_thread(jobs: &Receiver<Queued>, spin: Duration, slow_started: &Sender<()>) {
     let waker = Arc::new(Waker::new().unwrap());
     let limits = Limits::default();
-    let mut scratch = vec![0u8; 16 * 1024];
-    for job in jobs.iter().filter_map(Queued::claim) {
-        let mut next = Some(job);
-        while let Some(job) = next.take() {
-            let kept = answer(job, &waker, slow_started);
-            next = kept.and_then(|kept| {
-                kept.next_request(spin, &limits, &mut scratch, || !jobs.is_empty())
-            });
-        }
-    }
+    let pool = Pool::default();
+    let app_loop = AppLoop {
+        jobs,
+        pool: &pool,
+        limits: &limits,
+        keep_spin: spin,
+        idle_exit: None,
+        batch: Duration::from_micros(500),
+    };
+    app_loop
+        .run(&Direct, |job, may_keep| {
+            Ok(answer(job, &waker, slow_started, may_keep))
+        })
+        .unwrap();
 }
 
 /// Answers one job through the production path; returns its connection
 /// if it stays with this thread.
-fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>) -> Option<Kept> {
+fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>, may_keep: bool) -> Option<Kept> {
     let req = &job.request;
     let body = format!(
         "{} {} {}",
@@ -92,9 +98,14 @@ fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>) -> Option<Kep
     let keep = head.write(&mut out, version, framing, keep_alive && !ex.closing());
     ex.set_head(200, out.len(), framing);
     out.extend_from_slice(body.as_bytes());
-    ex.send(&Direct, out).unwrap();
+    ex.send_whole(&Direct, out).unwrap();
     ex.mark_finished();
-    ex.hand_back_or_keep(keep)
+    if may_keep {
+        ex.hand_back_or_keep(keep)
+    } else {
+        ex.hand_back(keep);
+        None
+    }
 }
 
 /// How long `/slow` takes.
@@ -184,6 +195,31 @@ fn keep_alive_pipelining_and_errors() {
     for app in apps {
         app.join().unwrap();
     }
+}
+
+#[test]
+fn pipelined_batches_are_answered_in_order_even_when_they_end_mid_request() {
+    let Started {
+        mut engine, addr, ..
+    } = start(2);
+    let mut s = connect(addr);
+    for round in 0..20 {
+        let mut batch: String = (0..16)
+            .map(|i| format!("GET /r{round}/{i} HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .collect();
+        // The batch ends in the first half of one more request.
+        batch.push_str("GET /tail HTTP/1.1\r\nHo");
+        s.write_all(batch.as_bytes()).unwrap();
+        let r = read_until(&mut s, &format!("GET /r{round}/15 0"), 1);
+        let at: Vec<usize> = (0..16)
+            .map(|i| r.find(&format!("GET /r{round}/{i} 0")).expect(&r))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{r}");
+        s.write_all(b"st: x\r\n\r\n").unwrap();
+        read_until(&mut s, "GET /tail 0", 1);
+    }
+    engine.stop(false);
+    engine.join();
 }
 
 #[test]

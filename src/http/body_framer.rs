@@ -19,7 +19,7 @@ use std::fmt;
 
 use super::chunked::ChunkedDecoder;
 use super::request::Limits;
-use super::response::{push_hex, Framing, LAST_CHUNK};
+use super::response::{hex, Framing, LAST_CHUNK};
 
 /// Why an app's body did not match its framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,14 +69,14 @@ impl<'a> Framed<'a> {
     }
 
     fn chunk(body: &'a [u8]) -> Self {
-        let mut size = Vec::with_capacity(18);
-        push_hex(&mut size, body.len() as u64);
-        size.extend_from_slice(b"\r\n");
+        let mut digits = [0; 16];
+        let size = hex(body.len() as u64, &mut digits);
         let mut prefix = [0; 18];
-        prefix[..size.len()].copy_from_slice(&size);
+        prefix[..size.len()].copy_from_slice(size);
+        prefix[size.len()..size.len() + 2].copy_from_slice(b"\r\n");
         Framed {
             prefix,
-            prefix_len: size.len(),
+            prefix_len: size.len() + 2,
             body: Cow::Borrowed(body),
             suffix: b"\r\n",
         }

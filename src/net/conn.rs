@@ -14,6 +14,10 @@ use super::reader::RequestError;
 use super::reader::{RequestReader, Step};
 use crate::http::{response, Head, Limits};
 
+/// Slices one `write_or_queue` writes at once from the stack (what is
+/// queued, and the parts); more parts are copied and flushed.
+const WRITEV_PARTS: usize = 8;
+
 /// Size of each IO thread's read scratch buffer: bytes read per pass.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -319,6 +323,13 @@ impl Conn {
         self.reader.has_buffered() || self.socket == Socket::MayHoldMore
     }
 
+    /// Stays open, and bytes of its next request were read along with this
+    /// one (a pipelining client): that request can be served without
+    /// waiting for the socket.
+    pub fn has_pipelined_input(&self) -> bool {
+        self.fate == Fate::Open && self.reader.has_buffered()
+    }
+
     /// Answered and ready for its next request with nothing left to do:
     /// all written, kept alive, usable, nothing read ahead.
     pub fn is_quiet(&self) -> bool {
@@ -579,36 +590,43 @@ impl Conn {
     /// callers that hold borrowed bytes only for the moment (a Ruby
     /// string, while the GVL is held).
     pub fn write_or_queue(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        let mut written = 0;
-        if !self.has_output() {
-            let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
-            written = loop {
-                match self.stream.write_vectored(&slices) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
-                    Err(e) => return Err(e),
-                }
-            };
-            if written > 0 {
-                self.last_write = Instant::now();
-            }
-        }
-        if self.has_output() && written == 0 {
-            // Bytes queued before these go first.
+        if self.out_file.is_some() || self.spill.is_some() || parts.len() >= WRITEV_PARTS {
+            // Rare: after a file or spilled output, or many parts.
             self.append(parts);
             return self.flush().map(|_| ());
+        }
+        // What is queued goes first, in the same writev(2); no slice
+        // array on the heap.
+        let queued = self.out.len() - self.out_pos;
+        let mut slices = [io::IoSlice::new(&[]); WRITEV_PARTS];
+        slices[0] = io::IoSlice::new(&self.out[self.out_pos..]);
+        for (slice, part) in slices[1..].iter_mut().zip(parts) {
+            *slice = io::IoSlice::new(part);
+        }
+        let slices = &slices[usize::from(queued == 0)..=parts.len()];
+        let mut written = loop {
+            match self.stream.write_vectored(slices) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                Err(e) => return Err(e),
+            }
+        };
+        if written > 0 {
+            self.last_write = Instant::now();
+        }
+        let from_queue = written.min(queued);
+        self.out_pos += from_queue;
+        written -= from_queue;
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            self.parked = None;
         }
         for part in parts {
             let skip = written.min(part.len());
             written -= skip;
-            if skip < part.len() {
-                if !self.has_output() {
-                    self.out.clear();
-                    self.out_pos = 0;
-                }
-                self.out.extend_from_slice(&part[skip..]);
-            }
+            self.out.extend_from_slice(&part[skip..]);
         }
         Ok(())
     }

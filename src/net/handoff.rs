@@ -136,17 +136,18 @@ impl Job {
         self.stopping() || crate::stats::draining()
     }
 
-    /// Like [`Job::finish`], but a connection left quiet (all written,
-    /// kept alive, nothing read ahead) while it is the only one lent to an
-    /// app thread stays with this thread as a [`Kept`], to read its next
-    /// request itself.
+    /// Like [`Job::finish`], but the connection stays with this thread as
+    /// a [`Kept`], to read its next request itself, when that request is
+    /// already buffered (pipelined; responses may still be queued), or
+    /// when it is left quiet (all written, kept alive, nothing read ahead)
+    /// while it is the only one lent to an app thread.
     pub fn finish_or_keep(mut self, afterwards: Afterwards) -> Option<Kept> {
         let mut conn = self.conn.take()?;
         conn.settle(afterwards);
-        let quiet = self.shared.in_flight.load(Ordering::Relaxed) == 1
-            && conn.is_quiet()
-            && !self.stopping();
-        if !quiet {
+        let keep = !self.stopping()
+            && (conn.has_pipelined_input()
+                || self.shared.in_flight.load(Ordering::Relaxed) == 1 && conn.is_quiet());
+        if !keep {
             self.home.send(conn);
             return None;
         }
@@ -223,13 +224,55 @@ pub struct Kept {
 }
 
 impl Kept {
+    /// The next request, if it was read along with the last one (a
+    /// pipelining client): parsed from the buffer, without a syscall, so
+    /// the caller need not leave its lock for it. `Err(Some)`: no complete
+    /// request is buffered; `Err(None)`: the connection went home (a bad
+    /// request, for the IO thread to answer).
+    pub fn buffered_request(mut self, limits: &Limits) -> Result<Job, Option<Kept>> {
+        let Some(mut conn) = self.conn.take() else {
+            return Err(None);
+        };
+        if !conn.has_pipelined_input() {
+            self.conn = Some(conn);
+            return Err(Some(self));
+        }
+        match conn.advance(limits) {
+            Ok(Progress::Request(request)) => {
+                conn.served += 1;
+                Ok(Job::new(
+                    request,
+                    conn,
+                    self.home.clone(),
+                    self.shared.clone(),
+                ))
+            }
+            Ok(Progress::Pending) => {
+                self.conn = Some(conn);
+                Err(Some(self))
+            }
+            // Settled to close now, or an error queued: the IO thread
+            // finishes it.
+            Ok(Progress::Refused) => {
+                self.home.send(conn);
+                Err(None)
+            }
+            Err(e) => {
+                conn.queue_error(e.status(), &format!("{e}\n"));
+                self.home.send(conn);
+                Err(None)
+            }
+        }
+    }
+
     /// Reads the connection (without blocking, yielding the CPU between
     /// tries) until a complete request is there, for at most `spin`, until
     /// its IO thread has other work (it would wait for this core: a yield
     /// does not guarantee it a turn), or until `give_up` says so (requests
-    /// are queued, Ruby wants the thread). Anything else (a partial
-    /// request, a bad one, the peer closing) goes home to the IO thread,
-    /// which deals with it as usual.
+    /// are queued, Ruby wants the thread). Responses held back for a
+    /// pipelined batch are written first once no complete request is
+    /// buffered. Anything else (a partial request, a bad one, the peer
+    /// closing) goes home to the IO thread, which deals with it as usual.
     pub fn next_request(
         mut self,
         spin: Duration,
@@ -239,14 +282,8 @@ impl Kept {
     ) -> Option<Job> {
         let mut conn = self.conn.take()?;
         let until = Instant::now() + spin;
+        let mut last_fill = None;
         loop {
-            let fill = match conn.fill(scratch, super::conn::input_cap(limits)) {
-                Ok(fill) => fill,
-                Err(_) => {
-                    conn.settle(Afterwards::CloseNow);
-                    break;
-                }
-            };
             match conn.advance(limits) {
                 Ok(Progress::Request(request)) => {
                     conn.served += 1;
@@ -257,7 +294,6 @@ impl Kept {
                         self.shared.clone(),
                     ));
                 }
-                Ok(Progress::Pending) if fill == Fill::Full => continue,
                 Ok(Progress::Pending) => {}
                 Ok(Progress::Refused) => break, // settled to close now
                 Err(e) => {
@@ -265,16 +301,39 @@ impl Kept {
                     break;
                 }
             }
-            if fill == Fill::Eof
-                || conn.has_output()
-                || Instant::now() >= until
-                || self.shared.stopping.load(Ordering::Relaxed)
-                || give_up()
-                || self.home.io_pending()
-            {
-                break;
+            match last_fill {
+                // More may be waiting in the socket: read on at once.
+                Some(Fill::Full) => {}
+                Some(fill) => {
+                    if fill == Fill::Eof
+                        || conn.has_output()
+                        || Instant::now() >= until
+                        || self.shared.stopping.load(Ordering::Relaxed)
+                        || give_up()
+                        || self.home.io_pending()
+                    {
+                        break;
+                    }
+                    let _ = nix::sched::sched_yield();
+                }
+                // Responses held back for a pipelined batch: out now.
+                None if conn.has_output() => match conn.flush() {
+                    Ok(true) => {}
+                    Ok(false) => break, // a slow reader: the IO thread goes on
+                    Err(_) => {
+                        conn.settle(Afterwards::CloseNow);
+                        break;
+                    }
+                },
+                None => {}
             }
-            let _ = nix::sched::sched_yield();
+            last_fill = match conn.fill(scratch, super::conn::input_cap(limits)) {
+                Ok(fill) => Some(fill),
+                Err(_) => {
+                    conn.settle(Afterwards::CloseNow);
+                    break;
+                }
+            };
         }
         self.home.send(conn);
         None

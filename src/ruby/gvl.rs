@@ -28,13 +28,6 @@ use rb_sys::{rb_nogvl, rb_thread_check_ints, RB_NOGVL_INTR_FAIL};
 use crate::serve::Blocking;
 pub use crate::serve::Unblock;
 
-/// Lets another thread that waits for the GVL run: releases it and takes
-/// it back (on Ruby 3.3 a waiting thread gets it first). `Err` as for
-/// [`without_gvl`].
-pub fn let_others_in(ruby: &Ruby) -> Result<(), Error> {
-    without_gvl(ruby, || (), None::<Unblock<'_, ()>>)
-}
-
 /// The serving code's blocking sections (`crate::serve`), run without
 /// the GVL: `Gvl(ruby).run(...)` is [`without_gvl`].
 #[derive(Clone, Copy)]

@@ -109,9 +109,11 @@ pub fn handle(ruby: &Ruby, app: &App, mut job: Job, may_keep: bool) -> Result<Op
 }
 
 /// Hands the connection back to its IO thread, or keeps it for its next
-/// request while no other request waits for an app thread.
+/// request: while no other request waits for an app thread, or when that
+/// request is already here (pipelined: serving it costs no wait).
 fn finish_or_keep(app: &App, ex: &Exchange, keep_alive: bool, may_keep: bool) -> Option<Kept> {
-    if !may_keep || app.keep_spin.is_zero() || !app.jobs.is_empty() {
+    let idle_keep = may_keep && !app.keep_spin.is_zero() && app.jobs.is_empty();
+    if !idle_keep && !ex.pipelined() {
         ex.hand_back(keep_alive);
         return None;
     }

@@ -116,7 +116,17 @@ fn send_parts(
     let mut out = Vec::with_capacity(256);
     let keep_alive = head.write(&mut out, ex.version, framing, keep_alive);
     ex.set_head(head.status(), out.len(), framing);
-    ex.send(&Gvl(ruby), out).or_raise(ruby)?;
+    match flusher {
+        // An `each` body: its first piece carries the head.
+        Some(flusher) if each && ResponseHead::sends_body(framing) => {
+            if ex.queue_head(&out).or_raise(ruby)? {
+                flusher.watch(ex);
+            }
+        }
+        // A Rack 3 streaming body may read before it writes: the head
+        // goes out now (with the GVL held; a head is small).
+        _ => ex.send_now(&Gvl(ruby), &[&out]).or_raise(ruby)?,
+    }
     if ResponseHead::sends_body(framing) {
         let stream = Stream(ex.clone(), flusher.cloned());
         if each {
@@ -177,8 +187,9 @@ fn send_array(
             append_body(&mut out, chunks);
         }
         // Written with the GVL held: the socket takes it at once, or what
-        // it leaves goes to the IO thread (see `GVL_BATCH`).
-        ex.send_now(&Gvl(ruby), &[&out]).or_raise(ruby)?;
+        // it leaves goes to the IO thread (see `GVL_BATCH`); held back
+        // while a pipelined request follows (`Exchange::send_whole`).
+        ex.send_whole(&Gvl(ruby), out).or_raise(ruby)?;
         ex.mark_finished();
         return Ok(Some(Outcome::Sent { keep_alive }));
     }

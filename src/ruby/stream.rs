@@ -8,10 +8,11 @@ use magnus::typed_data::Obj;
 use magnus::value::ReprValue;
 use magnus::{method, prelude::*, Error, RModule, RString, Ruby, Value};
 
-use super::errors::{IntoRuby, OrRaise};
+use super::errors::OrRaise;
 use super::gvl::Gvl;
+use crate::serve::exchange::Piece;
 use crate::serve::flusher::Flusher;
-use crate::serve::{Exchange, ExchangeError, Gone};
+use crate::serve::Exchange;
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     let class = module.define_class("Stream", ruby.class_object())?;
@@ -42,14 +43,7 @@ impl Stream {
     /// Writes one piece of the body, framed as the head announced.
     pub fn write(ruby: &Ruby, rb_self: &Self, data: RString) -> Result<usize, Error> {
         let ex = &rb_self.0;
-        if ex.broken() {
-            // The client went away: a disconnect, not an app error.
-            return Err(ExchangeError::<Error>::Disconnected(Gone::Closed).into_ruby(ruby));
-        }
-        if ex.is_finished() {
-            return Err(Error::new(ruby.exception_io_error(), "closed stream"));
-        }
-        // SAFETY: the slice is used only until send_piece returns; no Ruby
+        // SAFETY: the slice is used only until write_piece returns; no Ruby
         // code runs before that, so the string cannot change or move, and
         // `data` is on the stack, so the GC keeps it.
         let bytes = unsafe { data.as_slice() };
@@ -58,15 +52,19 @@ impl Stream {
             return Ok(0);
         }
         let flusher = rb_self.1.as_ref();
-        let gather = flusher.is_some();
-        // Framed as the head announced; HEAD, 204 and 304 send nothing.
-        let framed = ex.frame(bytes);
-        let waiting = !framed.is_empty()
-            && ex
-                .send_piece(&Gvl(ruby), &framed.parts(), gather)
-                .or_raise(ruby)?;
-        if let (true, Some(flusher)) = (waiting, flusher) {
-            flusher.watch(ex);
+        // Framed as the head announced; a client gone is a disconnect, not
+        // an app error.
+        match ex
+            .write_piece(&Gvl(ruby), bytes, flusher.is_some())
+            .or_raise(ruby)?
+        {
+            Piece::Out => {}
+            Piece::Waiting => {
+                if let Some(flusher) = flusher {
+                    flusher.watch(ex);
+                }
+            }
+            Piece::Closed => return Err(Error::new(ruby.exception_io_error(), "closed stream")),
         }
         Ok(len)
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::exchange::Exchange;
 use crate::process::supervise::{self, Faults};
@@ -37,22 +37,27 @@ impl Flusher {
     }
 }
 
-/// Ends when every `Flusher` handle is dropped.
+/// Ends when every `Flusher` handle is dropped. While it watches
+/// something it sleeps between looks instead of waiting on the channel:
+/// an exchange handed to it meanwhile then costs no wake-up (under a
+/// stream of streamed responses, one wake per look instead of one context
+/// switch per response).
 fn run(rx: Receiver<Weak<Exchange>>) {
     let mut watched: Vec<Weak<Exchange>> = Vec::new();
     loop {
-        let next = if watched.is_empty() {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            rx.recv_timeout(MAX_DELAY / 2)
-        };
-        match next {
-            Ok(exchange) => watched.push(exchange),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        if watched.is_empty() {
+            match rx.recv() {
+                Ok(exchange) => watched.push(exchange),
+                Err(_) => return,
+            }
         }
-        while let Ok(exchange) = rx.try_recv() {
-            watched.push(exchange);
+        std::thread::sleep(MAX_DELAY / 2);
+        loop {
+            match rx.try_recv() {
+                Ok(exchange) => watched.push(exchange),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
         }
         watched.retain(|weak| {
             weak.upgrade()
@@ -88,6 +93,27 @@ mod tests {
         let mut got = vec![0; 18];
         client.read_exact(&mut got).unwrap();
         assert_eq!(got, b"data: 1\n\ndata: 2\n\n");
+        drop(flusher);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_head_whose_body_pauses_goes_out_alone() {
+        let (flusher, thread) = Flusher::start(Arc::new(Faults::default())).unwrap();
+        let (job, mut client, _mailbox) = job("/slow-each", Arc::new(Shared::default()));
+        let ex = Arc::new(Exchange::new(
+            job,
+            Arc::new(Waker::new().unwrap()),
+            DEADLINE,
+        ));
+        let head = b"HTTP/1.1 200 OK\r\n\r\n";
+        ex.set_head(200, head.len(), Framing::UntilClose);
+        assert!(ex.queue_head::<std::convert::Infallible>(head).unwrap());
+        flusher.watch(&ex);
+        client.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut got = vec![0; head.len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, head);
         drop(flusher);
         thread.join().unwrap();
     }

@@ -3,6 +3,8 @@
 //! no Ruby value, so `cargo test` covers it. `src/ruby/` drives it and
 //! maps it to Ruby objects and exceptions.
 //!
+//! - [`app_loop`]: the app-thread loop: take a request, serve it, read a
+//!   kept connection's next one.
 //! - [`blocking`]: where an app thread blocks ([`Blocking`]); for Ruby,
 //!   the GVL is released there (`src/ruby/gvl.rs`).
 //! - [`exchange`]: one request/response exchange: where the response
@@ -12,6 +14,7 @@
 //! - [`watchdog`]: the thread that times requests out.
 //! - [`pool`]: the app-thread pool's counting and its demand signal.
 
+pub mod app_loop;
 pub mod blocking;
 pub mod exchange;
 pub mod flusher;

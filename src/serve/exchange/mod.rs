@@ -21,7 +21,7 @@ use crate::http::Version;
 use crate::net::conn::Afterwards;
 use crate::net::{Job, Kept};
 
-pub use writes::COALESCE_BYTES;
+pub use writes::{Piece, COALESCE_BYTES};
 
 /// Why an exchange could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,9 @@ enum Pieces {
     /// No piece yet: the first goes out at once.
     #[default]
     NoneYet,
+    /// The head waits in the connection's buffer, since then: the first
+    /// piece goes out at once, with it.
+    Head(Instant),
     /// Pieces went out; none wait.
     Written,
     /// Pieces wait in the connection's buffer, since then.
@@ -154,6 +157,16 @@ impl Exchange {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection's next request was read along with this one (a
+    /// pipelining client).
+    pub fn pipelined(&self) -> bool {
+        self.lock()
+            .job
+            .as_mut()
+            .and_then(Job::conn_mut)
+            .is_some_and(|c| c.has_pipelined_input())
     }
 
     /// The response must close its connection (stopping or draining).
@@ -236,14 +249,17 @@ impl Exchange {
     /// Frames one piece of a streamed body (see [`BodyFramer`]); a fault
     /// is logged here, once, and closes the connection after the response.
     pub fn frame<'a>(&self, data: &'a [u8]) -> Framed<'a> {
-        let mut inner = self.lock();
+        Self::frame_locked(&mut self.lock(), data)
+    }
+
+    fn frame_locked<'a>(inner: &mut Inner, data: &'a [u8]) -> Framed<'a> {
         let Phase::Body(framer) = &mut inner.phase else {
             return BodyFramer::new(Framing::NoBody).frame(data).0;
         };
         let (framed, fault) = framer.frame(data);
         if let Some(fault) = fault {
             inner.reuse = Reuse::Never;
-            report_fault(&inner, &fault);
+            report_fault(inner, &fault);
         }
         framed
     }

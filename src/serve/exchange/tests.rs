@@ -157,3 +157,79 @@ fn a_hijacked_connection_is_forgotten() {
     );
     drop(fd);
 }
+
+#[test]
+fn responses_to_a_pipelined_batch_go_out_together() {
+    use crate::net::handoff::testing::{request, setup};
+    use std::io::Write;
+    let (mut conn, mut client, mailbox, shared) = setup();
+    client
+        .write_all(
+            b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTT",
+        )
+        .unwrap();
+    let first = request(&mut conn);
+    shared
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let waker = Arc::new(Waker::new().unwrap());
+    let job = Job::new(first, conn, mailbox.clone(), shared);
+    let answer = |ex: &Exchange, body: &str| {
+        let out = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{body}");
+        ex.set_head(200, out.len() - 2, Framing::Length(2));
+        ex.send_whole(&Direct, out.into_bytes()).unwrap();
+        ex.mark_finished();
+    };
+
+    // /2 is buffered: /1's response waits for it.
+    let ex = Exchange::new(job, waker.clone(), DEADLINE);
+    assert!(ex.pipelined());
+    answer(&ex, "r1");
+    assert!(nothing_to_read(&mut client));
+    let kept = ex.hand_back_or_keep(true).expect("kept for /2");
+    let job = kept
+        .buffered_request(&crate::http::Limits::default())
+        .expect("/2 parsed from the buffer");
+    assert_eq!(job.request.head.path(), b"/2");
+
+    // Only part of /3 is here: /2's response is held back as well, and
+    // both go out when the thread finds no complete request to serve.
+    let ex = Exchange::new(job, waker, DEADLINE);
+    answer(&ex, "r2");
+    assert!(nothing_to_read(&mut client));
+    let kept = ex.hand_back_or_keep(true).expect("kept: /3 has begun");
+    let limits = crate::http::Limits::default();
+    let Err(Some(kept)) = kept.buffered_request(&limits) else {
+        panic!("/3 is incomplete")
+    };
+    let mut scratch = vec![0; 4096];
+    let next = kept.next_request(Duration::ZERO, &limits, &mut scratch, || true);
+    assert!(next.is_none());
+    let both = read_exactly(&mut client, 2 * 40);
+    let text = String::from_utf8_lossy(&both);
+    assert!(
+        text.ends_with("r1HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nr2"),
+        "{text}"
+    );
+    assert!(
+        mailbox.rx.try_recv().is_ok(),
+        "home, to read the rest of /3"
+    );
+}
+
+#[test]
+fn a_streamed_head_waits_for_the_first_piece() {
+    let (ex, mut client, _mailbox) = exchange("/each", DEADLINE);
+    let head = b"HTTP/1.1 200 OK\r\n\r\n";
+    ex.set_head(200, head.len(), Framing::UntilClose);
+    assert!(ex.queue_head::<std::convert::Infallible>(head).unwrap());
+    assert!(nothing_to_read(&mut client));
+    ex.send_piece(&Direct, &[b"one"], true).unwrap();
+    assert_eq!(
+        read_exactly(&mut client, head.len() + 3),
+        b"HTTP/1.1 200 OK\r\n\r\none"
+    );
+    // Pieces after the first gather again.
+    assert!(ex.send_piece(&Direct, &[b"two"], true).unwrap());
+    assert!(nothing_to_read(&mut client));
+}

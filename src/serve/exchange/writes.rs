@@ -4,10 +4,10 @@
 //! the client.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{closed, gone, Exchange, ExchangeError, Phase, Pieces, Result, Reuse};
+use super::{closed, gone, Exchange, ExchangeError, Inner, Phase, Pieces, Result, Reuse};
 use crate::net::cursor::Cursor;
 use crate::net::Job;
 use crate::serve::blocking::{Blocking, Unblock};
@@ -17,6 +17,17 @@ use crate::serve::wait::{
 
 /// Streamed pieces are written once this much has gathered.
 pub const COALESCE_BYTES: usize = 16 * 1024;
+
+/// What became of a piece of a streamed body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// Written, or gathered behind pieces the flusher already watches.
+    Out,
+    /// Pieces started waiting: hand the exchange to the flusher.
+    Waiting,
+    /// The body was complete already (or the app took the socket).
+    Closed,
+}
 
 impl Exchange {
     /// Queues bytes and writes them; returns once the socket took them or
@@ -59,6 +70,52 @@ impl Exchange {
         matches!(self.lock().phase, Phase::Broken | Phase::Hijacked)
     }
 
+    /// Queues the head of a streamed body without writing it: the body's
+    /// first piece goes out with it in one write (or the body's end, if
+    /// it has none), and should the app pause before its first piece, the
+    /// flusher writes the head once it is a few milliseconds old, as it
+    /// does gathered pieces. Returns true: the caller hands the exchange
+    /// to the flusher.
+    pub fn queue_head<I>(&self, head: &[u8]) -> Result<bool, I> {
+        let mut inner = self.lock();
+        if matches!(inner.phase, Phase::Broken | Phase::Hijacked) {
+            return Err(closed());
+        }
+        let len = head.len();
+        let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
+            return Err(closed());
+        };
+        // Copied into the connection's buffer, which keeps its capacity
+        // for the pieces that follow.
+        conn.append(&[head]);
+        inner.sent += len as u64;
+        inner.pieces = Pieces::Head(Instant::now());
+        Ok(true)
+    }
+
+    /// Frames one piece of a streamed body as the head announced (see
+    /// [`BodyFramer`]; HEAD, 204 and 304 send nothing) and sends it as
+    /// [`Exchange::send_piece`] does, all under one lock: an `each` body
+    /// of many small pieces pays for this once per piece.
+    pub fn write_piece<B: Blocking>(
+        &self,
+        gvl: &B,
+        data: &[u8],
+        gather: bool,
+    ) -> Result<Piece, B::Interrupt> {
+        let mut inner = self.lock();
+        match inner.phase {
+            Phase::Broken => return Err(closed()),
+            Phase::Finished | Phase::Hijacked => return Ok(Piece::Closed),
+            _ => {}
+        }
+        let framed = Self::frame_locked(&mut inner, data);
+        if framed.is_empty() {
+            return Ok(Piece::Out);
+        }
+        self.piece_locked(gvl, inner, &framed.parts(), gather)
+    }
+
     /// Buffers a piece of a streamed body. The first piece of a body goes
     /// out at once (the client sees the response start); later ones are
     /// gathered and written when [`COALESCE_BYTES`] have gathered, when
@@ -74,48 +131,49 @@ impl Exchange {
         parts: &[&[u8]],
         gather: bool,
     ) -> Result<bool, B::Interrupt> {
-        let first = {
-            let mut inner = self.lock();
-            let first = matches!(inner.pieces, Pieces::NoneYet);
-            if first {
-                inner.pieces = Pieces::Written;
-            }
-            first || !gather
-        };
+        let piece = self.piece_locked(gvl, self.lock(), parts, gather)?;
+        Ok(matches!(piece, Piece::Waiting))
+    }
+
+    fn piece_locked<B: Blocking>(
+        &self,
+        gvl: &B,
+        mut inner: MutexGuard<'_, Inner>,
+        parts: &[&[u8]],
+        gather: bool,
+    ) -> Result<Piece, B::Interrupt> {
+        let first = matches!(inner.pieces, Pieces::NoneYet | Pieces::Head(_));
         if first {
-            return self.send_now(gvl, parts).map(|()| false);
+            inner.pieces = Pieces::Written;
         }
-        self.count(parts.iter().map(|p| p.len()).sum());
-        let (backlog, register) = {
-            let mut inner = self.lock();
-            if matches!(inner.phase, Phase::Broken | Phase::Hijacked) {
-                return Err(closed());
-            }
-            let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
-                return Err(closed());
-            };
-            conn.append(parts);
-            if conn.pending_bytes() >= COALESCE_BYTES {
-                if let Err(e) = conn.flush() {
-                    inner.phase = Phase::Broken;
-                    return Err(gone(e));
-                }
-            }
-            let backlog = inner
-                .job
-                .as_mut()
-                .and_then(Job::conn_mut)
-                .map_or(0, |c| c.pending_bytes());
-            let register = backlog > 0 && matches!(inner.pieces, Pieces::Written);
-            if register {
-                inner.pieces = Pieces::Gathered(Instant::now());
-            }
-            (backlog, register)
+        if first || !gather {
+            drop(inner);
+            return self.send_now(gvl, parts).map(|()| Piece::Out);
+        }
+        if matches!(inner.phase, Phase::Broken | Phase::Hijacked) {
+            return Err(closed());
+        }
+        inner.sent += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
+            return Err(closed());
         };
+        conn.append(parts);
+        if conn.pending_bytes() >= COALESCE_BYTES {
+            if let Err(e) = conn.flush() {
+                inner.phase = Phase::Broken;
+                return Err(gone(e));
+            }
+        }
+        let backlog = conn.pending_bytes();
+        let register = backlog > 0 && matches!(inner.pieces, Pieces::Written);
+        if register {
+            inner.pieces = Pieces::Gathered(Instant::now());
+        }
+        drop(inner);
         if backlog > HIGH_WATER_BYTES && !self.park() {
             self.send_with(gvl, None)?;
         }
-        Ok(register)
+        Ok(if register { Piece::Waiting } else { Piece::Out })
     }
 
     /// Writes the gathered pieces of a streamed body now (`flush` on the
@@ -123,7 +181,7 @@ impl Exchange {
     pub fn flush<B: Blocking>(&self, gvl: &B) -> Result<(), B::Interrupt> {
         {
             let mut inner = self.lock();
-            if !matches!(inner.pieces, Pieces::Gathered(_)) {
+            if !matches!(inner.pieces, Pieces::Gathered(_) | Pieces::Head(_)) {
                 return Ok(());
             }
             inner.pieces = Pieces::Written;
@@ -135,7 +193,7 @@ impl Exchange {
     /// are older than `age`. Returns false once nothing is left to watch.
     pub fn flush_if_older(&self, age: Duration) -> bool {
         let mut inner = self.lock();
-        let Pieces::Gathered(since) = inner.pieces else {
+        let (Pieces::Gathered(since) | Pieces::Head(since)) = inner.pieces else {
             return false;
         };
         if since.elapsed() < age {
@@ -187,6 +245,32 @@ impl Exchange {
             self.send_with(gvl, None)?;
         }
         Ok(())
+    }
+
+    /// Sends a whole small response (head and body in `bytes`). While the
+    /// connection's next request is already buffered (a pipelining
+    /// client) it is queued, not written: the responses to a pipelined
+    /// batch go out together, with the last one's write (or, should the
+    /// batch end in an incomplete request, when the thread reads on; see
+    /// `Kept::next_request`). Otherwise as [`Exchange::send_now`].
+    pub fn send_whole<B: Blocking>(&self, gvl: &B, bytes: Vec<u8>) -> Result<(), B::Interrupt> {
+        {
+            let mut inner = self.lock();
+            let reusable = inner.reuse == Reuse::Allowed
+                && !matches!(inner.phase, Phase::Broken | Phase::Hijacked);
+            if let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) {
+                if reusable
+                    && conn.has_pipelined_input()
+                    && conn.pending_bytes() + bytes.len() <= COALESCE_BYTES
+                {
+                    let len = bytes.len();
+                    conn.queue(bytes);
+                    inner.sent += len as u64;
+                    return Ok(());
+                }
+            }
+        }
+        self.send_now(gvl, &[&bytes])
     }
 
     /// Parks what is unwritten with the IO thread, within the budget: then

@@ -1,0 +1,221 @@
+//! The app-thread loop: take a request from the queue (waiting in a
+//! blocking section), serve it, and read a kept connection's next request
+//! here instead of handing it back, while nothing else waits. What serves
+//! a request is the caller's (`src/ruby/app_thread.rs` calls the Rack
+//! app; `tests/engine.rs` answers in Rust); the loop, its claims, its
+//! keep-alive back-off and its GVL-wait figures are the same for both.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::blocking::{Blocking, Unblock};
+use super::pool::{Busy, Member, Pool};
+use crate::http::Limits;
+use crate::net::{Job, Kept, Queued};
+
+/// What one app thread's loop works with.
+#[derive(Debug)]
+pub struct AppLoop<'a> {
+    pub jobs: &'a Receiver<Queued>,
+    pub pool: &'a Pool,
+    pub limits: &'a Limits,
+    /// How long a kept connection is read for its next request.
+    pub keep_spin: Duration,
+    /// An idle thread returns after this long (threads the pool added on
+    /// demand); `None`: never.
+    pub idle_exit: Option<Duration>,
+    /// How long the thread keeps its lock (for Ruby, the GVL) across
+    /// requests served back to back before it lets others in.
+    pub batch: Duration,
+}
+
+/// After a kept connection brought no request, this many requests are
+/// answered without keeping their connection.
+const KEEP_BACKOFF: u32 = 16;
+
+/// Bytes read per pass from a kept connection.
+const KEPT_READ_BYTES: usize = 16 * 1024;
+
+/// What a wait ended with. Returned once per idle wait, by value.
+#[allow(clippy::large_enum_variant)]
+enum Waited {
+    Job(Job),
+    Closed,
+    /// Nothing came for the idle-exit time.
+    Idle,
+    Woken,
+    /// A queued request the watchdog answered first: look again.
+    Again,
+}
+
+impl AppLoop<'_> {
+    /// Serves requests until the queue closes (the engine stopped and
+    /// drained) or the thread was idle for `idle_exit`. `serve` answers
+    /// one job and returns its connection when it may stay with this
+    /// thread (`may_keep` says whether it may); `Err` from it or from a
+    /// blocking section ends the loop with that interrupt.
+    pub fn run<B: Blocking>(
+        &self,
+        gvl: &B,
+        mut serve: impl FnMut(Job, bool) -> Result<Option<Kept>, B::Interrupt>,
+    ) -> Result<(), B::Interrupt> {
+        let _member = Member::new(self.pool);
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        let mut scratch = vec![0u8; KEPT_READ_BYTES];
+        let mut skip_keeps = 0u32;
+        // When this thread last took the lock back (see `batch`).
+        let mut held_since = Instant::now();
+        loop {
+            let job = match self.jobs.try_recv() {
+                Ok(queued) => match queued.claim() {
+                    Some(job) => {
+                        crate::stats::gauge(crate::stats::QUEUED, -1);
+                        // Taken while holding the lock: it waited none.
+                        crate::stats::observe(crate::stats::GVL_WAIT, Duration::ZERO);
+                        job
+                    }
+                    None => continue, // answered by the watchdog meanwhile
+                },
+                Err(TryRecvError::Disconnected) => return Ok(()),
+                Err(TryRecvError::Empty) => {
+                    let waited = self.wait_for_job(gvl, &wake_tx, &wake_rx)?;
+                    held_since = Instant::now();
+                    match waited {
+                        Waited::Job(job) => job,
+                        Waited::Closed | Waited::Idle => return Ok(()),
+                        Waited::Again => continue,
+                        Waited::Woken => {
+                            gvl.check_interrupts()?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                let may_keep = skip_keeps == 0;
+                skip_keeps = skip_keeps.saturating_sub(1);
+                let kept = {
+                    let _busy = Busy::new(self.pool);
+                    serve(job, may_keep)?
+                };
+                if held_since.elapsed() >= self.batch {
+                    gvl.run(|| (), None::<Unblock<'_, ()>>)?;
+                    held_since = Instant::now();
+                }
+                let Some(connection) = kept else { break };
+                // A pipelined request: served next, with the lock held.
+                let connection = match connection.buffered_request(self.limits) {
+                    Ok(job) => {
+                        crate::stats::observe(crate::stats::GVL_WAIT, Duration::ZERO);
+                        next = Some(job);
+                        continue;
+                    }
+                    Err(Some(connection)) if may_keep && !self.keep_spin.is_zero() => connection,
+                    Err(_) => break, // home to its IO thread
+                };
+                let waited =
+                    self.next_request(gvl, connection, &mut scratch, &wake_tx, &wake_rx)?;
+                held_since = Instant::now();
+                match waited {
+                    Waited::Job(job) => next = Some(job),
+                    Waited::Woken => gvl.check_interrupts()?,
+                    // No request came in time, or other work came first:
+                    // with several clients at once keeping costs more
+                    // than it saves, so the next few are not kept.
+                    Waited::Closed | Waited::Idle | Waited::Again => skip_keeps = KEEP_BACKOFF,
+                }
+            }
+        }
+    }
+
+    /// Blocks until a job arrives, the queue closes, or the thread is
+    /// wanted (the unblock function sends on `wake`).
+    fn wait_for_job<B: Blocking>(
+        &self,
+        gvl: &B,
+        wake_tx: &Sender<()>,
+        wake_rx: &Receiver<()>,
+    ) -> Result<Waited, B::Interrupt> {
+        let jobs = self.jobs;
+        let idle_exit = self.idle_exit;
+        let (waited, arrived) = gvl.run(
+            || {
+                let waited = match idle_exit {
+                    None => crossbeam_channel::select! {
+                        recv(jobs) -> queued => claimed(queued),
+                        recv(wake_rx) -> _ => Waited::Woken,
+                    },
+                    Some(idle) => crossbeam_channel::select! {
+                        recv(jobs) -> queued => claimed(queued),
+                        recv(wake_rx) -> _ => Waited::Woken,
+                        default(idle) => Waited::Idle,
+                    },
+                };
+                (waited, Instant::now())
+            },
+            Some(Unblock {
+                func: |wake: &Sender<()>| {
+                    let _ = wake.try_send(());
+                },
+                arg: wake_tx,
+            }),
+        )?;
+        if let Waited::Job(_) = waited {
+            // From the job's arrival to holding the lock again.
+            crate::stats::observe(crate::stats::GVL_WAIT, arrived.elapsed());
+        }
+        Ok(waited)
+    }
+
+    /// Reads a kept connection's next request in a blocking section, for
+    /// at most `keep_spin`; gives the connection back to its IO thread as
+    /// soon as another request waits in the queue or the thread is wanted.
+    fn next_request<B: Blocking>(
+        &self,
+        gvl: &B,
+        kept: Kept,
+        scratch: &mut [u8],
+        wake_tx: &Sender<()>,
+        wake_rx: &Receiver<()>,
+    ) -> Result<Waited, B::Interrupt> {
+        let jobs = self.jobs;
+        let mut woken = false;
+        let (job, arrived) = gvl.run(
+            || {
+                let job = kept.next_request(self.keep_spin, self.limits, scratch, || {
+                    woken = wake_rx.try_recv().is_ok();
+                    woken || !jobs.is_empty()
+                });
+                (job, Instant::now())
+            },
+            Some(Unblock {
+                func: |wake: &Sender<()>| {
+                    let _ = wake.try_send(());
+                },
+                arg: wake_tx,
+            }),
+        )?;
+        Ok(match job {
+            Some(job) => {
+                crate::stats::observe(crate::stats::GVL_WAIT, arrived.elapsed());
+                Waited::Job(job)
+            }
+            None if woken => Waited::Woken,
+            None => Waited::Idle,
+        })
+    }
+}
+
+/// A job taken from the queue, or why there is none.
+fn claimed(queued: Result<Queued, crossbeam_channel::RecvError>) -> Waited {
+    match queued.map(Queued::claim) {
+        Ok(Some(job)) => {
+            crate::stats::gauge(crate::stats::QUEUED, -1);
+            Waited::Job(job)
+        }
+        Ok(None) => Waited::Again,
+        Err(_) => Waited::Closed,
+    }
+}
