@@ -7,8 +7,9 @@
 # slower). Every deadline is scaled by BUTTERFLIES_SPEC_TIME_SCALE (default
 # 10 under stress), and examples tagged `timing: true`, which measure time
 # or race a clock, are skipped, as are those tagged `stress: false`, which
-# repeat through another real program (nginx, HAProxy) an engine path that
-# other examples run under stress already. script/test-gc-stress runs it.
+# repeat through another real program (nginx, HAProxy, the ctl client, a
+# notify socket) an engine path that other examples run under stress
+# already. script/test-gc-stress runs it.
 module GcStressMode
   FLAGS = ENV.fetch("BUTTERFLIES_SPEC_GC_STRESS", nil)
   BOOT = File.expand_path("gc_stress_boot.rb", __dir__)

@@ -130,12 +130,17 @@ pub fn request_start(value: &[u8]) -> Option<std::time::SystemTime> {
 /// Records the proxy queue time of a request whose app thread took it at
 /// `taken`, if `X-Request-Start` is trusted and given.
 pub fn proxy_queue(header: Option<&[u8]>, taken: std::time::SystemTime) {
-    if !TRUST_REQUEST_START.load(std::sync::atomic::Ordering::Relaxed) {
+    if !trusts_request_start() {
         return;
     }
     if let Some(start) = header.and_then(request_start) {
         observe(PROXY_QUEUE, taken.duration_since(start).unwrap_or_default());
     }
+}
+
+/// Whether `X-Request-Start` is trusted (else it is not even looked up).
+pub fn trusts_request_start() -> bool {
+    TRUST_REQUEST_START.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Bucket upper bounds, in microseconds (then +Inf).

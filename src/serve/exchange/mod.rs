@@ -227,13 +227,16 @@ impl Exchange {
         let request = &job.request;
         let status = inner.status.unwrap_or(500);
         let queue = self.started.saturating_duration_since(request.received);
-        crate::stats::answered(status, inner.sent, queue, self.started.elapsed());
-        crate::stats::proxy_queue(
-            request.head.header("x-request-start"),
-            std::time::SystemTime::now()
-                .checked_sub(self.started.elapsed())
-                .unwrap_or(std::time::UNIX_EPOCH),
-        );
+        let serving = self.started.elapsed();
+        crate::stats::answered(status, inner.sent, queue, serving);
+        if crate::stats::trusts_request_start() {
+            crate::stats::proxy_queue(
+                request.head.header("x-request-start"),
+                std::time::SystemTime::now()
+                    .checked_sub(serving)
+                    .unwrap_or(std::time::UNIX_EPOCH),
+            );
+        }
         if crate::logs::access::enabled() {
             crate::logs::access::record(&crate::logs::access::Entry {
                 peer: request.peer,
