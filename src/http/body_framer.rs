@@ -17,9 +17,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::ascii::hex;
 use super::chunked::ChunkedDecoder;
 use super::request::Limits;
-use super::response::{hex, Framing, LAST_CHUNK};
+use super::response::{Framing, LAST_CHUNK};
 
 /// Why an app's body did not match its framing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! headers into response bytes. Everything here is plain data and functions,
 //! unit-tested without sockets or a VM.
 
+pub mod ascii;
 pub mod body_framer;
 pub mod chunked;
 pub mod date;

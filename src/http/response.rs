@@ -342,21 +342,7 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// Appends `n` in lowercase hexadecimal (a chunk size), without allocating.
 pub fn push_hex(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(hex(n, &mut [0; 16]));
-}
-
-/// `n` in lowercase hex, written into `digits` (no allocation).
-pub fn hex(mut n: u64, digits: &mut [u8; 16]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[(n & 15) as usize];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    &digits[at..]
+    out.extend_from_slice(super::ascii::hex(n, &mut [0; 16]));
 }
 
 fn push_status(out: &mut Vec<u8>, status: u16) {

@@ -41,7 +41,8 @@ pub struct Request {
     pub body: Body,
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    /// When it was complete (the access log's durations start here).
+    /// When its last bytes were read (the access log's durations start
+    /// here).
     pub received: Instant,
     /// The PROXY protocol header its connection began with (`peer` is
     /// already the client it names).
@@ -577,7 +578,9 @@ impl Conn {
                         body,
                         peer,
                         local,
-                        received: Instant::now(),
+                        // When its last bytes were read: one clock read
+                        // less per request.
+                        received: self.last_read,
                         proxy,
                     }));
                 }

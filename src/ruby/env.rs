@@ -323,7 +323,10 @@ pub fn build(
     }
     pairs.push(
         ruby.get_inner(&REMOTE_ADDR),
-        bin(Small::of(request.peer.ip()).bytes()),
+        match request.peer.ip() {
+            std::net::IpAddr::V4(v4) => bin(crate::http::ascii::ipv4(v4, &mut [0; 15])),
+            v6 => bin(Small::of(v6).bytes()),
+        },
     )?;
     if let Some(header) = &request.proxy {
         pairs.push(
