@@ -44,6 +44,17 @@ RSpec.describe "faulty apps", timeout: 120 do
     end
   end
 
+  # /bytes's response is held back while the next request is buffered
+  # (a pipelined batch goes out in one write); the failing body closes the
+  # connection, and must not take the response before it along.
+  it "sends the pipelined response before one whose body fails before its first piece" do
+    data = raw_request(server, "GET /bytes?n=2 HTTP/1.1\r\nHost: x\r\n\r\n" \
+                               "GET /raise_before_body HTTP/1.1\r\nHost: x\r\n\r\n")
+    expect(data).to start_with("HTTP/1.1 200 OK\r\n").and include("\r\n\r\nxx")
+    expect(data).not_to include("0\r\n\r\n")
+    expect(server.wait_for_output(/no piece at all/)).to be(true)
+  end
+
   it "decodes the app's chunked framing for an HTTP/1.0 client, which never gets a Transfer-Encoding" do
     data = raw_request(server, "GET /app_chunked HTTP/1.0\r\n\r\n")
     expect(data).to start_with("HTTP/1.0 200 OK\r\n").and end_with("\r\n\r\nhello")

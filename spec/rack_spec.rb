@@ -143,6 +143,19 @@ RSpec.describe "Rack behaviour" do
       expect(data).to eq("HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhijacked")
     end
 
+    # The response to the first request is queued while the second is
+    # already here (a pipelined batch goes out in one write): it must go out
+    # before the app gets the socket.
+    it "writes what a pipelined batch queued before a full or partial hijack" do
+      data = raw_request(server, "GET /array HTTP/1.1\r\nHost: x\r\n\r\nGET /hijack HTTP/1.1\r\nHost: x\r\n\r\n")
+      expect(data).to start_with("HTTP/1.1 200 OK\r\n").and include("Hello world!")
+      expect(data).to end_with("\r\n\r\nhijacked")
+      data = raw_request(server,
+                         "GET /array HTTP/1.1\r\nHost: x\r\n\r\nGET /partial_hijack HTTP/1.1\r\nHost: x\r\n\r\n")
+      expect(data).to start_with("HTTP/1.1 200 OK\r\n").and include("Hello world!")
+      expect(data).to end_with("\r\n\r\npartial")
+    end
+
     # One rack.hijack object serves every request of its app thread.
     it "raises when rack.hijack is called after its request instead of acting on another" do
       expect(Net::HTTP.get_response(URI(server.url("/late_hijack"))).body).to eq("ok")

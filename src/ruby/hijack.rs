@@ -8,6 +8,7 @@ use magnus::{gc, method, prelude::*, DataTypeFunctions, Error, RModule, Ruby, Va
 
 use super::current::Current;
 use super::errors::OrRaise;
+use super::gvl::Gvl;
 use crate::serve::Exchange;
 
 pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
@@ -78,7 +79,7 @@ pub fn warm(ruby: &Ruby) {
 
 /// Takes the exchange's socket over and wraps it in a Ruby `TCPSocket`.
 pub fn hijack_io(ruby: &Ruby, ex: &Exchange) -> Result<Value, Error> {
-    let fd = ex.hijack::<Error>().or_raise(ruby)?.into_raw_fd();
+    let fd = ex.hijack(&Gvl(ruby)).or_raise(ruby)?.into_raw_fd();
     match ruby
         .get_inner(&TCP_SOCKET)
         .funcall::<_, _, Value>("for_fd", (fd,))

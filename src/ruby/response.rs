@@ -119,7 +119,7 @@ fn send_parts(
     match flusher {
         // An `each` body: its first piece carries the head.
         Some(flusher) if each && ResponseHead::sends_body(framing) => {
-            if ex.queue_head(&out).or_raise(ruby)? {
+            if ex.queue_head(&Gvl(ruby), &out).or_raise(ruby)? {
                 flusher.watch(ex);
             }
         }

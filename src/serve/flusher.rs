@@ -108,7 +108,7 @@ mod tests {
         ));
         let head = b"HTTP/1.1 200 OK\r\n\r\n";
         ex.set_head(200, head.len(), Framing::UntilClose);
-        assert!(ex.queue_head::<std::convert::Infallible>(head).unwrap());
+        assert!(ex.queue_head(&Direct, head).unwrap());
         flusher.watch(&ex);
         client.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut got = vec![0; head.len()];

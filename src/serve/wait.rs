@@ -88,6 +88,18 @@ pub fn write_out(
     })
 }
 
+/// Writes everything queued on the connection, waiting for the client
+/// while it makes progress: before the app takes the socket, which must
+/// carry no bytes of ours after its own.
+pub fn write_all(job: &mut Job, waker: &Waker, timeout: Duration) -> Sent {
+    write_waiting(job, waker, timeout, |conn, _| {
+        Ok(match conn.flush()? {
+            true => Left::Nothing,
+            false => Left::Bytes(conn.pending_bytes()),
+        })
+    })
+}
+
 /// Writes borrowed bytes, waiting for the client while more than
 /// `HIGH_WATER_BYTES` are left that the park budget cannot take.
 pub fn write_cursor(

@@ -148,13 +148,10 @@ fn reading_from_the_connection_ends_keep_alive() {
 #[test]
 fn a_hijacked_connection_is_forgotten() {
     let (ex, _client, mailbox) = exchange("/ws", DEADLINE);
-    let fd = ex.hijack::<std::convert::Infallible>().unwrap();
+    let fd = ex.hijack(&Direct).unwrap();
     assert!(ex.hijacked() && ex.is_finished());
     assert!(mailbox.rx.try_recv().unwrap().is_hijacked());
-    assert!(
-        ex.hijack::<std::convert::Infallible>().is_err(),
-        "taken once"
-    );
+    assert!(ex.hijack(&Direct).is_err(), "taken once");
     drop(fd);
 }
 
@@ -222,7 +219,7 @@ fn a_streamed_head_waits_for_the_first_piece() {
     let (ex, mut client, _mailbox) = exchange("/each", DEADLINE);
     let head = b"HTTP/1.1 200 OK\r\n\r\n";
     ex.set_head(200, head.len(), Framing::UntilClose);
-    assert!(ex.queue_head::<std::convert::Infallible>(head).unwrap());
+    assert!(ex.queue_head(&Direct, head).unwrap());
     assert!(nothing_to_read(&mut client));
     ex.send_piece(&Direct, &[b"one"], true).unwrap();
     assert_eq!(
@@ -232,4 +229,38 @@ fn a_streamed_head_waits_for_the_first_piece() {
     // Pieces after the first gather again.
     assert!(ex.send_piece(&Direct, &[b"two"], true).unwrap());
     assert!(nothing_to_read(&mut client));
+}
+
+#[test]
+fn a_hijack_writes_what_a_pipelined_batch_queued_first() {
+    use crate::net::handoff::testing::{request, setup};
+    use std::io::Write;
+    let (mut conn, mut client, mailbox, shared) = setup();
+    client
+        .write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let first = request(&mut conn);
+    shared
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let waker = Arc::new(Waker::new().unwrap());
+    let ex = Exchange::new(
+        Job::new(first, conn, mailbox, shared),
+        waker.clone(),
+        DEADLINE,
+    );
+    let out = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nr1";
+    ex.set_head(200, out.len() - 2, Framing::Length(2));
+    ex.send_whole(&Direct, out.to_vec()).unwrap();
+    ex.mark_finished();
+    assert!(nothing_to_read(&mut client), "held back for the batch");
+    let job = ex
+        .hand_back_or_keep(true)
+        .expect("kept")
+        .buffered_request(&crate::http::Limits::default())
+        .expect("/ws");
+    let ex = Exchange::new(job, waker, DEADLINE);
+    let fd = ex.hijack(&Direct).unwrap();
+    assert_eq!(read_exactly(&mut client, out.len()), out);
+    drop(fd);
 }

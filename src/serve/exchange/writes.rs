@@ -12,7 +12,7 @@ use crate::net::cursor::Cursor;
 use crate::net::Job;
 use crate::serve::blocking::{Blocking, Unblock};
 use crate::serve::wait::{
-    read_in, write_cursor, write_out, Pending, Sent, Waker, HIGH_WATER_BYTES,
+    read_in, write_all, write_cursor, write_out, Pending, Sent, Waker, HIGH_WATER_BYTES,
 };
 
 /// Streamed pieces are written once this much has gathered.
@@ -75,22 +75,29 @@ impl Exchange {
     /// it has none), and should the app pause before its first piece, the
     /// flusher writes the head once it is a few milliseconds old, as it
     /// does gathered pieces. Returns true: the caller hands the exchange
-    /// to the flusher.
-    pub fn queue_head<I>(&self, head: &[u8]) -> Result<bool, I> {
-        let mut inner = self.lock();
-        if matches!(inner.phase, Phase::Broken | Phase::Hijacked) {
-            return Err(closed());
+    /// to the flusher. If responses of a pipelined batch are queued, they
+    /// and the head are written now instead (false): were the body to
+    /// fail before its first piece, the connection closes at once, and
+    /// they must not be lost with it.
+    pub fn queue_head<B: Blocking>(&self, gvl: &B, head: &[u8]) -> Result<bool, B::Interrupt> {
+        {
+            let mut inner = self.lock();
+            if matches!(inner.phase, Phase::Broken | Phase::Hijacked) {
+                return Err(closed());
+            }
+            let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
+                return Err(closed());
+            };
+            if !conn.has_output() {
+                // Copied into the connection's buffer, which keeps its
+                // capacity for the pieces that follow.
+                conn.append(&[head]);
+                inner.sent += head.len() as u64;
+                inner.pieces = Pieces::Head(Instant::now());
+                return Ok(true);
+            }
         }
-        let len = head.len();
-        let Some(conn) = inner.job.as_mut().and_then(Job::conn_mut) else {
-            return Err(closed());
-        };
-        // Copied into the connection's buffer, which keeps its capacity
-        // for the pieces that follow.
-        conn.append(&[head]);
-        inner.sent += len as u64;
-        inner.pieces = Pieces::Head(Instant::now());
-        Ok(true)
+        self.send_now(gvl, &[head]).map(|()| false)
     }
 
     /// Frames one piece of a streamed body as the head announced (see
@@ -393,8 +400,26 @@ impl Exchange {
     }
 
     /// rack.hijack: the socket, duplicated for the app; the server forgets
-    /// the connection.
-    pub fn hijack<I>(&self) -> Result<OwnedFd, I> {
+    /// the connection. What is queued on it goes out first, waiting for the
+    /// client if need be: responses held back for a pipelined batch, the
+    /// rest of a partial hijack's head.
+    pub fn hijack<B: Blocking>(&self, gvl: &B) -> Result<OwnedFd, B::Interrupt> {
+        let queued = {
+            let mut inner = self.lock();
+            inner
+                .job
+                .as_mut()
+                .and_then(Job::conn_mut)
+                .is_some_and(|conn| conn.has_output())
+        };
+        if queued && !self.cannot_write() {
+            loop {
+                let sent = self.blocking_on_job(gvl, write_all)?;
+                if self.write_ended(gvl, sent)? {
+                    break;
+                }
+            }
+        }
         let job = {
             let mut inner = self.lock();
             // A full hijack's answer is the app's own (a WebSocket's 101).
