@@ -223,6 +223,43 @@ fn pipelined_batches_are_answered_in_order_even_when_they_end_mid_request() {
 }
 
 #[test]
+fn a_thread_added_on_demand_leaves_when_idle_and_the_loop_counts_it() {
+    let mut config = Config::new(vec![BindAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
+    config.io_threads = 1;
+    let mut engine = Engine::bind(config).expect("bind");
+    engine.start(None).expect("start");
+    let jobs = engine.jobs();
+    let (limits, pool) = (Limits::default(), Pool::default());
+    let app_loop = AppLoop {
+        jobs: &jobs,
+        pool: &pool,
+        limits: &limits,
+        keep_spin: Duration::ZERO,
+        idle_exit: Some(Duration::from_millis(50)),
+        batch: Duration::from_micros(500),
+    };
+    let started = std::time::Instant::now();
+    thread::scope(|s| {
+        let leaving = s.spawn(|| app_loop.run(&Direct, |_, _| Ok(None)));
+        // While it waits for a job it is a member of the pool, not busy.
+        while pool.threads.load(std::sync::atomic::Ordering::Acquire) == 0 && !leaving.is_finished()
+        {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the loop never joined the pool"
+            );
+            thread::yield_now();
+        }
+        assert_eq!(pool.busy.load(std::sync::atomic::Ordering::Acquire), 0);
+        leaving.join().unwrap().unwrap();
+    });
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(pool.threads.load(std::sync::atomic::Ordering::Acquire), 0);
+    engine.stop(false);
+    engine.join();
+}
+
+#[test]
 fn a_slow_request_does_not_hold_up_another_connection() {
     let Started {
         mut engine,
