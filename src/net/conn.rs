@@ -189,6 +189,7 @@ pub enum Fill {
 
 impl Conn {
     pub fn new(stream: TcpStream, token: usize, peer: SocketAddr, local: SocketAddr) -> Self {
+        let now = Instant::now();
         Conn {
             stream,
             token,
@@ -206,9 +207,9 @@ impl Conn {
             parked: None,
             spill: None,
             request_started: None,
-            last_read: Instant::now(),
-            last_write: Instant::now(),
-            idle_since: Instant::now(),
+            last_read: now,
+            last_write: now,
+            idle_since: now,
             proxy: Proxy::Off,
         }
     }
@@ -438,6 +439,12 @@ impl Conn {
     /// its scratch buffer, so an idle connection holds no read buffer of
     /// its own.
     pub fn fill(&mut self, scratch: &mut [u8], cap: usize) -> io::Result<Fill> {
+        self.fill_at(scratch, cap, Instant::now())
+    }
+
+    /// [`Conn::fill`], with the time its caller read last (an IO thread
+    /// reads the clock once per wake-up).
+    pub fn fill_at(&mut self, scratch: &mut [u8], cap: usize, now: Instant) -> io::Result<Fill> {
         if self.served == 0
             && self.reader.is_idle()
             && self.peer_side == PeerSide::Open
@@ -468,7 +475,7 @@ impl Conn {
                 self.socket = Socket::MayHoldMore;
                 return Ok(Fill::Eof);
             }
-            self.last_read = Instant::now();
+            self.last_read = now;
             if self.request_started.is_none() {
                 self.request_started = Some(self.last_read);
             }

@@ -62,6 +62,9 @@ pub(crate) struct IoThread {
     idle_spin: Duration,
     /// Read buffer lent to whichever connection is being read.
     scratch: Vec<u8>,
+    /// When the last epoll wait returned: the clock is read once per
+    /// wake-up, not once per connection or event.
+    now: Instant,
     /// Listeners whose accept failed for want of resources.
     accept_paused: AcceptPaused,
     /// The spill budget's shortfalls this thread has made room for.
@@ -144,6 +147,7 @@ impl IoThread {
             shutdown_timeout: config.shutdown_timeout,
             idle_spin: config.idle_spin,
             scratch: vec![0; super::conn::READ_CHUNK_BYTES],
+            now: Instant::now(),
             accept_paused: AcceptPaused::default(),
             shortfalls_seen: 0,
         })
@@ -158,14 +162,16 @@ impl IoThread {
         // docs/ARCHITECTURE.md "Scheduling".
         crate::process::sched::batch_this_thread();
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
-        let mut next_tick = Instant::now() + TICK;
+        let mut next_tick = self.now + TICK;
         let mut stop_deadline: Option<Instant> = None;
-        let mut stop_started = Instant::now();
+        let mut stop_started = self.now;
         loop {
             // Rounded up to whole milliseconds: rounded down, the last
             // fraction of a millisecond before a tick was spent in
-            // epoll_wait calls that returned at once.
-            let left = next_tick.saturating_duration_since(Instant::now());
+            // epoll_wait calls that returned at once. From the last
+            // wake-up's time: at worst the wait ends a little after the
+            // tick, which only housekeeping waits for.
+            let left = next_tick.saturating_duration_since(self.now);
             let millis = left.as_micros().div_ceil(1000);
             let timeout = u16::try_from(millis)
                 .map(EpollTimeout::from)
@@ -179,6 +185,7 @@ impl IoThread {
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => return Err(std::io::Error::other(format!("epoll_wait: {e}"))),
             };
+            self.now = Instant::now();
             for event in &events[..n] {
                 match event.data() {
                     WAKER => self.take_mail(),
@@ -199,13 +206,13 @@ impl IoThread {
                     return Ok(());
                 }
             }
-            if Instant::now() >= next_tick {
+            if self.now >= next_tick {
                 for index in self.accept_paused.take() {
                     self.accept(index);
                 }
                 self.enforce_timeouts();
                 self.make_room();
-                next_tick = Instant::now() + TICK;
+                next_tick = self.now + TICK;
             }
         }
     }
@@ -324,7 +331,7 @@ impl IoThread {
         while let Ok(mut conn) = self.mailbox.rx.try_recv() {
             self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             let token = conn.token;
-            conn.idle_since = Instant::now();
+            conn.idle_since = self.now;
             // Read events again, if an app thread read it itself; epoll
             // reports the socket now if it is readable already.
             conn.arm(&self.mailbox.epoll, CONN_EVENTS);
@@ -382,7 +389,7 @@ impl IoThread {
                     continue;
                 }
             }
-            match conn.fill(&mut self.scratch, cap) {
+            match conn.fill_at(&mut self.scratch, cap, self.now) {
                 Ok(fill) => last_fill = Some(fill),
                 Err(_) => return self.close(token),
             }
