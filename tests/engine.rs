@@ -85,6 +85,12 @@ fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>, may_keep: boo
         req.body.len()
     );
     let slow = req.head.path() == b"/slow";
+    if req.head.path().starts_with(b"/flood/") {
+        FLOOD_SERVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    } else if req.head.path() == b"/other" {
+        let served = FLOOD_SERVED.load(std::sync::atomic::Ordering::SeqCst);
+        FLOOD_AT_OTHER.store(served, std::sync::atomic::Ordering::SeqCst);
+    }
     let version = req.head.version;
     let keep_alive = req.head.keep_alive;
     let ex = Exchange::new(job, waker.clone(), Duration::from_secs(5));
@@ -107,6 +113,10 @@ fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>, may_keep: boo
         None
     }
 }
+
+/// `/flood/...` requests answered so far, and how many when `/other` was.
+static FLOOD_SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static FLOOD_AT_OTHER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How long `/slow` takes.
 const SLOW_REQUEST: Duration = Duration::from_millis(300);
@@ -257,6 +267,66 @@ fn a_thread_added_on_demand_leaves_when_idle_and_the_loop_counts_it() {
     assert_eq!(pool.threads.load(std::sync::atomic::Ordering::Acquire), 0);
     engine.stop(false);
     engine.join();
+}
+
+#[test]
+fn a_client_pipelining_without_end_does_not_starve_another() {
+    let Started {
+        mut engine, addr, ..
+    } = start(1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = connect(addr);
+    let mut writer = flood.try_clone().unwrap();
+    let mut reader = flood;
+    let batch: String = (0..64)
+        .map(|i| format!("GET /flood/{i} HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .collect();
+    let writing = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if writer.write_all(batch.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reading = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answered.fetch_add(n, std::sync::atomic::Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    // The flood is being answered before the other client asks.
+    let began = std::time::Instant::now();
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < 64 * 1024 {
+        assert!(began.elapsed() < DEADLINE, "the flood was not answered");
+        thread::yield_now();
+    }
+    let mut other = connect(addr);
+    let before = FLOOD_SERVED.load(std::sync::atomic::Ordering::SeqCst);
+    other
+        .write_all(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = read_until(&mut other, "GET /other 0", 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(r.ends_with("GET /other 0"), "{r}");
+    // Flood requests served between the other's request and its answer:
+    // a few hundred (those in the pipe, then 128 in a row at most), not as
+    // many as the flood can send (thousands when nothing stops it).
+    let during = FLOOD_AT_OTHER.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(during < 1000, "{during} flood requests went first");
+    engine.stop(false);
+    engine.join();
+    writing.join().unwrap();
+    reading.join().unwrap();
 }
 
 #[test]

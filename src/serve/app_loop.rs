@@ -34,6 +34,11 @@ pub struct AppLoop<'a> {
 /// answered without keeping their connection.
 const KEEP_BACKOFF: u32 = 16;
 
+/// Requests one kept connection gets in a row while others wait in the
+/// queue: a client that always has its next request ready (pipelining
+/// batch after batch) takes its turn like the rest.
+const IN_ROW_WHILE_OTHERS_WAIT: u32 = 128;
+
 /// Bytes read per pass from a kept connection.
 const KEPT_READ_BYTES: usize = 16 * 1024;
 
@@ -93,7 +98,10 @@ impl AppLoop<'_> {
                 }
             };
             let mut next = Some(job);
+            // Requests served in a row on one kept connection.
+            let mut in_row = 0u32;
             while let Some(job) = next.take() {
+                in_row += 1;
                 let may_keep = skip_keeps == 0;
                 skip_keeps = skip_keeps.saturating_sub(1);
                 let kept = {
@@ -105,6 +113,11 @@ impl AppLoop<'_> {
                     held_since = Instant::now();
                 }
                 let Some(connection) = kept else { break };
+                if in_row >= IN_ROW_WHILE_OTHERS_WAIT && !self.jobs.is_empty() {
+                    // Others wait in the queue: the connection goes home
+                    // and its next request queues behind theirs.
+                    break;
+                }
                 // A pipelined request: served next, with the lock held.
                 let connection = match connection.buffered_request(self.limits) {
                     Ok(job) => {
