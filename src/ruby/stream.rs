@@ -43,9 +43,11 @@ impl Stream {
     /// Writes one piece of the body, framed as the head announced.
     pub fn write(ruby: &Ruby, rb_self: &Self, data: RString) -> Result<usize, Error> {
         let ex = &rb_self.0;
-        // SAFETY: the slice is used only until write_piece returns; no Ruby
-        // code runs before that, so the string cannot change or move, and
-        // `data` is on the stack, so the GC keeps it.
+        // SAFETY: `data` is on the stack, so the GC keeps it. write_piece
+        // writes the bytes or copies them into the connection's buffer with
+        // the GVL held, before any blocking section that may release it (a
+        // wait for a slow client writes only what was copied), so no other
+        // Ruby thread can change or move the string while the slice is read.
         let bytes = unsafe { data.as_slice() };
         let len = bytes.len();
         if len == 0 {

@@ -34,6 +34,24 @@ fn nothing_to_read(client: &mut TcpStream) -> bool {
     nothing
 }
 
+/// A job for the first of the requests in `sent` (written in one go, so
+/// the rest is buffered behind it, as a pipelining client's would be).
+fn pipelined(sent: &[u8]) -> (Job, TcpStream, Arc<crate::net::handoff::Mailbox>) {
+    use crate::net::handoff::testing::{request, setup};
+    use std::io::Write;
+    let (mut conn, mut client, mailbox, shared) = setup();
+    client.write_all(sent).unwrap();
+    let first = request(&mut conn);
+    shared
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (
+        Job::new(first, conn, mailbox.clone(), shared),
+        client,
+        mailbox,
+    )
+}
+
 #[test]
 fn a_response_goes_out_and_the_connection_goes_home_kept_alive() {
     let (ex, mut client, mailbox) = exchange("/a", DEADLINE);
@@ -157,20 +175,10 @@ fn a_hijacked_connection_is_forgotten() {
 
 #[test]
 fn responses_to_a_pipelined_batch_go_out_together() {
-    use crate::net::handoff::testing::{request, setup};
-    use std::io::Write;
-    let (mut conn, mut client, mailbox, shared) = setup();
-    client
-        .write_all(
-            b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTT",
-        )
-        .unwrap();
-    let first = request(&mut conn);
-    shared
-        .in_flight
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (job, mut client, mailbox) = pipelined(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTT",
+    );
     let waker = Arc::new(Waker::new().unwrap());
-    let job = Job::new(first, conn, mailbox.clone(), shared);
     let answer = |ex: &Exchange, body: &str| {
         let out = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{body}");
         ex.set_head(200, out.len() - 2, Framing::Length(2));
@@ -233,22 +241,10 @@ fn a_streamed_head_waits_for_the_first_piece() {
 
 #[test]
 fn a_hijack_writes_what_a_pipelined_batch_queued_first() {
-    use crate::net::handoff::testing::{request, setup};
-    use std::io::Write;
-    let (mut conn, mut client, mailbox, shared) = setup();
-    client
-        .write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let first = request(&mut conn);
-    shared
-        .in_flight
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (job, mut client, _mailbox) =
+        pipelined(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
     let waker = Arc::new(Waker::new().unwrap());
-    let ex = Exchange::new(
-        Job::new(first, conn, mailbox, shared),
-        waker.clone(),
-        DEADLINE,
-    );
+    let ex = Exchange::new(job, waker.clone(), DEADLINE);
     let out = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nr1";
     ex.set_head(200, out.len() - 2, Framing::Length(2));
     ex.send_whole(&Direct, out.to_vec()).unwrap();

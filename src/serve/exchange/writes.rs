@@ -103,7 +103,9 @@ impl Exchange {
     /// Frames one piece of a streamed body as the head announced (see
     /// [`BodyFramer`]; HEAD, 204 and 304 send nothing) and sends it as
     /// [`Exchange::send_piece`] does, all under one lock: an `each` body
-    /// of many small pieces pays for this once per piece.
+    /// of many small pieces pays for this once per piece. `data` is
+    /// written or copied before any blocking section runs (Ruby passes a
+    /// string's bytes, readable only while the GVL is held).
     pub fn write_piece<B: Blocking>(
         &self,
         gvl: &B,
