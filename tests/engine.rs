@@ -66,6 +66,7 @@ fn app_thread(jobs: &Receiver<Queued>, spin: Duration, slow_started: &Sender<()>
         keep_spin: spin,
         idle_exit: None,
         batch: Duration::from_micros(500),
+        loops: None,
     };
     app_loop
         .run(&Direct, |job, may_keep| {
@@ -247,6 +248,7 @@ fn a_thread_added_on_demand_leaves_when_idle_and_the_loop_counts_it() {
         keep_spin: Duration::ZERO,
         idle_exit: Some(Duration::from_millis(50)),
         batch: Duration::from_micros(500),
+        loops: None,
     };
     let started = std::time::Instant::now();
     thread::scope(|s| {

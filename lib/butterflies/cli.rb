@@ -160,6 +160,7 @@ module Butterflies
       opts.on("--control-token-file PATH", "Read the token from PATH (or set BUTTERFLIES_CONTROL_TOKEN)") do |p|
         @dsl.control_token_file(p)
       end
+      opts.on("--inline-io", "No IO threads: app threads poll the IO loops themselves") { @dsl.inline_io }
       opts.on("--trust-request-start", "Measure queue time from a proxy's X-Request-Start") { @dsl.trust_request_start }
       opts.on("--log-requests", "An access log line per request on stdout (Apache common format)") do
         @dsl.log_requests(true)

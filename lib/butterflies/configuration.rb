@@ -40,6 +40,9 @@ module Butterflies
       # Trust a proxy's X-Request-Start (t=seconds.fraction, or ms, or us)
       # for the proxy queue time histogram, as autoscalers measure it.
       trust_request_start: { default: false },
+      # No IO threads: each app thread polls an IO loop itself and serves
+      # what it reads (docs/ARCHITECTURE.md, "Two shapes").
+      inline_io: { default: false },
       # The proxies whose PROXY protocol header is believed, as addresses
       # or CIDR ranges; needed by a TCP bind with ?proxy_protocol=.
       proxy_from: { default: [] },

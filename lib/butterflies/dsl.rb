@@ -118,6 +118,12 @@ module Butterflies
       @config[:trust_request_start] = enabled ? true : false
     end
 
+    # App threads poll the IO loops themselves, without IO threads
+    # (docs/ARCHITECTURE.md, "Two shapes").  inline_io
+    def inline_io(enabled = true)
+      @config[:inline_io] = enabled ? true : false
+    end
+
     def quiet(enabled = true)
       @config[:quiet] = enabled ? true : false
     end

@@ -36,6 +36,7 @@ module Butterflies
     # What the engine takes from the Ruby side's options, when set.
     def ruby_side_options(config)
       { access_log: config[:log_requests] || nil, trust_request_start: (true if config[:trust_request_start]),
+        inline_io: (true if config[:inline_io]),
         proxy_from: (config[:proxy_from] unless config[:proxy_from].empty?) }.compact
     end
 

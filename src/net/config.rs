@@ -50,6 +50,9 @@ pub struct Config {
     /// Trust `X-Request-Start` (a proxy in front sets it) for the proxy
     /// queue time histogram.
     pub trust_request_start: bool,
+    /// No IO threads: the app threads poll the IO loops themselves
+    /// (`net::loops`).
+    pub inline_io: bool,
     pub queue_depth: usize,
     pub limits: Limits,
     pub idle_timeout: Duration,
@@ -88,6 +91,7 @@ impl Config {
             workers: 1,
             access_log: None,
             trust_request_start: false,
+            inline_io: false,
             queue_depth: QUEUE_DEPTH,
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECS),

@@ -30,6 +30,7 @@ use super::config::Config;
 use super::handoff::{Mailbox, Shared};
 use super::io_thread::{IoThread, ThreadListeners};
 use super::listener::{self, BindAddr, Listener};
+use super::loops::Loops;
 use super::Queued;
 use crate::proxy::Policy;
 
@@ -93,6 +94,8 @@ pub struct Engine {
     jobs_rx: Receiver<Queued>,
     mailboxes: Vec<Arc<Mailbox>>,
     threads: Vec<JoinHandle<()>>,
+    /// With `Config::inline_io`, the loops the app threads poll.
+    loops: Option<Arc<Loops>>,
     /// Duplicates of the listeners the IO threads took (single mode), so a
     /// hot restart can pass them on after the threads are gone.
     kept_groups: Vec<Group>,
@@ -202,6 +205,7 @@ impl Engine {
             jobs_rx,
             mailboxes: Vec::new(),
             threads: Vec::new(),
+            loops: None,
             kept_groups: Vec::new(),
         })
     }
@@ -306,12 +310,40 @@ impl Engine {
         if let Some(format) = self.config.access_log {
             crate::logs::access::enable(format, worker);
         }
+        if self.config.inline_io {
+            let mut loops = Vec::with_capacity(groups.len());
+            for listeners in groups {
+                let mailbox = Arc::new(Mailbox::new()?);
+                let state = IoThread::new(
+                    listeners,
+                    &self.config,
+                    None,
+                    mailbox.clone(),
+                    self.shared.clone(),
+                )?;
+                self.mailboxes.push(mailbox.clone());
+                loops.push((state, mailbox));
+            }
+            let loops = Arc::new(Loops::new(loops, jobs_tx));
+            let sweeper = loops.clone();
+            let handle = crate::process::supervise::spawn(
+                "butterflies-sweeper".to_string(),
+                self.shared.faults.clone(),
+                move || {
+                    sweeper.sweep();
+                    Ok(())
+                },
+            )?;
+            self.threads.push(handle);
+            self.loops = Some(loops);
+            return Ok(());
+        }
         for (index, listeners) in groups.into_iter().enumerate() {
             let mailbox = Arc::new(Mailbox::new()?);
             let thread = IoThread::new(
                 listeners,
                 &self.config,
-                jobs_tx.clone(),
+                Some(jobs_tx.clone()),
                 mailbox.clone(),
                 self.shared.clone(),
             )?;
@@ -326,8 +358,14 @@ impl Engine {
         Ok(())
     }
 
+    /// The inline loops the app threads poll (`Config::inline_io`), once
+    /// started.
+    pub fn loops(&self) -> Option<Arc<Loops>> {
+        self.loops.clone()
+    }
+
     /// The queue app threads take jobs from. It disconnects when every IO
-    /// thread has finished after `stop`.
+    /// thread (or inline loop) has finished after `stop`.
     pub fn jobs(&self) -> Receiver<Queued> {
         self.jobs_rx.clone()
     }

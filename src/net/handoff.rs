@@ -53,6 +53,10 @@ pub struct Mailbox {
     pub(crate) wake: EventFd,
     /// A wake-up is already pending, so senders need not write the eventfd.
     pub(crate) notified: AtomicBool,
+    /// Someone may be in epoll_wait on it, to be woken when a connection
+    /// comes home. Always, for a loop with a thread of its own; for one
+    /// app threads poll (`net::loops`), only while one of them waits.
+    pub(crate) polling: AtomicBool,
 }
 
 impl Mailbox {
@@ -66,13 +70,17 @@ impl Mailbox {
             rx,
             wake,
             notified: AtomicBool::new(false),
+            polling: AtomicBool::new(true),
         })
     }
 
     fn send(&self, conn: Box<Conn>) {
         // The receiver lives as long as the IO thread that owns `self`.
         let _ = self.tx.send(conn);
-        if !self.notified.swap(true, Ordering::AcqRel) {
+        // Against the poller's store of `polling` and its look at the
+        // channel (`IoThread::wait_polled`): one of the two sees the other.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.polling.load(Ordering::Relaxed) && !self.notified.swap(true, Ordering::AcqRel) {
             self.poke();
         }
     }
@@ -87,7 +95,7 @@ impl Mailbox {
     /// The IO thread has events waiting (other connections, the mailbox):
     /// polled without taking them, as an epoll instance is readable while
     /// its ready list is not empty.
-    fn io_pending(&self) -> bool {
+    pub(crate) fn io_pending(&self) -> bool {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let mut fds = [PollFd::new(self.epoll.0.as_fd(), PollFlags::POLLIN)];

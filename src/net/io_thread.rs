@@ -4,6 +4,7 @@
 //! response is written, finishes writes that would block, and enforces
 //! timeouts. It never calls Ruby.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -46,14 +47,41 @@ const EVENTS_PER_WAIT: usize = 256;
 /// address (the engine deals them out).
 pub(crate) type ThreadListeners = Vec<(Listener, Option<Arc<crate::proxy::Policy>>)>;
 
+/// Where the loop puts a complete request.
+enum Dispatch {
+    /// Into the engine's queue, for whichever app thread is free: the loop
+    /// has a thread of its own.
+    Queue(Sender<Queued>),
+    /// Into the loop's own list, for the app thread that polls it
+    /// (`net::loops`), at most `cap` of them.
+    Inline { ready: VecDeque<Job>, cap: usize },
+}
+
+/// What a turn of the loop left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    Going,
+    /// Stopped, and every connection is done (or the shutdown timeout
+    /// passed).
+    Done,
+}
+
+/// How long a turn may wait for events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Until something happens or the next tick.
+    UntilTick,
+    /// Not at all: take what is ready now.
+    No,
+}
+
 pub(crate) struct IoThread {
-    /// Each listener with the local address its connections report.
     /// Each listener, the address it listens on, and its PROXY protocol
     /// policy.
     listeners: Vec<(Listener, SocketAddr, Option<Arc<crate::proxy::Policy>>)>,
     shared_listeners: bool,
     slots: Slots,
-    jobs: Sender<Queued>,
+    dispatch: Dispatch,
     mailbox: Arc<Mailbox>,
     shared: Arc<Shared>,
     limits: Limits,
@@ -69,6 +97,10 @@ pub(crate) struct IoThread {
     accept_paused: AcceptPaused,
     /// The spill budget's shortfalls this thread has made room for.
     shortfalls_seen: u64,
+    events: Vec<EpollEvent>,
+    next_tick: Instant,
+    /// Since when it has been stopping, and until when it may take.
+    stopping: Option<(Instant, Instant)>,
 }
 
 /// Listeners to accept on again later, because accept failed for want of
@@ -105,10 +137,12 @@ impl AcceptPaused {
 }
 
 impl IoThread {
+    /// A loop with a thread of its own, putting requests into `jobs`; or,
+    /// with `jobs` `None`, one that app threads poll (`net::loops`).
     pub(crate) fn new(
         listeners: ThreadListeners,
         config: &Config,
-        jobs: Sender<Queued>,
+        jobs: Option<Sender<Queued>>,
         mailbox: Arc<Mailbox>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Self> {
@@ -130,11 +164,23 @@ impl IoThread {
                 (l, local, proxy)
             })
             .collect();
+        let dispatch = match jobs {
+            Some(jobs) => Dispatch::Queue(jobs),
+            None => {
+                // Told when an app thread is in epoll_wait (`Mailbox::send`).
+                mailbox.polling.store(false, Ordering::SeqCst);
+                Dispatch::Inline {
+                    ready: VecDeque::new(),
+                    cap: config.queue_depth.max(1),
+                }
+            }
+        };
+        let now = Instant::now();
         Ok(IoThread {
             listeners,
             shared_listeners: config.shared_listeners,
             slots: Slots::default(),
-            jobs,
+            dispatch,
             mailbox,
             shared,
             limits: config.limits,
@@ -147,74 +193,137 @@ impl IoThread {
             shutdown_timeout: config.shutdown_timeout,
             idle_spin: config.idle_spin,
             scratch: vec![0; super::conn::READ_CHUNK_BYTES],
-            now: Instant::now(),
+            now,
             accept_paused: AcceptPaused::default(),
             shortfalls_seen: 0,
+            events: vec![EpollEvent::empty(); EVENTS_PER_WAIT],
+            next_tick: now + TICK,
+            stopping: None,
         })
     }
 
-    /// The loop. Returns once stopped and every connection is done (or the
-    /// shutdown timeout passed); dropping `self` drops the job sender.
+    /// The loop on a thread of its own. Returns once stopped and every
+    /// connection is done (or the shutdown timeout passed); dropping
+    /// `self` drops the job sender.
     pub(crate) fn run(mut self) -> std::io::Result<()> {
         // An IO thread woken (a new request, a connection handed back)
         // does not preempt the app thread running Ruby on its core; it runs
         // when that thread blocks, and then finds more work at once. See
         // docs/ARCHITECTURE.md "Scheduling".
         crate::process::sched::batch_this_thread();
-        let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
-        let mut next_tick = self.now + TICK;
-        let mut stop_deadline: Option<Instant> = None;
-        let mut stop_started = self.now;
-        loop {
-            // Rounded up to whole milliseconds: rounded down, the last
-            // fraction of a millisecond before a tick was spent in
-            // epoll_wait calls that returned at once. From the last
-            // wake-up's time: at worst the wait ends a little after the
-            // tick, which only housekeeping waits for.
-            let left = next_tick.saturating_duration_since(self.now);
-            let millis = left.as_micros().div_ceil(1000);
-            let timeout = u16::try_from(millis)
-                .map(EpollTimeout::from)
-                .unwrap_or(EpollTimeout::from(u16::MAX));
-            let n = match self.spin(&mut events) {
-                0 => self.mailbox.epoll.wait(&mut events, timeout),
-                n => Ok(n),
-            };
-            let n = match n {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => 0,
-                Err(e) => return Err(std::io::Error::other(format!("epoll_wait: {e}"))),
-            };
-            self.now = Instant::now();
-            for event in &events[..n] {
-                match event.data() {
-                    WAKER => self.take_mail(),
-                    data if data & LISTENER_BIT != 0 => {
-                        self.accept((data & !LISTENER_BIT) as usize)
-                    }
-                    token => self.on_event(token as usize, event.events()),
-                }
+        while self.turn(Wait::UntilTick)? == Turn::Going {}
+        Ok(())
+    }
+
+    /// The oldest request this loop has ready for the app thread polling
+    /// it (inline loops only).
+    pub(crate) fn pop_ready(&mut self) -> Option<Job> {
+        match &mut self.dispatch {
+            Dispatch::Inline { ready, .. } => ready.pop_front(),
+            Dispatch::Queue(_) => None,
+        }
+    }
+
+    /// Requests parsed and not yet taken (inline loops only).
+    pub(crate) fn ready_len(&self) -> usize {
+        match &self.dispatch {
+            Dispatch::Inline { ready, .. } => ready.len(),
+            Dispatch::Queue(_) => 0,
+        }
+    }
+
+    /// One pass of the loop: waits for events (as `wait` says), handles
+    /// them, and does what the clock asks (timeouts, stopping).
+    pub(crate) fn turn(&mut self, wait: Wait) -> std::io::Result<Turn> {
+        let inline = matches!(self.dispatch, Dispatch::Inline { .. });
+        if inline && !self.mailbox.rx.is_empty() {
+            // Sent while nobody was in epoll_wait, so without a wake-up.
+            self.take_mail(false);
+        }
+        // Rounded up to whole milliseconds: rounded down, the last
+        // fraction of a millisecond before a tick was spent in epoll_wait
+        // calls that returned at once. From the last wake-up's time: at
+        // worst the wait ends a little after the tick, which only
+        // housekeeping waits for.
+        let timeout = match wait {
+            Wait::No => EpollTimeout::ZERO,
+            Wait::UntilTick => {
+                let left = self.next_tick.saturating_duration_since(self.now);
+                let millis = left.as_micros().div_ceil(1000);
+                u16::try_from(millis)
+                    .map(EpollTimeout::from)
+                    .unwrap_or(EpollTimeout::from(u16::MAX))
             }
-            if self.shared.stopping.load(Ordering::Acquire) {
-                let deadline = *stop_deadline.get_or_insert_with(|| {
-                    self.close_listeners();
-                    stop_started = Instant::now();
-                    stop_started + self.shutdown_timeout
-                });
-                self.drain(stop_started);
-                if self.slots.live() == 0 || Instant::now() >= deadline {
-                    return Ok(());
-                }
+        };
+        let mut events = std::mem::take(&mut self.events);
+        let spun = match wait {
+            Wait::UntilTick => self.spin(&mut events),
+            Wait::No => 0,
+        };
+        let n = match (wait, spun) {
+            (Wait::No, _) => self.mailbox.epoll.wait(&mut events, timeout),
+            (Wait::UntilTick, 0) if inline => self.wait_polled(&mut events, timeout),
+            (Wait::UntilTick, 0) => self.mailbox.epoll.wait(&mut events, timeout),
+            (Wait::UntilTick, n) => Ok(n),
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => {
+                self.events = events;
+                return Err(std::io::Error::other(format!("epoll_wait: {e}")));
             }
-            if self.now >= next_tick {
-                for index in self.accept_paused.take() {
-                    self.accept(index);
-                }
-                self.enforce_timeouts();
-                self.make_room();
-                next_tick = self.now + TICK;
+        };
+        self.now = Instant::now();
+        for event in &events[..n] {
+            match event.data() {
+                WAKER => self.take_mail(true),
+                data if data & LISTENER_BIT != 0 => self.accept((data & !LISTENER_BIT) as usize),
+                token => self.on_event(token as usize, event.events()),
             }
         }
+        self.events = events;
+        if self.shared.stopping.load(Ordering::Acquire) {
+            let (started, deadline) = match self.stopping {
+                Some(stopping) => stopping,
+                None => {
+                    self.close_listeners();
+                    let started = Instant::now();
+                    *self
+                        .stopping
+                        .insert((started, started + self.shutdown_timeout))
+                }
+            };
+            self.drain(started);
+            if self.ready_len() == 0 && (self.slots.live() == 0 || Instant::now() >= deadline) {
+                return Ok(Turn::Done);
+            }
+        }
+        if self.now >= self.next_tick {
+            for index in self.accept_paused.take() {
+                self.accept(index);
+            }
+            self.enforce_timeouts();
+            self.make_room();
+            self.next_tick = self.now + TICK;
+        }
+        Ok(Turn::Going)
+    }
+
+    /// An app thread's wait in epoll (inline loops): connections sent home
+    /// meanwhile wake it only while it waits (`Mailbox::send`), so the
+    /// mailbox is looked at once more after saying so.
+    fn wait_polled(&self, events: &mut [EpollEvent], timeout: EpollTimeout) -> nix::Result<usize> {
+        self.mailbox.polling.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let timeout = if self.mailbox.rx.is_empty() {
+            timeout
+        } else {
+            EpollTimeout::ZERO
+        };
+        let n = self.mailbox.epoll.wait(events, timeout);
+        self.mailbox.polling.store(false, Ordering::SeqCst);
+        n
     }
 
     /// Polls for new events for up to `idle_spin` before the caller
@@ -325,9 +434,11 @@ impl IoThread {
     /// nothing to do (all written, nothing buffered, no event while it was
     /// away) just waits for its next edge: no read that would only say
     /// EAGAIN.
-    fn take_mail(&mut self) {
-        let _ = self.mailbox.wake.read();
-        self.mailbox.notified.store(false, Ordering::Release);
+    fn take_mail(&mut self, woken: bool) {
+        if woken {
+            let _ = self.mailbox.wake.read();
+            self.mailbox.notified.store(false, Ordering::Release);
+        }
         while let Ok(mut conn) = self.mailbox.rx.try_recv() {
             self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
             let token = conn.token;
@@ -404,21 +515,45 @@ impl IoThread {
         conn.served += 1;
         let job = Job::new(request, conn, self.mailbox.clone(), self.shared.clone());
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let queued = self.shared.claims.wrap(job);
-        let Some(job) = (match self.jobs.try_send(queued) {
-            Ok(()) => {
-                crate::stats::gauge(crate::stats::QUEUED, 1);
-                return;
+        let refused = match &mut self.dispatch {
+            Dispatch::Inline { ready, cap } if ready.len() < *cap => {
+                ready.push_back(job);
+                None
             }
-            Err(TrySendError::Full(queued) | TrySendError::Disconnected(queued)) => queued.claim(),
-        }) else {
-            return;
+            Dispatch::Inline { .. } => Some(job),
+            Dispatch::Queue(jobs) => offer(jobs, &self.shared, job),
         };
+        if let Some(job) = refused {
+            self.refuse(job);
+        }
+    }
+
+    /// Moves the requests this inline loop has parsed into the engine's
+    /// queue, for any app thread (nobody polls this loop: `net::loops`).
+    /// Returns how many.
+    pub(crate) fn queue_ready(&mut self, jobs: &Sender<Queued>) -> usize {
+        let Dispatch::Inline { ready, .. } = &mut self.dispatch else {
+            return 0;
+        };
+        let moved = std::mem::take(ready);
+        let count = moved.len();
+        for job in moved {
+            if let Some(job) = offer(jobs, &self.shared, job) {
+                self.refuse(job);
+            }
+        }
+        count
+    }
+
+    /// Answers a request no app thread can take (the queue is full) with
+    /// 503, closing its connection.
+    fn refuse(&mut self, job: Job) {
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         job.request.log_refused(503);
         let Some(mut conn) = job.take_conn() else {
             return;
         };
+        let token = conn.token;
         conn.queue(crate::http::response::service_unavailable(
             "Service Unavailable\n",
         ));
@@ -508,5 +643,17 @@ impl IoThread {
                 Expired::Close | Expired::No => self.close(token),
             }
         }
+    }
+}
+
+/// Puts a job into the engine's queue; gives it back if the queue is full
+/// (`None` if the watchdog answered it meanwhile).
+fn offer(jobs: &Sender<Queued>, shared: &Shared, job: Job) -> Option<Job> {
+    match jobs.try_send(shared.claims.wrap(job)) {
+        Ok(()) => {
+            crate::stats::gauge(crate::stats::QUEUED, 1);
+            None
+        }
+        Err(TrySendError::Full(queued) | TrySendError::Disconnected(queued)) => queued.claim(),
     }
 }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod handoff;
 mod io_thread;
 pub mod listener;
+pub mod loops;
 pub mod park;
 pub mod queue;
 pub mod reader;

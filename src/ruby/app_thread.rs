@@ -64,6 +64,7 @@ pub fn serve(
         early_hints: *early_hints,
     };
     let gvl = Gvl(ruby);
+    let loops = rb_self.loops();
     let app_loop = AppLoop {
         jobs: &jobs,
         pool: &rb_self.pool,
@@ -71,6 +72,7 @@ pub fn serve(
         keep_spin: rb_self.idle_spin,
         idle_exit,
         batch: GVL_BATCH,
+        loops: loops.as_ref().map(|(loops, home)| (&**loops, *home)),
     };
     app_loop.run(&gvl, |job, may_keep| {
         request::handle(ruby, &app, job, may_keep)

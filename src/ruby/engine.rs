@@ -55,6 +55,8 @@ pub struct RbEngine {
     pub(super) pool: Pool,
     pub(super) jobs: Receiver<Queued>,
     shared: Arc<Shared>,
+    /// The inline loop the next app thread polls first.
+    next_home: std::sync::atomic::AtomicUsize,
 }
 
 impl RbEngine {
@@ -155,6 +157,9 @@ impl RbEngine {
         if let Some(trust) = option::<bool>(ruby, options, "trust_request_start")? {
             config.trust_request_start = trust;
         }
+        if let Some(inline) = option::<bool>(ruby, options, "inline_io")? {
+            config.inline_io = inline;
+        }
         let request_timeouts = match (config.request_timeout, config.request_hard_timeout) {
             (None, None) => None,
             (soft, hard) => Some((soft, hard)),
@@ -179,6 +184,7 @@ impl RbEngine {
             idle_spin: engine.config().idle_spin,
             jobs: engine.jobs(),
             shared: engine.shared(),
+            next_home: std::sync::atomic::AtomicUsize::new(0),
             engine: Mutex::new(engine),
         })
     }
@@ -305,6 +311,16 @@ impl RbEngine {
         Ok(())
     }
 
+    /// The inline loops (if on) and the one an app thread starting now
+    /// polls first.
+    pub(super) fn loops(&self) -> Option<(Arc<crate::net::loops::Loops>, usize)> {
+        let loops = self.with_engine(|e| e.loops())?;
+        let home = self
+            .next_home
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((loops, home))
+    }
+
     pub(super) fn watchdog(&self) -> Option<Arc<Watchdog>> {
         self.watchdog
             .lock()
@@ -415,6 +431,7 @@ const PLUMBING: &[&str] = &[
     "shared_listeners",
     "access_log",
     "trust_request_start",
+    "inline_io",
 ];
 
 /// Refuses an option the engine does not know, rather than ignore it.

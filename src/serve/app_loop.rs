@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::blocking::{Blocking, Unblock};
 use super::pool::{Busy, Member, Pool};
 use crate::http::Limits;
+use crate::net::loops::{Loops, Next, Wait};
 use crate::net::{Job, Kept, Queued};
 
 /// What one app thread's loop works with.
@@ -28,7 +29,15 @@ pub struct AppLoop<'a> {
     /// How long the thread keeps its lock (for Ruby, the GVL) across
     /// requests served back to back before it lets others in.
     pub batch: Duration,
+    /// Inline loops (`net::loops`): this thread polls them instead of
+    /// taking requests from the queue, `home` first.
+    pub loops: Option<(&'a Loops, usize)>,
 }
+
+/// How long a thread that has no loop to poll waits on the queue at a
+/// time when it has no idle exit (a request, Ruby or the engine's stop
+/// wakes it sooner).
+const NO_LOOP_WAIT: Duration = Duration::from_secs(3600);
 
 /// After a kept connection brought no request, this many requests are
 /// answered without keeping their connection.
@@ -72,19 +81,9 @@ impl AppLoop<'_> {
         // When this thread last took the lock back (see `batch`).
         let mut held_since = Instant::now();
         loop {
-            let job = match self.jobs.try_recv() {
-                Ok(queued) => match queued.claim() {
-                    Some(job) => {
-                        crate::stats::gauge(crate::stats::QUEUED, -1);
-                        // Taken while holding the lock: it waited none.
-                        crate::stats::observe(crate::stats::GVL_WAIT, Duration::ZERO);
-                        job
-                    }
-                    None => continue, // answered by the watchdog meanwhile
-                },
-                Err(TryRecvError::Disconnected) => return Ok(()),
-                Err(TryRecvError::Empty) => {
-                    let waited = self.wait_for_job(gvl, &wake_tx, &wake_rx)?;
+            let job = match self.loops {
+                Some((loops, home)) => {
+                    let waited = self.next_from_loops(gvl, loops, home, &wake_tx, &wake_rx)?;
                     held_since = Instant::now();
                     match waited {
                         Waited::Job(job) => job,
@@ -96,6 +95,31 @@ impl AppLoop<'_> {
                         }
                     }
                 }
+                None => match self.jobs.try_recv() {
+                    Ok(queued) => match queued.claim() {
+                        Some(job) => {
+                            crate::stats::gauge(crate::stats::QUEUED, -1);
+                            // Taken while holding the lock: it waited none.
+                            crate::stats::observe(crate::stats::GVL_WAIT, Duration::ZERO);
+                            job
+                        }
+                        None => continue, // answered by the watchdog meanwhile
+                    },
+                    Err(TryRecvError::Disconnected) => return Ok(()),
+                    Err(TryRecvError::Empty) => {
+                        let waited = self.wait_for_job(gvl, &wake_tx, &wake_rx)?;
+                        held_since = Instant::now();
+                        match waited {
+                            Waited::Job(job) => job,
+                            Waited::Closed | Waited::Idle => return Ok(()),
+                            Waited::Again => continue,
+                            Waited::Woken => {
+                                gvl.check_interrupts()?;
+                                continue;
+                            }
+                        }
+                    }
+                },
             };
             let mut next = Some(job);
             // Requests served in a row on one kept connection.
@@ -141,6 +165,85 @@ impl AppLoop<'_> {
                 }
             }
         }
+    }
+
+    /// Inline loops: the next request from the queue (where the sweeper
+    /// puts those of loops nobody polls) or from a loop this thread polls.
+    /// First a look without waiting, with the lock held (as a queued
+    /// request is taken); then, in a blocking section, polls its loop (or
+    /// one let go too long) until a request comes or the queue has one. A
+    /// thread with no loop to poll waits on the queue.
+    fn next_from_loops<B: Blocking>(
+        &self,
+        gvl: &B,
+        loops: &Loops,
+        home: usize,
+        wake_tx: &Sender<()>,
+        wake_rx: &Receiver<()>,
+    ) -> Result<Waited, B::Interrupt> {
+        match self.jobs.try_recv() {
+            Ok(queued) => return Ok(claimed(Ok(queued))),
+            Err(TryRecvError::Disconnected) => return Ok(Waited::Closed),
+            Err(TryRecvError::Empty) => {}
+        }
+        if let Some(mut held) = loops.hold(home) {
+            match held.next(Wait::No, || false) {
+                Next::Job(job) => {
+                    crate::stats::observe(crate::stats::GVL_WAIT, Duration::ZERO);
+                    return Ok(Waited::Job(job));
+                }
+                Next::Done | Next::Nothing => {}
+            }
+        }
+        let jobs = self.jobs;
+        let idle_exit = self.idle_exit;
+        let (waited, arrived) = gvl.run(
+            || {
+                let idle_since = Instant::now();
+                let waited = loop {
+                    if wake_rx.try_recv().is_ok() {
+                        break Waited::Woken;
+                    }
+                    match jobs.try_recv() {
+                        Ok(queued) => break claimed(Ok(queued)),
+                        Err(TryRecvError::Disconnected) => break Waited::Closed,
+                        Err(TryRecvError::Empty) => {}
+                    }
+                    if let Some(mut held) = loops.hold(home) {
+                        let give_up = || !wake_rx.is_empty() || !jobs.is_empty();
+                        match held.next(Wait::UntilTick, give_up) {
+                            Next::Job(job) => break Waited::Job(job),
+                            Next::Done | Next::Nothing => continue,
+                        }
+                    }
+                    let timeout = match idle_exit {
+                        Some(idle) => idle.saturating_sub(idle_since.elapsed()),
+                        None => NO_LOOP_WAIT,
+                    };
+                    crossbeam_channel::select! {
+                        recv(jobs) -> queued => break claimed(queued),
+                        recv(wake_rx) -> _ => break Waited::Woken,
+                        default(timeout) => {
+                            if idle_exit.is_some_and(|i| idle_since.elapsed() >= i) {
+                                break Waited::Idle;
+                            }
+                        }
+                    }
+                };
+                (waited, Instant::now())
+            },
+            Some(Unblock {
+                func: |(wake, loops): &(&Sender<()>, &Loops)| {
+                    let _ = wake.try_send(());
+                    loops.poke_all();
+                },
+                arg: &(wake_tx, loops),
+            }),
+        )?;
+        if let Waited::Job(_) = waited {
+            crate::stats::observe(crate::stats::GVL_WAIT, arrived.elapsed());
+        }
+        Ok(waited)
     }
 
     /// Blocks until a job arrives, the queue closes, or the thread is
