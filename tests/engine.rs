@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use butterflies::http::response::ResponseHead;
 use butterflies::http::Limits;
+use butterflies::net::loops::Loops;
 use butterflies::net::{BindAddr, Config, Engine, Job, Kept, Queued};
 use butterflies::serve::app_loop::AppLoop;
 use butterflies::serve::pool::Pool;
@@ -25,13 +26,30 @@ struct Started {
     slow_started: Receiver<()>,
 }
 
+/// Which threads poll the IO loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// IO threads of their own, handing requests to the app threads.
+    IoThreads,
+    /// The app threads poll them (`net::loops`), with this many loops.
+    Inline(usize),
+}
+
 /// Starts an engine on a free port with `apps` app threads answering
 /// "<method> <path> <body length>". They run the extension's app-thread
 /// loop, minus Ruby: each job through an [`Exchange`], its connection
 /// handed back or kept for the next request.
 fn start(apps: usize) -> Started {
+    start_shaped(apps, Shape::IoThreads)
+}
+
+fn start_shaped(apps: usize, shape: Shape) -> Started {
     let mut config = Config::new(vec![BindAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
     config.io_threads = 2;
+    if let Shape::Inline(loops) = shape {
+        config.inline_io = true;
+        config.io_threads = loops;
+    }
     let mut engine = Engine::bind(config).expect("bind");
     let BindAddr::Tcp(addr) = engine.local_addrs()[0] else {
         panic!("not TCP")
@@ -39,11 +57,15 @@ fn start(apps: usize) -> Started {
     engine.start(None).expect("start");
     let (slow_tx, slow_started) = crossbeam_channel::unbounded();
     let apps = (0..apps)
-        .map(|_| {
+        .map(|home| {
             let jobs = engine.jobs();
+            let loops = engine.loops();
             let slow_tx = slow_tx.clone();
             let spin = engine.config().idle_spin;
-            thread::spawn(move || app_thread(&jobs, spin, &slow_tx))
+            thread::spawn(move || {
+                let loops = loops.as_ref().map(|l| (&**l, home));
+                app_thread(&jobs, loops, spin, &slow_tx)
+            })
         })
         .collect();
     Started {
@@ -55,7 +77,12 @@ fn start(apps: usize) -> Started {
 }
 
 /// One app thread: the production loop (`AppLoop`), answering in Rust.
-fn app_thread(jobs: &Receiver<Queued>, spin: Duration, slow_started: &Sender<()>) {
+fn app_thread(
+    jobs: &Receiver<Queued>,
+    loops: Option<(&Loops, usize)>,
+    spin: Duration,
+    slow_started: &Sender<()>,
+) {
     let waker = Arc::new(Waker::new().unwrap());
     let limits = Limits::default();
     let pool = Pool::default();
@@ -66,7 +93,7 @@ fn app_thread(jobs: &Receiver<Queued>, spin: Duration, slow_started: &Sender<()>
         keep_spin: spin,
         idle_exit: None,
         batch: Duration::from_micros(500),
-        loops: None,
+        loops,
     };
     app_loop
         .run(&Direct, |job, may_keep| {
@@ -119,6 +146,10 @@ fn answer(job: Job, waker: &Arc<Waker>, slow_started: &Sender<()>, may_keep: boo
 static FLOOD_SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static FLOOD_AT_OTHER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Inline loops in the tests: one, so that a slow request and the next
+/// one share it.
+const INLINE_LOOPS: usize = 1;
+
 /// How long `/slow` takes.
 const SLOW_REQUEST: Duration = Duration::from_millis(300);
 
@@ -148,12 +179,21 @@ fn read_until(stream: &mut TcpStream, needle: &str, count: usize) -> String {
 
 #[test]
 fn keep_alive_pipelining_and_errors() {
+    keep_alive_pipelining_and_errors_in(Shape::IoThreads);
+}
+
+#[test]
+fn keep_alive_pipelining_and_errors_inline() {
+    keep_alive_pipelining_and_errors_in(Shape::Inline(INLINE_LOOPS));
+}
+
+fn keep_alive_pipelining_and_errors_in(shape: Shape) {
     let Started {
         mut engine,
         addr,
         apps,
         ..
-    } = start(2);
+    } = start_shaped(2, shape);
 
     let mut s = connect(addr);
     for i in 0..20 {
@@ -210,9 +250,18 @@ fn keep_alive_pipelining_and_errors() {
 
 #[test]
 fn pipelined_batches_are_answered_in_order_even_when_they_end_mid_request() {
+    pipelined_batches_are_answered_in_order_even_when_they_end_mid_request_in(Shape::IoThreads);
+}
+
+#[test]
+fn pipelined_batches_are_answered_in_order_even_when_they_end_mid_request_inline() {
+    pipelined_batches_are_answered_in_order_even_when_they_end_mid_request_in(Shape::Inline(INLINE_LOOPS));
+}
+
+fn pipelined_batches_are_answered_in_order_even_when_they_end_mid_request_in(shape: Shape) {
     let Started {
         mut engine, addr, ..
-    } = start(2);
+    } = start_shaped(2, shape);
     let mut s = connect(addr);
     for round in 0..20 {
         let mut batch: String = (0..16)
@@ -273,9 +322,18 @@ fn a_thread_added_on_demand_leaves_when_idle_and_the_loop_counts_it() {
 
 #[test]
 fn a_client_pipelining_without_end_does_not_starve_another() {
+    a_client_pipelining_without_end_does_not_starve_another_in(Shape::IoThreads);
+}
+
+#[test]
+fn a_client_pipelining_without_end_does_not_starve_another_inline() {
+    a_client_pipelining_without_end_does_not_starve_another_in(Shape::Inline(INLINE_LOOPS));
+}
+
+fn a_client_pipelining_without_end_does_not_starve_another_in(shape: Shape) {
     let Started {
         mut engine, addr, ..
-    } = start(1);
+    } = start_shaped(1, shape);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = connect(addr);
     let mut writer = flood.try_clone().unwrap();
@@ -333,12 +391,21 @@ fn a_client_pipelining_without_end_does_not_starve_another() {
 
 #[test]
 fn a_slow_request_does_not_hold_up_another_connection() {
+    a_slow_request_does_not_hold_up_another_connection_in(Shape::IoThreads);
+}
+
+#[test]
+fn a_slow_request_does_not_hold_up_another_connection_inline() {
+    a_slow_request_does_not_hold_up_another_connection_in(Shape::Inline(INLINE_LOOPS));
+}
+
+fn a_slow_request_does_not_hold_up_another_connection_in(shape: Shape) {
     let Started {
         mut engine,
         addr,
         slow_started,
         ..
-    } = start(2);
+    } = start_shaped(2, shape);
     let mut slow = connect(addr);
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -356,12 +423,21 @@ fn a_slow_request_does_not_hold_up_another_connection() {
 
 #[test]
 fn stop_finishes_in_flight_requests() {
+    stop_finishes_in_flight_requests_in(Shape::IoThreads);
+}
+
+#[test]
+fn stop_finishes_in_flight_requests_inline() {
+    stop_finishes_in_flight_requests_in(Shape::Inline(INLINE_LOOPS));
+}
+
+fn stop_finishes_in_flight_requests_in(shape: Shape) {
     let Started {
         mut engine,
         addr,
         apps,
         slow_started,
-    } = start(1);
+    } = start_shaped(1, shape);
     let mut slow = connect(addr);
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();

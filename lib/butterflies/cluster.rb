@@ -377,7 +377,8 @@ module Butterflies
       extra = ", app preloaded" if @config[:preload_app]
       @life.announce("Butterflies #{VERSION} (ruby #{RUBY_VERSION}), cluster master pid #{Process.pid}",
                      ["* workers: #{@config[:workers]}, each with #{@config.thread_range} app and " \
-                      "#{@engine.io_threads} io threads#{extra}", pool_note].compact,
+                      "#{@engine.io_threads} #{@config[:inline_io] ? 'inline io loops' : 'io threads'}#{extra}",
+                      pool_note].compact,
                      @engine.addresses)
     end
 

@@ -25,7 +25,7 @@ module Butterflies
       activated = activated_fds
       binds = uris(config, activated).map { |uri| Binds.parse(uri).to_engine }
       options = config.to_h.slice(*ENGINE_OPTIONS).compact
-      options[:io_threads] = io_threads || config[:io_threads] || default_io_threads(workers)
+      options[:io_threads] = io_threads || loops(config, config[:io_threads] || default_io_threads(workers))
       options[:shared_listeners] = shared
       options[:workers] = workers if workers
       options[:inherit_fds] = inherited_fds
@@ -64,6 +64,12 @@ module Butterflies
     # One IO thread per CPU in all: in single mode, one per CPU; in a
     # cluster, where each worker's IO threads now get connections of their
     # own, the CPUs shared out over the workers (at least one each).
+    # Inline, the IO loops are polled by the app threads: no more loops
+    # than threads that are always there, or one would go unpolled.
+    def loops(config, io_threads)
+      config[:inline_io] ? [io_threads, config[:threads]].min : io_threads
+    end
+
     def default_io_threads(workers)
       [Etc.nprocessors / (workers || 1), 1].max
     end

@@ -156,9 +156,9 @@ module Butterflies
     end
 
     def banner(pool_note)
-      io = @config[:io_threads] || Etc.nprocessors
+      io = @config[:inline_io] ? "#{@engine.io_threads} inline io loops" : "#{@engine.io_threads} io"
       @life.announce("Butterflies #{VERSION} (ruby #{RUBY_VERSION}), pid #{Process.pid}",
-                     ["* threads: #{@config.thread_range} app, #{io} io", pool_note].compact, @addresses)
+                     ["* threads: #{@config.thread_range} app, #{io}", pool_note].compact, @addresses)
     end
 
     # A Hash of Configuration keys (the Rack handler's way): `threads: N`
