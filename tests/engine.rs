@@ -255,7 +255,9 @@ fn pipelined_batches_are_answered_in_order_even_when_they_end_mid_request() {
 
 #[test]
 fn pipelined_batches_are_answered_in_order_even_when_they_end_mid_request_inline() {
-    pipelined_batches_are_answered_in_order_even_when_they_end_mid_request_in(Shape::Inline(INLINE_LOOPS));
+    pipelined_batches_are_answered_in_order_even_when_they_end_mid_request_in(Shape::Inline(
+        INLINE_LOOPS,
+    ));
 }
 
 fn pipelined_batches_are_answered_in_order_even_when_they_end_mid_request_in(shape: Shape) {

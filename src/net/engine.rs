@@ -324,7 +324,7 @@ impl Engine {
                 self.mailboxes.push(mailbox.clone());
                 loops.push((state, mailbox));
             }
-            let loops = Arc::new(Loops::new(loops, jobs_tx));
+            let loops = Arc::new(Loops::new(loops, jobs_tx, self.shared.faults.clone()));
             let sweeper = loops.clone();
             let handle = crate::process::supervise::spawn(
                 "butterflies-sweeper".to_string(),

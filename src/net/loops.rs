@@ -20,10 +20,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use super::handoff::{Job, Mailbox};
 pub use super::io_thread::Wait;
 use super::io_thread::{IoThread, Turn};
 use super::Queued;
+use crate::process::supervise::{Ending, Fault, Faults};
 
 /// How long a loop may go unpolled while its poller serves a request
 /// before the sweeper turns it.
@@ -46,6 +49,9 @@ pub struct Loops {
     /// The sweeper, and whether it dozes (sleeps `DOZE`, not `STEAL_AFTER`).
     sweeper: Mutex<Option<Thread>>,
     dozing: AtomicBool,
+    /// Where a loop that fails or panics is reported (the process then
+    /// stops, as when an IO thread fails).
+    faults: Arc<Faults>,
 }
 
 struct Loop {
@@ -77,7 +83,11 @@ pub enum Next {
 }
 
 impl Loops {
-    pub(crate) fn new(loops: Vec<(IoThread, Arc<Mailbox>)>, jobs: Sender<Queued>) -> Self {
+    pub(crate) fn new(
+        loops: Vec<(IoThread, Arc<Mailbox>)>,
+        jobs: Sender<Queued>,
+        faults: Arc<Faults>,
+    ) -> Self {
         let live = loops.len();
         Loops {
             loops: loops
@@ -93,6 +103,7 @@ impl Loops {
             jobs: Mutex::new(Some(jobs)),
             sweeper: Mutex::new(None),
             dozing: AtomicBool::new(false),
+            faults,
         }
     }
 
@@ -222,22 +233,12 @@ impl Loops {
         };
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(jobs) = jobs else { return 0 };
-        let Some(io) = held.guard.as_mut() else {
-            return 0;
-        };
-        match io.turn(Wait::No) {
-            Ok(Turn::Going) => io.queue_ready(&jobs),
-            Ok(Turn::Done) => {
-                let moved = io.queue_ready(&jobs);
-                held.finish();
-                moved
-            }
-            Err(e) => {
-                crate::log_err!("butterflies: inline loop {index}: {e}");
-                held.finish();
-                0
-            }
+        let turn = held.turn(Wait::No);
+        let moved = held.guard.as_mut().map_or(0, |io| io.queue_ready(&jobs));
+        if turn == Turn::Done {
+            held.finish();
         }
+        moved
     }
 }
 
@@ -267,13 +268,8 @@ impl Held<'_> {
             if let Some(job) = io.pop_ready() {
                 return Next::Job(job);
             }
-            match io.turn(wait) {
-                Ok(Turn::Going) => {}
-                Ok(Turn::Done) => return self.finish(),
-                Err(e) => {
-                    crate::log_err!("butterflies: inline loop {}: {e}", self.index);
-                    return self.finish();
-                }
+            if self.turn(wait) == Turn::Done {
+                return self.finish();
             }
             if let Some(job) = self.guard.as_mut().and_then(IoThread::pop_ready) {
                 return Next::Job(job);
@@ -282,6 +278,26 @@ impl Held<'_> {
                 return Next::Nothing;
             }
         }
+    }
+
+    /// One turn of the loop. One that fails or panics is reported as its
+    /// IO thread's would be, and counts as done.
+    fn turn(&mut self, wait: Wait) -> Turn {
+        let Some(io) = self.guard.as_mut() else {
+            return Turn::Done;
+        };
+        let ending = match catch_unwind(AssertUnwindSafe(|| io.turn(wait))) {
+            Ok(Ok(turn)) => return turn,
+            Ok(Err(e)) => Ending::Failed(e.to_string()),
+            Err(panic) => {
+                Ending::Panicked(crate::process::supervise::panic_message(panic.as_ref()))
+            }
+        };
+        self.loops.faults.report(Fault {
+            thread: format!("butterflies-io-{}", self.index),
+            ending,
+        });
+        Turn::Done
     }
 
     fn finish(&mut self) -> Next {
