@@ -112,9 +112,9 @@ module Scenarios
 
   # 64 connections, each sending 9 hello requests then one 50 ms request,
   # for `duration` seconds: the p99 latency (ms) of the fast requests.
-  def mixed(server, duration:)
+  def mixed(server, duration:, extra: [])
     port = Bench.free_port
-    pid = Bench.start(server, File.join(Bench::APPS, "mixed.ru"), port)
+    pid = Bench.start(server, File.join(Bench::APPS, "mixed.ru"), port, extra: extra)
     Bench.wait_ready(port)
     client = File.join(__dir__, "mixed_client.rb")
     out = IO.popen(["taskset", "-c", "1", RbConfig.ruby, client, port.to_s, duration.to_s, "64"], &:read)

@@ -19,6 +19,17 @@ RSpec.describe "a Rust thread that fails", timeout: 60 do
     expect(server.output).to include("Goodbye")
   end
 
+  it "stops the server the same way when an inline loop fails (--inline-io)" do
+    server = start_butterflies("-t", "2", "--io-threads", "1", "--inline-io", rackup: faulty)
+    response = Net::HTTP.get_response(URI(server.url("/break_epoll")))
+    expect(response.body).to match(/broke [1-9]\d* epoll descriptors/)
+    status = server.wait(timeout: 20)
+    expect(status).not_to be_nil, "server still running:\n#{server.output}"
+    expect(status.exitstatus).to eq(1)
+    expect(server.output).to match(/thread butterflies-io-0 failed: epoll_wait: EINVAL/)
+    expect(server.output).to include("Goodbye")
+  end
+
   it "makes a cluster worker exit non-zero, and the master replaces it" do
     server = start_cluster(rackup: faulty, workers: 1)
     first = ready_workers(server).fetch(0)

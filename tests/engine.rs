@@ -39,10 +39,6 @@ enum Shape {
 /// "<method> <path> <body length>". They run the extension's app-thread
 /// loop, minus Ruby: each job through an [`Exchange`], its connection
 /// handed back or kept for the next request.
-fn start(apps: usize) -> Started {
-    start_shaped(apps, Shape::IoThreads)
-}
-
 fn start_shaped(apps: usize, shape: Shape) -> Started {
     let mut config = Config::new(vec![BindAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
     config.io_threads = 2;

@@ -528,23 +528,6 @@ impl IoThread {
         }
     }
 
-    /// Moves the requests this inline loop has parsed into the engine's
-    /// queue, for any app thread (nobody polls this loop: `net::loops`).
-    /// Returns how many.
-    pub(crate) fn queue_ready(&mut self, jobs: &Sender<Queued>) -> usize {
-        let Dispatch::Inline { ready, .. } = &mut self.dispatch else {
-            return 0;
-        };
-        let moved = std::mem::take(ready);
-        let count = moved.len();
-        for job in moved {
-            if let Some(job) = offer(jobs, &self.shared, job) {
-                self.refuse(job);
-            }
-        }
-        count
-    }
-
     /// Answers a request no app thread can take (the queue is full) with
     /// 503, closing its connection.
     fn refuse(&mut self, job: Job) {

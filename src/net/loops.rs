@@ -8,17 +8,22 @@
 //! `k % loops`) and takes another only once that one has been let go for
 //! [`STEAL_AFTER`]. While its poller serves a slow request, a loop is let
 //! go: the sweeper (a thread that never runs Ruby) then turns it every
-//! `STEAL_AFTER` without waiting (accepts, reads, timeouts) and moves what
-//! it parsed into the engine's queue, where any idle app thread takes it,
-//! and where the pool sees demand to add threads. So no request waits
-//! behind a slow one for much longer than `STEAL_AFTER`.
+//! `STEAL_AFTER` without waiting (accepts, reads, writes, timeouts), and
+//! nudges an idle app thread to take it over. That thread first takes
+//! the GVL, and only then the loop and a request from it: a request
+//! is never handed to a thread that must still wait for the GVL (while
+//! the slow request computes, no other thread could serve it anyway; on
+//! Ruby 3.1 such requests waited tens of milliseconds for the GVL, hello
+//! c=32 p99 22-50 ms). So no request waits behind a slow one that sleeps
+//! or does IO for much longer than `STEAL_AFTER`; with every thread busy,
+//! the pool sees the demand (`Loops::starving`) and adds one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -49,6 +54,9 @@ pub struct Loops {
     /// The sweeper, and whether it dozes (sleeps `DOZE`, not `STEAL_AFTER`).
     sweeper: Mutex<Option<Thread>>,
     dozing: AtomicBool,
+    /// The sweeper's nudge to an idle app thread: a loop nobody polls
+    /// holds requests.
+    nudge: (Sender<()>, Receiver<()>),
     /// Where a loop that fails or panics is reported (the process then
     /// stops, as when an IO thread fails).
     faults: Arc<Faults>,
@@ -61,6 +69,8 @@ struct Loop {
     /// Microseconds since `Loops::epoch` when it was last let go (at least
     /// 1); 0 while held.
     free_since: AtomicU64,
+    /// Requests it had parsed and not handed out when last let go.
+    ready: AtomicUsize,
 }
 
 impl std::fmt::Debug for Loop {
@@ -96,6 +106,7 @@ impl Loops {
                     state: Mutex::new(Some(state)),
                     mailbox,
                     free_since: AtomicU64::new(1),
+                    ready: AtomicUsize::new(0),
                 })
                 .collect(),
             epoch: Instant::now(),
@@ -103,6 +114,7 @@ impl Loops {
             jobs: Mutex::new(Some(jobs)),
             sweeper: Mutex::new(None),
             dozing: AtomicBool::new(false),
+            nudge: crossbeam_channel::bounded(1),
             faults,
         }
     }
@@ -145,11 +157,37 @@ impl Loops {
             Err(TryLockError::WouldBlock) => return None,
         };
         guard.as_ref()?;
-        lp.free_since.store(0, Ordering::Relaxed);
+        let let_go_at = lp.free_since.swap(0, Ordering::Relaxed);
         Some(Held {
             loops: self,
             index,
             guard,
+            let_go_at,
+            poller: Poller::App,
+        })
+    }
+
+    /// Where an idle app thread hears that a loop nobody polls holds
+    /// requests: it then takes the GVL and looks (`Loops::hold`).
+    pub fn nudged(&self) -> &Receiver<()> {
+        &self.nudge.1
+    }
+
+    /// Wakes an idle app thread to take over a loop nobody polls (one
+    /// nudge waits at most).
+    pub fn nudge(&self) {
+        let _ = self.nudge.0.try_send(());
+    }
+
+    /// Requests wait in a loop nobody has polled for `STEAL_AFTER`: parsed
+    /// ones, or events epoll has not given yet. With every app thread
+    /// busy, that is demand for another (`serve::pool`).
+    pub fn starving(&self) -> bool {
+        let now = self.micros();
+        (0..self.loops.len()).any(|i| {
+            let lp = &self.loops[i];
+            self.let_go_long(i, now)
+                && (lp.ready.load(Ordering::Relaxed) > 0 || lp.mailbox.io_pending())
         })
     }
 
@@ -180,65 +218,53 @@ impl Loops {
     }
 
     /// The sweeper's loop (on a thread of its own, until every loop is
-    /// done): turns each loop let go for `STEAL_AFTER` without waiting and
-    /// queues what it parsed, every `STEAL_AFTER` while loops change hands,
-    /// every `DOZE` while none does.
+    /// done): turns each loop let go for `STEAL_AFTER` without waiting,
+    /// and nudges an idle app thread to take it over. Every `STEAL_AFTER`
+    /// while a loop is let go; every `DOZE` while all are held (an app
+    /// thread letting one go wakes it).
     pub(crate) fn sweep(&self) {
         *self.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current());
-        let mut last_seen: Vec<u64> = vec![0; self.loops.len()];
         while !self.done() {
             let now = self.micros();
-            let mut moved = 0;
-            let mut changed = false;
-            for (i, seen) in last_seen.iter_mut().enumerate() {
-                let since = self.loops[i].free_since.load(Ordering::Relaxed);
-                changed |= since != *seen;
-                *seen = since;
+            let mut unpolled = false;
+            for i in 0..self.loops.len() {
                 if self.let_go_long(i, now) {
-                    moved += self.sweep_one(i);
+                    self.sweep_one(i);
+                    unpolled = true;
                 }
             }
-            if moved > 0 {
-                // App threads polling other loops look at the queue when
-                // woken; those waiting on the queue were woken by it.
-                for lp in &self.loops {
-                    if lp.free_since.load(Ordering::Relaxed) == 0 {
-                        lp.mailbox.poke();
-                    }
-                }
+            if unpolled {
+                self.nudge();
             }
-            if changed || moved > 0 {
+            if self.any_let_go() {
                 std::thread::park_timeout(STEAL_AFTER);
                 continue;
             }
             self.dozing.store(true, Ordering::SeqCst);
-            // A loop let go from now on wakes it; one let go just before
-            // it said so is seen here.
-            let stirred = self
-                .loops
-                .iter()
-                .zip(&last_seen)
-                .any(|(lp, &seen)| lp.free_since.load(Ordering::SeqCst) != seen);
-            if !stirred {
+            // A loop let go from now on wakes it (`Held::drop`); one let
+            // go just before it said so is seen here.
+            if !self.any_let_go() {
                 std::thread::park_timeout(DOZE);
             }
             self.dozing.store(false, Ordering::SeqCst);
         }
     }
 
-    /// One turn of a loop nobody polls, its parsed requests queued.
-    fn sweep_one(&self, index: usize) -> usize {
+    fn any_let_go(&self) -> bool {
+        self.loops
+            .iter()
+            .any(|lp| lp.free_since.load(Ordering::SeqCst) != 0)
+    }
+
+    /// One turn of a loop nobody polls. It stays let go since when it was.
+    fn sweep_one(&self, index: usize) {
         let Some(mut held) = self.try_hold(index) else {
-            return 0;
+            return;
         };
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(jobs) = jobs else { return 0 };
-        let turn = held.turn(Wait::No);
-        let moved = held.guard.as_mut().map_or(0, |io| io.queue_ready(&jobs));
-        if turn == Turn::Done {
+        held.poller = Poller::Sweeper;
+        if held.turn(Wait::No) == Turn::Done {
             held.finish();
         }
-        moved
     }
 }
 
@@ -247,6 +273,18 @@ pub struct Held<'a> {
     loops: &'a Loops,
     index: usize,
     guard: MutexGuard<'a, Option<IoThread>>,
+    /// When it was let go before this hold.
+    let_go_at: u64,
+    poller: Poller,
+}
+
+/// Who holds a loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Poller {
+    /// An app thread: it polls the loop until it lets it go.
+    App,
+    /// The sweeper, for one turn: nobody polls the loop still.
+    Sweeper,
 }
 
 impl std::fmt::Debug for Held<'_> {
@@ -278,6 +316,11 @@ impl Held<'_> {
                 return Next::Nothing;
             }
         }
+    }
+
+    /// Requests parsed and not yet taken wait in it.
+    pub fn has_backlog(&self) -> bool {
+        self.guard.as_ref().is_some_and(|io| io.ready_len() > 0)
     }
 
     /// One turn of the loop. One that fails or panics is reported as its
@@ -313,10 +356,14 @@ impl Drop for Held<'_> {
     /// said so before it last looked at `free_since`, and this store comes
     /// before this look at `dozing`, so one of the two sees the other.
     fn drop(&mut self) {
-        let now = self.loops.micros();
-        self.loops.loops[self.index]
-            .free_since
-            .store(now, Ordering::SeqCst);
+        let lp = &self.loops.loops[self.index];
+        let ready = self.guard.as_ref().map_or(0, IoThread::ready_len);
+        lp.ready.store(ready, Ordering::Relaxed);
+        let since = match self.poller {
+            Poller::App => self.loops.micros(),
+            Poller::Sweeper => self.let_go_at.max(1),
+        };
+        lp.free_since.store(since, Ordering::SeqCst);
         if self.loops.dozing.load(Ordering::SeqCst) {
             self.loops.wake_sweeper();
         }

@@ -400,9 +400,12 @@ impl RbEngine {
     /// Waits (GVL released) up to `timeout` seconds for every app thread to
     /// be busy with requests queueing and the GVL free: time to add one.
     pub fn wait_for_demand(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<bool, Error> {
+        let loops = rb_self.with_engine(|e| e.loops());
+        let jobs = &rb_self.jobs;
+        let waiting = || !jobs.is_empty() || loops.as_ref().is_some_and(|l| l.starving());
         rb_self.pool.wait_for_demand(
             &Gvl(ruby),
-            &rb_self.jobs,
+            &waiting,
             Duration::from_secs_f64(timeout.max(0.0)),
         )
     }

@@ -61,6 +61,8 @@ enum Waited {
     Woken,
     /// A queued request the watchdog answered first: look again.
     Again,
+    /// A loop nobody polls waits (inline loops): look again, with the lock.
+    Nudged,
 }
 
 impl AppLoop<'_> {
@@ -80,15 +82,26 @@ impl AppLoop<'_> {
         let mut skip_keeps = 0u32;
         // When this thread last took the lock back (see `batch`).
         let mut held_since = Instant::now();
+        // Nudged to take over a loop nobody polled (inline loops).
+        let mut helping = false;
         loop {
             let job = match self.loops {
                 Some((loops, home)) => {
-                    let waited = self.next_from_loops(gvl, loops, home, &wake_tx, &wake_rx)?;
+                    let waited = self.next_from_loops(
+                        gvl,
+                        (loops, home, std::mem::take(&mut helping)),
+                        &wake_tx,
+                        &wake_rx,
+                    )?;
                     held_since = Instant::now();
                     match waited {
                         Waited::Job(job) => job,
                         Waited::Closed | Waited::Idle => return Ok(()),
                         Waited::Again => continue,
+                        Waited::Nudged => {
+                            helping = true;
+                            continue;
+                        }
                         Waited::Woken => {
                             gvl.check_interrupts()?;
                             continue;
@@ -112,7 +125,7 @@ impl AppLoop<'_> {
                         match waited {
                             Waited::Job(job) => job,
                             Waited::Closed | Waited::Idle => return Ok(()),
-                            Waited::Again => continue,
+                            Waited::Again | Waited::Nudged => continue,
                             Waited::Woken => {
                                 gvl.check_interrupts()?;
                                 continue;
@@ -137,9 +150,9 @@ impl AppLoop<'_> {
                     held_since = Instant::now();
                 }
                 let Some(connection) = kept else { break };
-                if in_row >= IN_ROW_WHILE_OTHERS_WAIT && !self.jobs.is_empty() {
-                    // Others wait in the queue: the connection goes home
-                    // and its next request queues behind theirs.
+                if in_row >= IN_ROW_WHILE_OTHERS_WAIT && self.others_wait() {
+                    // Others wait: the connection goes home and its next
+                    // request queues behind theirs.
                     break;
                 }
                 // A pipelined request: served next, with the lock held.
@@ -161,23 +174,30 @@ impl AppLoop<'_> {
                     // No request came in time, or other work came first:
                     // with several clients at once keeping costs more
                     // than it saves, so the next few are not kept.
-                    Waited::Closed | Waited::Idle | Waited::Again => skip_keeps = KEEP_BACKOFF,
+                    Waited::Closed | Waited::Idle | Waited::Again | Waited::Nudged => {
+                        skip_keeps = KEEP_BACKOFF
+                    }
                 }
             }
         }
     }
 
-    /// Inline loops: the next request from the queue (where the sweeper
-    /// puts those of loops nobody polls) or from a loop this thread polls.
+    /// Inline loops: the next request from a loop this thread polls.
     /// First a look without waiting, with the lock held (as a queued
     /// request is taken); then, in a blocking section, polls its loop (or
-    /// one let go too long) until a request comes or the queue has one. A
-    /// thread with no loop to poll waits on the queue.
+    /// one let go too long) until a request comes. A thread with no loop
+    /// to poll waits until the sweeper nudges it (`Waited::Nudged`: it
+    /// looks again once it holds the lock), the thread is wanted, or the
+    /// engine stops (the queue disconnects).
+    ///
+    /// A thread that was nudged (`helping`) and finds more requests in the
+    /// loop after taking one nudges the next idle thread: while a slow
+    /// request holds its poller, the backlog behind it is taken by as many
+    /// threads as it needs, one after the other, each with the lock.
     fn next_from_loops<B: Blocking>(
         &self,
         gvl: &B,
-        loops: &Loops,
-        home: usize,
+        (loops, home, helping): (&Loops, usize, bool),
         wake_tx: &Sender<()>,
         wake_rx: &Receiver<()>,
     ) -> Result<Waited, B::Interrupt> {
@@ -189,6 +209,9 @@ impl AppLoop<'_> {
         if let Some(mut held) = loops.hold(home) {
             match held.next(Wait::No, || false) {
                 Next::Job(job) => {
+                    if helping && held.has_backlog() {
+                        loops.nudge();
+                    }
                     crate::stats::observe(crate::stats::GVL_WAIT, Duration::ZERO);
                     return Ok(Waited::Job(job));
                 }
@@ -223,6 +246,9 @@ impl AppLoop<'_> {
                     crossbeam_channel::select! {
                         recv(jobs) -> queued => break claimed(queued),
                         recv(wake_rx) -> _ => break Waited::Woken,
+                        // A loop nobody polls holds requests: look again
+                        // once the lock (for Ruby, the GVL) is ours.
+                        recv(loops.nudged()) -> _ => break Waited::Nudged,
                         default(timeout) => {
                             if idle_exit.is_some_and(|i| idle_since.elapsed() >= i) {
                                 break Waited::Idle;
@@ -244,6 +270,12 @@ impl AppLoop<'_> {
             crate::stats::observe(crate::stats::GVL_WAIT, arrived.elapsed());
         }
         Ok(waited)
+    }
+
+    /// Requests wait for an app thread: in the queue, or in an inline loop
+    /// nobody polls.
+    fn others_wait(&self) -> bool {
+        !self.jobs.is_empty() || self.loops.is_some_and(|(loops, _)| loops.starving())
     }
 
     /// Blocks until a job arrives, the queue closes, or the thread is

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::blocking::{Blocking, Unblock};
-use crate::net::Queued;
 
 /// How often demand is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(2);
@@ -81,17 +80,14 @@ impl Drop for Member<'_> {
 }
 
 impl Pool {
-    fn saturated(&self, jobs: &Receiver<Queued>) -> bool {
-        !jobs.is_empty() && self.all_threads_busy()
-    }
-
-    /// Waits up to `timeout` for requests queueing while every app thread is
-    /// busy; true if that happened and the GVL was then free. Sleeps until
-    /// every thread is busy; only then checks the queue every 2 ms.
+    /// Waits up to `timeout` for requests waiting (as `waiting` says: in
+    /// the queue, or in an inline loop nobody polls) while every app
+    /// thread is busy; true if that happened and the GVL was then free.
+    /// Sleeps until every thread is busy; only then looks every 2 ms.
     pub fn wait_for_demand<B: Blocking>(
         &self,
         gvl: &B,
-        jobs: &Receiver<Queued>,
+        waiting: &(dyn Fn() -> bool + Sync),
         timeout: Duration,
     ) -> Result<bool, B::Interrupt> {
         let (wake_tx, wake_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(1);
@@ -114,7 +110,11 @@ impl Pool {
                     if wake_rx.recv_timeout(CHECK_EVERY).is_ok() {
                         return None;
                     }
-                    seen = if self.saturated(jobs) { seen + 1 } else { 0 };
+                    seen = if waiting() && self.all_threads_busy() {
+                        seen + 1
+                    } else {
+                        0
+                    };
                     if seen >= CHECKS {
                         return Some(Instant::now());
                     }
@@ -187,23 +187,24 @@ mod tests {
     fn demand_is_requests_queueing_while_every_thread_is_busy() {
         let pool = Pool::default();
         let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
+        let waiting = || !rx.is_empty();
         let _member = Member::new(&pool);
         // Idle threads: no demand, whatever waits.
         let shared = Arc::new(Shared::default());
         let (queued, _client, _mailbox) = job("/q", shared);
         tx.send(Queued::Job(queued)).unwrap();
         assert!(!pool
-            .wait_for_demand(&Direct, &rx, Duration::from_millis(20))
+            .wait_for_demand(&Direct, &waiting, Duration::from_millis(20))
             .unwrap());
         // Every thread busy and a request queued: demand.
         let _busy = Busy::new(&pool);
         assert!(pool
-            .wait_for_demand(&Direct, &rx, Duration::from_secs(5))
+            .wait_for_demand(&Direct, &waiting, Duration::from_secs(5))
             .unwrap());
         // Busy with nothing queued: none.
         drop(rx.try_recv().unwrap());
         assert!(!pool
-            .wait_for_demand(&Direct, &rx, Duration::from_millis(20))
+            .wait_for_demand(&Direct, &waiting, Duration::from_millis(20))
             .unwrap());
     }
 }
