@@ -1,5 +1,6 @@
-//! The engine: the bound listener group, the IO threads, and the queue of
-//! complete requests that app threads take [`Job`]s from.
+//! The engine: the bound listener group, the IO threads (or, with
+//! `Config::inline_io`, the loops app threads poll: `net::loops`), and the
+//! queue of complete requests that app threads take [`Job`]s from.
 //!
 //! Binding and starting are separate steps so that a cluster master
 //! can bind, fork, and only then let each worker start its threads: no

@@ -35,7 +35,7 @@ use crate::process::supervise::{Ending, Fault, Faults};
 
 /// How long a loop may go unpolled while its poller serves a request
 /// before the sweeper turns it.
-pub const STEAL_AFTER: Duration = Duration::from_millis(1);
+pub const STEAL_AFTER: Duration = Duration::from_micros(500);
 
 /// The sweeper's sleep while nothing happens: a loop let go after it fell
 /// asleep wakes it (`Held::next`).

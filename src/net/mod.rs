@@ -1,6 +1,7 @@
 //! Sockets and threads without Ruby: the SO_REUSEPORT listener group, one
-//! epoll loop per IO thread, connections, and the queue that carries complete
-//! requests (plain Rust data) to the app threads.
+//! epoll loop per IO thread (or per inline loop the app threads poll,
+//! `loops`), connections, and the queue that carries complete requests
+//! (plain Rust data) to the app threads.
 
 pub mod body;
 pub mod config;
