@@ -4,7 +4,7 @@
 RSpec.describe "inline IO loops (--inline-io)" do
   # /hold waits until /release has been answered (or 10 s pass): a fast
   # request that queued behind it would never come, and /hold would say so.
-  HOLD_APP = <<~RUBY
+  hold_source = <<~RUBY
     require "timeout"
     released = Queue.new
     run lambda { |env|
@@ -26,10 +26,8 @@ RSpec.describe "inline IO loops (--inline-io)" do
     }
   RUBY
 
-  def hold_app
-    path = File.join(Dir.mktmpdir("inline-io"), "config.ru")
-    File.write(path, HOLD_APP)
-    path
+  define_method(:hold_app) do
+    File.join(Dir.mktmpdir("inline-io"), "config.ru").tap { |path| File.write(path, hold_source) }
   end
 
   it "serves keep-alive, bodies and app errors, and says it is inline" do
@@ -56,7 +54,9 @@ RSpec.describe "inline IO loops (--inline-io)" do
     expect([released, held.value]).to eq(%w[ok released])
   end
 
-  it "finishes a request in flight on TERM, then exits" do
+  # The GC.stress pass runs the two examples above; the rest repeat what
+  # the default shape's specs already run under it.
+  it "finishes a request in flight on TERM, then exits", stress: false do
     server = start_butterflies("--inline-io", "-t", "2", "--io-threads", "1")
     sleeper = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=1"))) }
     expect(server.wait_for_output(/app: sleeping 1.0/)).to be(true)
@@ -66,14 +66,14 @@ RSpec.describe "inline IO loops (--inline-io)" do
     expect(server.wait(timeout: 10)).to be_success
   end
 
-  it "grows the pool while requests wait in a loop nobody polls" do
+  it "grows the pool while requests wait in a loop nobody polls", stress: false do
     server = start_butterflies("--inline-io", "-t", "2:8", "--io-threads", "1")
     sleepers = Array.new(6) { Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=2"))) } }
     expect(server.wait_for_matches(/app: sleeping 2.0/, 6, timeout: 10)).to be(true)
     expect(sleepers.map { |t| t.value.code }).to eq(["200"] * 6)
   end
 
-  it "serves in cluster mode" do
+  it "serves in cluster mode", stress: false do
     server = start_cluster("--inline-io", workers: 2)
     wait_for_ready_workers(server, 2)
     pids = Array.new(20) { Net::HTTP.get(URI(server.url("/pid"))) }

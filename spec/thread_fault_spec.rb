@@ -19,7 +19,7 @@ RSpec.describe "a Rust thread that fails", timeout: 60 do
     expect(server.output).to include("Goodbye")
   end
 
-  it "stops the server the same way when an inline loop fails (--inline-io)" do
+  it "stops the server the same way when an inline loop fails (--inline-io)", stress: false do
     server = start_butterflies("-t", "2", "--io-threads", "1", "--inline-io", rackup: faulty)
     response = Net::HTTP.get_response(URI(server.url("/break_epoll")))
     expect(response.body).to match(/broke [1-9]\d* epoll descriptors/)

@@ -37,8 +37,8 @@ use crate::process::supervise::{Ending, Fault, Faults};
 /// before the sweeper turns it.
 pub const STEAL_AFTER: Duration = Duration::from_micros(500);
 
-/// The sweeper's sleep while nothing happens: a loop let go after it fell
-/// asleep wakes it (`Held::next`).
+/// The sweeper's sleep while every loop is held: a loop let go after it
+/// fell asleep wakes it (`Held::drop`).
 const DOZE: Duration = Duration::from_millis(100);
 
 /// Every inline loop of an engine.
@@ -54,8 +54,7 @@ pub struct Loops {
     /// The sweeper, and whether it dozes (sleeps `DOZE`, not `STEAL_AFTER`).
     sweeper: Mutex<Option<Thread>>,
     dozing: AtomicBool,
-    /// The sweeper's nudge to an idle app thread: a loop nobody polls
-    /// holds requests.
+    /// The sweeper's nudge to an idle app thread: a loop nobody polls.
     nudge: (Sender<()>, Receiver<()>),
     /// Where a loop that fails or panics is reported (the process then
     /// stops, as when an IO thread fails).
@@ -67,7 +66,7 @@ struct Loop {
     state: Mutex<Option<IoThread>>,
     mailbox: Arc<Mailbox>,
     /// Microseconds since `Loops::epoch` when it was last let go (at least
-    /// 1); 0 while held.
+    /// 1); 0 while held, or once done.
     free_since: AtomicU64,
     /// Requests it had parsed and not handed out when last let go.
     ready: AtomicUsize,
@@ -167,8 +166,8 @@ impl Loops {
         })
     }
 
-    /// Where an idle app thread hears that a loop nobody polls holds
-    /// requests: it then takes the GVL and looks (`Loops::hold`).
+    /// Where an idle app thread hears that a loop nobody polls waits: it
+    /// then takes the GVL and looks (`Loops::hold`).
     pub fn nudged(&self) -> &Receiver<()> {
         &self.nudge.1
     }
@@ -359,9 +358,11 @@ impl Drop for Held<'_> {
         let lp = &self.loops.loops[self.index];
         let ready = self.guard.as_ref().map_or(0, IoThread::ready_len);
         lp.ready.store(ready, Ordering::Relaxed);
-        let since = match self.poller {
-            Poller::App => self.loops.micros(),
-            Poller::Sweeper => self.let_go_at.max(1),
+        let since = match (self.poller, &*self.guard) {
+            // Done: nobody need poll it again.
+            (_, None) => 0,
+            (Poller::App, Some(_)) => self.loops.micros(),
+            (Poller::Sweeper, Some(_)) => self.let_go_at.max(1),
         };
         lp.free_since.store(since, Ordering::SeqCst);
         if self.loops.dozing.load(Ordering::SeqCst) {
