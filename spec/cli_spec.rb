@@ -15,8 +15,6 @@ RSpec.describe "the butterflies command" do
   end
 
   context "with PORT in the environment (a PaaS's Procfile)" do
-    def free_port = TCPServer.open("127.0.0.1", 0) { |s| s.addr[1] }
-
     it "listens on it when no port is given anywhere" do
       port = free_port
       server = ServerProcess.start(butterflies_command(ServerHelpers::APP), env: { "PORT" => port.to_s })

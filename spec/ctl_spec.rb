@@ -15,10 +15,6 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     [RbConfig.ruby, "-I#{ServerHelpers::ROOT}/lib", File.join(ServerHelpers::ROOT, "exe/butterflies"), *args]
   end
 
-  def free_port
-    TCPServer.open("127.0.0.1", 0) { |s| s.addr[1] }
-  end
-
   around do |example|
     Dir.mktmpdir { |dir| (@dir = dir) && example.run }
   end

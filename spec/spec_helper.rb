@@ -41,12 +41,26 @@ module ServerHelpers
   end
 
   # A port nothing listens on now, for programs that must be told one
-  # (systemd-socket-activate, proxies); everything else binds port 0.
+  # (systemd-socket-activate, proxies, a control URL); everything else
+  # binds port 0. Taken below the kernel's ephemeral range: a port-0 bind
+  # (a server's own listener, a client's source port) between this check
+  # and the program's bind could otherwise be given the same port, as the
+  # trixie pass once saw ("control_url ...: Address already in use").
   def free_port
-    server = TCPServer.new("127.0.0.1", 0)
-    server.addr[1]
-  ensure
-    server&.close
+    below = ephemeral_low
+    start = rand(10_000...below)
+    (start...below).chain(10_000...start).each do |port|
+      return TCPServer.open("127.0.0.1", port) { port }
+    rescue Errno::EADDRINUSE, Errno::EACCES
+      next
+    end
+    raise "no free port below #{below}"
+  end
+
+  def ephemeral_low
+    File.read("/proc/sys/net/ipv4/ip_local_port_range").split.first.to_i.clamp(10_001, 65_535)
+  rescue SystemCallError
+    32_768
   end
 
   # The absolute path of a program script/bootstrap installs (proxies and
