@@ -55,6 +55,16 @@ RSpec.describe "faulty apps", timeout: 120 do
     expect(server.wait_for_output(/no piece at all/)).to be(true)
   end
 
+  # The same when the request after it is never answered: its app thread
+  # is interrupted, and the connection closes after what was answered.
+  it "sends the pipelined response before one whose app thread is interrupted" do
+    data = raw_request(server, "GET /bytes?n=2 HTTP/1.1\r\nHost: x\r\n\r\n" \
+                               "GET /interrupt HTTP/1.1\r\nHost: x\r\n\r\n")
+    expect(data).to start_with("HTTP/1.1 200 OK\r\n").and end_with("\r\n\r\nxx")
+    expect(server.wait_for_output(/app thread got Interrupt: not an app error/)).to be(true)
+    expect(Net::HTTP.get_response(URI(server.url("/bytes?n=3"))).body).to eq("xxx")
+  end
+
   it "decodes the app's chunked framing for an HTTP/1.0 client, which never gets a Transfer-Encoding" do
     data = raw_request(server, "GET /app_chunked HTTP/1.0\r\n\r\n")
     expect(data).to start_with("HTTP/1.0 200 OK\r\n").and end_with("\r\n\r\nhello")

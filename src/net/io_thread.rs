@@ -99,7 +99,8 @@ pub(crate) struct IoThread {
     shortfalls_seen: u64,
     events: Vec<EpollEvent>,
     next_tick: Instant,
-    /// Since when it has been stopping, and until when it may take.
+    /// Since when it has been stopping, and until when it may go on
+    /// finishing what it has.
     stopping: Option<(Instant, Instant)>,
 }
 

@@ -367,16 +367,22 @@ impl Exchange {
     }
 
     /// The response cannot be completed (an error after the head, the
-    /// client gone): the connection closes at once, so a truncated body
-    /// never looks complete.
+    /// client gone, the app thread interrupted): the connection closes at
+    /// once, so a truncated body never looks complete. When none of this
+    /// response went out, what is queued (the responses held for a
+    /// pipelined batch before it) is written first: those were answered.
     pub fn abandon(&self) {
-        let job = {
+        let (job, afterwards) = {
             let mut inner = self.lock();
             self.log(&inner);
-            inner.job.take()
+            let afterwards = match inner.phase {
+                Phase::Unanswered => Afterwards::CloseAfterWrite,
+                _ => Afterwards::CloseNow,
+            };
+            (inner.job.take(), afterwards)
         };
         if let Some(job) = job {
-            job.finish(Afterwards::CloseNow);
+            job.finish(afterwards);
         }
     }
 }
