@@ -183,11 +183,19 @@ impl Loops {
     /// busy, that is demand for another (`serve::pool`).
     pub fn starving(&self) -> bool {
         let now = self.micros();
-        (0..self.loops.len()).any(|i| {
-            let lp = &self.loops[i];
-            self.let_go_long(i, now)
-                && (lp.ready.load(Ordering::Relaxed) > 0 || lp.mailbox.io_pending())
-        })
+        (0..self.loops.len()).any(|i| self.let_go_long(i, now) && self.has_work(i))
+    }
+
+    /// Requests wait in a loop nobody polls now, however briefly (a
+    /// thread serving one client after another asks, `AppLoop`).
+    pub fn unpolled_work(&self) -> bool {
+        (0..self.loops.len())
+            .any(|i| self.loops[i].free_since.load(Ordering::Relaxed) != 0 && self.has_work(i))
+    }
+
+    fn has_work(&self, index: usize) -> bool {
+        let lp = &self.loops[index];
+        lp.ready.load(Ordering::Relaxed) > 0 || lp.mailbox.io_pending()
     }
 
     /// Wakes whoever polls a loop (Ruby wants an app thread that may be in

@@ -275,7 +275,7 @@ impl AppLoop<'_> {
     /// Requests wait for an app thread: in the queue, or in an inline loop
     /// nobody polls.
     fn others_wait(&self) -> bool {
-        !self.jobs.is_empty() || self.loops.is_some_and(|(loops, _)| loops.starving())
+        !self.jobs.is_empty() || self.loops.is_some_and(|(loops, _)| loops.unpolled_work())
     }
 
     /// Blocks until a job arrives, the queue closes, or the thread is
