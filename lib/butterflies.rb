@@ -22,6 +22,7 @@ rescue LoadError => e
 end
 require "butterflies/stream"
 require "butterflies/binds"
+require "butterflies/dev_cert"
 require "butterflies/configuration"
 require "butterflies/dsl"
 require "butterflies/signal_queue"

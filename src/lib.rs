@@ -11,6 +11,8 @@
 //!   affinity.
 //! - [`stats`]: counters and histograms in memory shared by a cluster's
 //!   processes, for `/stats` and `/metrics`.
+//! - [`tls`]: TLS with rustls, driven by the IO threads: certificates,
+//!   their reload, shared session-ticket keys. Pure Rust.
 //! - [`serve`]: an app thread's side of a request: the exchange and its
 //!   writes, the flusher, the watchdog, the pool's counting. Pure Rust;
 //!   where it blocks, the caller releases the GVL.
@@ -26,6 +28,7 @@ pub mod process;
 pub mod proxy;
 pub mod serve;
 pub mod stats;
+pub mod tls;
 
 #[cfg(feature = "ruby")]
 mod ruby;

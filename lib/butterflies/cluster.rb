@@ -106,7 +106,7 @@ module Butterflies
 
     # An Inquiry, answered by the master and by each worker, labelled.
     def inquire(name, seconds)
-      @asker.cluster(@workers.dup, name, seconds)
+      @asker.cluster(@workers.dup, name, seconds, @engine)
     end
 
     private
@@ -201,7 +201,9 @@ module Butterflies
       stats_fd = @stats.fd_for_exec
       ENV[WORKER_ENV] = [index, @alive_reader.fileno, @engine.workers, @engine.io_threads,
                          stats_fd, slot, inquiries.fileno].join(",")
-      Listeners.exec_keeping(@engine, @life.argv, @life.dir, keep: [stats_fd])
+      ticket_env, ticket_fds = Listeners.ticket_handoff(@engine)
+      ENV.update(ticket_env)
+      Listeners.exec_keeping(@engine, @life.argv, @life.dir, keep: [stats_fd] + ticket_fds)
     end
 
     # Each worker's heartbeat, read from its slot after the loop woke.
@@ -355,6 +357,9 @@ module Butterflies
     end
 
     def reload
+      # Workers forked from here after this read the certificates anew;
+      # exec'd ones read the files themselves.
+      @engine.reload_tls.each { |e| @log.warn "butterflies: HUP: certificate not reloaded: #{e}" }
       unless @config_path || File.file?(Configuration::DEFAULT_PATH)
         say "HUP: no config file to reload; doing a phased restart"
         return phased_restart
@@ -379,7 +384,7 @@ module Butterflies
                      ["* workers: #{@config[:workers]}, each with #{@config.thread_range} app and " \
                       "#{@engine.io_threads} #{@config[:inline_io] ? 'inline io loops' : 'io threads'}#{extra}",
                       pool_note].compact,
-                     @engine.addresses)
+                     @engine.addresses, tls: @engine.tls_addresses)
     end
 
     def say(line)

@@ -257,6 +257,11 @@ module Butterflies
       self[:binds].empty? ? ["tcp://0.0.0.0:#{env_port || 9292}"] : self[:binds]
     end
 
+    # Some ssl:// bind has no certificate: the development one is used.
+    def dev_cert?
+      binds.any? { |uri| Binds.parse(uri).tls&.dev_cert? }
+    end
+
     PORT_ENV = "PORT"
 
     # PORT from the environment, if set; a ConfigError if not a port.

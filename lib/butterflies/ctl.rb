@@ -15,7 +15,7 @@ module Butterflies
   # 3 refused (a wrong token, an action the server cannot do).
   class Ctl
     VERBS = %w[status stats metrics stop halt restart phased-restart reload reopen-logs thread-backtraces
-               gc-stats].freeze
+               gc-stats reload-certs].freeze
     NOT_RUNNING = 1
     USAGE = 2
     REFUSED = 3

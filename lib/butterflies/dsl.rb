@@ -21,13 +21,35 @@ module Butterflies
       @label = label
     end
 
-    # Listen on a URI: "tcp://HOST:PORT" or "unix:///path". Repeatable.
+    # Listen on a URI: "tcp://HOST:PORT", "ssl://HOST:PORT?cert=PATH&key=PATH"
+    # or "unix:///path". Repeatable.
     #   bind "tcp://0.0.0.0:3000"
     #   bind "tcp://0.0.0.0:3000", proxy_protocol: :v2   (or ?proxy_protocol=v2)
     def bind(uri, proxy_protocol: nil)
       uri = "#{uri}#{uri.to_s.include?('?') ? '&' : '?'}proxy_protocol=#{proxy_protocol}" if proxy_protocol
       Binds.parse(uri) # checks it
       @config[:binds] = @config[:binds] + [uri.to_s]
+    end
+
+    # Listen with TLS (rustls, TLS 1.2 and 1.3), as Puma's ssl_bind:
+    #   ssl_bind "0.0.0.0", 9443, cert: "config/cert.pem", key: "config/key.pem"
+    # Options: cert:/key: (paths) or cert_pem:/key_pem: (PEM text); ca: and
+    # verify_mode: "none" | "peer" | "force_peer" for client certificates;
+    # ssl_ciphersuites: "TLS_AES_256_GCM_SHA384:..."; and more certificates
+    # served by SNI name: sni: { "api.example.com" => { cert:, key: } }.
+    # Without cert and key (development), a self-signed localhost
+    # certificate is made once and reused.
+    def ssl_bind(host, port, sni: {}, **options)
+      port = integer(:ssl_bind, port, min: 0, max: 65_535)
+      host = host.to_s
+      host = "[#{host}]" if host.include?(":") && !host.start_with?("[")
+      pairs = options.map { |key, value| [key.to_s, value.to_s] }
+      sni.each do |name, pair|
+        pair = pair.transform_keys(&:to_s)
+        pairs += [["cert", pair["cert"].to_s], ["key", pair["key"].to_s], ["host", name.to_s]]
+      end
+      query = URI.encode_www_form(pairs)
+      bind("ssl://#{host}:#{port}#{"?#{query}" unless query.empty?}")
     end
 
     # The proxies whose PROXY protocol header is believed (binds with

@@ -12,7 +12,7 @@ module Butterflies
   # (from a worker that missed an earlier deadline) from being taken for
   # the answer to a later question.
   module Inquiry
-    NAMES = %w[thread-backtraces gc-stats].freeze
+    NAMES = %w[thread-backtraces gc-stats reload-certs].freeze
     # How long the master waits for all its workers' answers, unless the
     # question says (`?timeout=SECONDS`, at most MAX_SECONDS). Asked from
     # a control server thread: the master's loop never waits for it.
@@ -20,9 +20,13 @@ module Butterflies
     MAX_SECONDS = 60
 
     # This process's answer to `name`: Puma's shape for each (an Array of
-    # { name, backtrace }, or GC.stat).
-    def self.answer(name)
+    # { name, backtrace }, or GC.stat); for reload-certs, what the engine
+    # (this process's, if it has one) said of its TLS binds.
+    def self.answer(name, engine = nil)
       case name
+      when "reload-certs"
+        errors = engine ? engine.reload_tls : []
+        { "tls_binds" => engine&.tls_addresses&.size.to_i, "errors" => errors }
       when "thread-backtraces"
         Thread.list.map do |t|
           { "name" => t.name || (t == Thread.main ? "main" : "thread #{t.object_id.to_s(36)}"), "status" => t.status.to_s,
@@ -35,12 +39,12 @@ module Butterflies
 
     # In a worker: answers the master's questions on `io`, in a thread of
     # its own, until the master closes its end.
-    def self.serve(io)
+    def self.serve(io, engine = nil)
       Thread.new do
         Thread.current.name = "butterflies-inquiries"
         while (line = io.gets)
           seq, name = line.chomp.split(" ", 2)
-          io.write("#{seq} #{encoded(name)}\n")
+          io.write("#{seq} #{encoded(name, engine)}\n")
         end
       rescue IOError, SystemCallError
         nil
@@ -51,8 +55,8 @@ module Butterflies
 
     # The answer as one line of JSON; an error (an unknown name, a
     # backtrace JSON cannot encode) is answered too, never left unanswered.
-    def self.encoded(name)
-      JSON.generate(answer(name))
+    def self.encoded(name, engine = nil)
+      JSON.generate(answer(name, engine))
     rescue StandardError => e
       JSON.generate("error" => "#{e.class}: #{e.message}")
     end
@@ -65,11 +69,11 @@ module Butterflies
 
       # The master's answer and each worker's (`workers`: the master's
       # records, with index, pid, phase and channel), labelled.
-      def cluster(workers, name, seconds)
+      def cluster(workers, name, seconds, engine = nil)
         key = name.tr("-", "_")
         answers = ask(workers.to_h { |w| [w, w.channel] }, name, seconds)
         {
-          "master" => { "pid" => Process.pid, key => Inquiry.answer(name) },
+          "master" => { "pid" => Process.pid, key => Inquiry.answer(name, engine) },
           "workers" => workers.sort_by(&:index).map do |w|
             answer = answers[w]
             { "index" => w.index, "pid" => w.pid, "phase" => w.phase }

@@ -36,12 +36,13 @@ module Butterflies
 
     # Process files written, then the banner: `title` and `lines` first,
     # the configuration and addresses after.
-    def announce(title, lines, addresses)
+    def announce(title, lines, addresses, tls: [])
       ProcessFiles.new(@config).write
       say title
       lines.each { |line| say line }
       @config.banner_lines.each { |line| say line }
-      addresses.each { |address| say "* Listening on #{Binds.to_url(address)}" }
+      addresses.each { |address| say "* Listening on #{Binds.to_url(address, tls: tls.include?(address))}" }
+      say "* TLS: self-signed development certificate #{DevCert.paths.first}" if @config.dev_cert?
       say "Use Ctrl-C to stop"
     end
 

@@ -6,6 +6,8 @@ module Butterflies
   # service manager passed (systemd socket activation: LISTEN_FDS).
   module Listeners
     INHERIT_ENV = "BUTTERFLIES_INHERIT_FDS"
+    # The pipe an exec'd worker reads its master's TLS ticket keys from.
+    TICKET_ENV = "BUTTERFLIES_TLS_TICKET_FD"
     # Sockets systemd passed, as a hot restart hands them on.
     ACTIVATED_ENV = "BUTTERFLIES_ACTIVATED_FDS"
     # sd_listen_fds(3): passed descriptors start at 3.
@@ -23,14 +25,43 @@ module Butterflies
     # its master's, which laid the sockets out).
     def bind(config, shared: false, workers: nil, io_threads: nil)
       activated = activated_fds
-      binds = uris(config, activated).map { |uri| Binds.parse(uri).to_engine }
+      binds = uris(config, activated).map { |uri| with_dev_cert(config, Binds.parse(uri)).to_engine }
       options = config.to_h.slice(*ENGINE_OPTIONS).compact
       options[:io_threads] = io_threads || loops(config, config[:io_threads] || default_io_threads(workers))
       options[:shared_listeners] = shared
       options[:workers] = workers if workers
       options[:inherit_fds] = inherited_fds
       options[:activated_fds] = activated
-      Engine.new(binds, options.merge(ruby_side_options(config)))
+      options[:tls_ticket_fd] = inherited_ticket_fd
+      Engine.new(binds, options.compact.merge(ruby_side_options(config)))
+    end
+
+    # An ssl:// bind without a certificate gets the development one
+    # (DevCert); in production that is a mistake, said as one.
+    def with_dev_cert(config, bind)
+      return bind unless bind.tls&.dev_cert?
+
+      if config[:environment] == "production"
+        raise ConfigError, "ssl://#{bind.host}:#{bind.port}: give cert= and key= (a self-signed development " \
+                           "certificate is made only outside production)"
+      end
+      cert, key = DevCert.ensure!
+      bind.tls.certs = [[nil, cert, key]]
+      bind
+    end
+
+    def inherited_ticket_fd
+      fd = ENV.delete(TICKET_ENV)
+      fd && Integer(fd, exception: false)
+    end
+
+    # The environment and descriptor an exec'd worker continues its
+    # master's TLS ticket keys from (none without a TLS bind).
+    def ticket_handoff(engine)
+      return [{}, []] unless engine.tls?
+
+      fd = engine.tls_ticket_fd
+      [{ TICKET_ENV => fd.to_s }, [fd]]
     end
 
     # What the engine takes from the Ruby side's options, when set.

@@ -104,7 +104,7 @@ module Butterflies
 
     # An Inquiry, answered by this process (at once), in Puma's shape.
     def inquire(name, _seconds)
-      Inquiry.answer(name)
+      Inquiry.answer(name, @engine)
     end
 
     private
@@ -118,9 +118,18 @@ module Butterflies
         next if signal.nil? # no signal yet, or a wake-up byte whose signal was already taken
         next @life.reopen_logs if signal == LogFiles::SIGNAL
         return signal unless IGNORED_SIGNALS.key?(signal)
+        next reload_certs if signal == "HUP" && @engine.tls?
 
         @log.warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"
       end
+    end
+
+    # HUP with a TLS bind: the certificates are read again (new handshakes
+    # use them); a bad one is logged and the old one kept.
+    def reload_certs
+      result = Inquiry.answer("reload-certs", @engine)
+      result["errors"].each { |e| @log.warn "butterflies: HUP: certificate not reloaded: #{e}" }
+      say "HUP: certificates reloaded" if result["errors"].empty?
     end
 
     # A Rust thread panicked or failed: stop as on TERM, then fail.
@@ -158,7 +167,8 @@ module Butterflies
     def banner(pool_note)
       io = @config[:inline_io] ? "#{@engine.io_threads} inline io loops" : "#{@engine.io_threads} io"
       @life.announce("Butterflies #{VERSION} (ruby #{RUBY_VERSION}), pid #{Process.pid}",
-                     ["* threads: #{@config.thread_range} app, #{io}", pool_note].compact, @addresses)
+                     ["* threads: #{@config.thread_range} app, #{io}", pool_note].compact, @addresses,
+                     tls: @engine.tls_addresses)
     end
 
     # A Hash of Configuration keys (the Rack handler's way): `threads: N`

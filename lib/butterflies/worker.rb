@@ -57,7 +57,7 @@ module Butterflies
     def boot
       $PROGRAM_NAME = "butterflies worker #{@index}"
       Butterflies.sync_output!
-      Inquiry.serve(@inquiries)
+      Inquiry.serve(@inquiries, @engine)
       signals = @signals || SignalQueue.new
       signals.trap(STOP_SIGNALS)
       %w[USR1 USR2 TTIN TTOU HUP CHLD].each { |s| Signal.trap(s, "DEFAULT") }

@@ -39,6 +39,8 @@ pub struct Config {
     pub proxy_binds: Vec<(BindAddr, crate::proxy::Versions)>,
     /// The peers those headers are taken from.
     pub proxy_from: Vec<crate::proxy::Cidr>,
+    /// Addresses whose connections speak TLS, and their contexts.
+    pub tls_binds: Vec<(BindAddr, std::sync::Arc<crate::tls::Tls>)>,
     /// The listeners are shared with other processes (cluster workers): on
     /// stop, close them but do not shut them down.
     pub shared_listeners: bool,
@@ -87,6 +89,7 @@ impl Config {
             activated: Vec::new(),
             proxy_binds: Vec::new(),
             proxy_from: Vec::new(),
+            tls_binds: Vec::new(),
             shared_listeners: false,
             workers: 1,
             access_log: None,

@@ -47,6 +47,8 @@ pub struct Request {
     /// The PROXY protocol header its connection began with (`peer` is
     /// already the client it names).
     pub proxy: Option<Arc<crate::proxy::Header>>,
+    /// Came over TLS: what the handshake established.
+    pub tls: Option<Arc<crate::tls::Info>>,
 }
 
 impl Request {
@@ -110,6 +112,44 @@ pub struct Conn {
     pub(crate) idle_since: Instant,
     /// Where the connection is with the PROXY protocol.
     proxy: Proxy,
+    /// Plain TCP, or TLS over it.
+    transport: Transport,
+}
+
+/// What the bytes on the socket are.
+#[derive(Debug)]
+enum Transport {
+    Plain,
+    /// TLS records: the session decrypts what is read and encrypts what
+    /// is written; `info` is made once the handshake is done.
+    Tls {
+        session: Box<crate::tls::Session>,
+        info: Option<Arc<crate::tls::Info>>,
+    },
+}
+
+impl Transport {
+    fn wants_write(&self) -> bool {
+        matches!(self, Transport::Tls { session, .. } if session.wants_write())
+    }
+
+    /// Writes (or, over TLS, encrypts and writes) what it takes of
+    /// `slices` without blocking; the bytes taken.
+    fn send(&mut self, stream: &TcpStream, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Plain => (&*stream).write_vectored(slices),
+            Transport::Tls { session, .. } => session.send(stream, slices),
+        }
+    }
+
+    /// Over TLS, writes the encrypted bytes waiting: `Ok(true)` once none
+    /// do.
+    fn push(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        match self {
+            Transport::Plain => Ok(true),
+            Transport::Tls { session, .. } => session.push(stream),
+        }
+    }
 }
 
 /// A connection's PROXY protocol state.
@@ -211,6 +251,35 @@ impl Conn {
             last_write: now,
             idle_since: now,
             proxy: Proxy::Off,
+            transport: Transport::Plain,
+        }
+    }
+
+    /// The connection speaks TLS (after any PROXY protocol header); its
+    /// handshake counts against the header timeout, from now.
+    pub fn start_tls(&mut self, tls: Arc<crate::tls::Tls>) {
+        self.transport = Transport::Tls {
+            session: Box::new(crate::tls::Session::new(tls)),
+            info: None,
+        };
+        self.request_started = Some(Instant::now());
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls { .. })
+    }
+
+    /// Still before its first request: a PROXY protocol header or a TLS
+    /// handshake is awaited. A timeout then closes without a response.
+    pub(crate) fn awaits_preamble(&self) -> bool {
+        self.awaits_proxy_header()
+            || matches!(&self.transport, Transport::Tls { session, .. } if session.is_handshaking())
+    }
+
+    /// Before a close: over TLS, a close_notify, if the socket takes it.
+    pub(crate) fn say_goodbye(&mut self) {
+        if let Transport::Tls { session, .. } = &mut self.transport {
+            session.close(&self.stream);
         }
     }
 
@@ -349,7 +418,10 @@ impl Conn {
     }
 
     pub fn has_output(&self) -> bool {
-        self.out_pos < self.out.len() || self.out_file.is_some() || self.spill.is_some()
+        self.out_pos < self.out.len()
+            || self.out_file.is_some()
+            || self.spill.is_some()
+            || self.transport.wants_write()
     }
 
     /// Bytes queued in memory and not yet written.
@@ -367,6 +439,14 @@ impl Conn {
             return Ok(Some(buffered));
         }
         let mut buf = vec![0; max.clamp(1, READ_CHUNK_BYTES)];
+        if let Transport::Tls { session, .. } = &mut self.transport {
+            let (n, end) = session.fill(&self.stream, &mut buf)?;
+            buf.truncate(n);
+            return Ok(match end {
+                crate::tls::session::End::Eof if n == 0 => None,
+                _ => Some(buf),
+            });
+        }
         match self.stream.read(&mut buf) {
             Ok(0) => Ok(None),
             Ok(n) => {
@@ -449,6 +529,7 @@ impl Conn {
             && self.reader.is_idle()
             && self.peer_side == PeerSide::Open
             && !self.awaits_proxy_header()
+            && !self.is_tls()
         {
             if let Some(fill) = self.fill_upgrade(scratch)? {
                 return Ok(fill);
@@ -462,6 +543,9 @@ impl Conn {
         }
         let len = room.min(scratch.len());
         let scratch = &mut scratch[..len];
+        if self.is_tls() {
+            return self.fill_tls(scratch, now);
+        }
         let mut total = 0;
         while total < scratch.len() {
             let n = match self.stream.read(&mut scratch[total..]) {
@@ -499,6 +583,40 @@ impl Conn {
             Fill::Full
         } else {
             Fill::Drained
+        })
+    }
+
+    /// [`Conn::fill_at`] over TLS: records are read until the socket has
+    /// no more, and their plaintext goes to the request reader.
+    fn fill_tls(&mut self, scratch: &mut [u8], now: Instant) -> io::Result<Fill> {
+        use crate::tls::session::End;
+        let Transport::Tls { session, info } = &mut self.transport else {
+            return Ok(Fill::Drained);
+        };
+        let (n, end) = session.fill(&self.stream, scratch)?;
+        if info.is_none() && !session.is_handshaking() {
+            *info = Some(Arc::new(crate::tls::Info::of(session)));
+        }
+        if n > 0 {
+            self.last_read = now;
+            self.request_started.get_or_insert(now);
+            self.reader.extend(&scratch[..n]);
+            crate::stats::add(crate::stats::BYTES_IN, n as u64);
+        }
+        self.socket = match end {
+            End::Drained => Socket::Drained,
+            _ => Socket::MayHoldMore,
+        };
+        Ok(match end {
+            End::Drained => Fill::Drained,
+            End::Full => Fill::Full,
+            End::Eof => Fill::Eof,
+            End::PlainHttp => {
+                // Answered in plain text, as nginx does, and closed.
+                self.transport = Transport::Plain;
+                self.queue_error(400, "The plain HTTP request was sent to HTTPS port\n");
+                Fill::Drained
+            }
         })
     }
 
@@ -589,6 +707,10 @@ impl Conn {
                         // less per request.
                         received: self.last_read,
                         proxy,
+                        tls: match &self.transport {
+                            Transport::Tls { info, .. } => info.clone(),
+                            Transport::Plain => None,
+                        },
                     }));
                 }
             }
@@ -615,7 +737,7 @@ impl Conn {
         }
         let slices = &slices[usize::from(queued == 0)..=parts.len()];
         let mut written = loop {
-            match self.stream.write_vectored(slices) {
+            match self.transport.send(&self.stream, slices) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
@@ -681,7 +803,8 @@ impl Conn {
     /// everything is written.
     pub fn flush(&mut self) -> io::Result<bool> {
         while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
+            let slice = [io::IoSlice::new(&self.out[self.out_pos..])];
+            match self.transport.send(&self.stream, &slice) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.out_pos += n;
@@ -697,7 +820,12 @@ impl Conn {
         self.parked = None;
         if let Some(spill) = &mut self.spill {
             let before = spill.sent();
-            let done = spill.send(&self.stream)?;
+            let done = match &mut self.transport {
+                Transport::Plain => spill.send(&self.stream)?,
+                tls => {
+                    spill.send_with(|bytes| tls.send(&self.stream, &[io::IoSlice::new(bytes)]))?
+                }
+            };
             if spill.sent() > before {
                 self.last_write = Instant::now();
             }
@@ -706,7 +834,15 @@ impl Conn {
             }
             self.spill = None;
         }
-        self.send_file()
+        if !self.send_file()? {
+            return Ok(false);
+        }
+        let before = self.transport.wants_write();
+        let done = self.transport.push(&self.stream)?;
+        if before {
+            self.last_write = Instant::now();
+        }
+        Ok(done)
     }
 
     /// Takes the unsent output off the app thread: parked in memory within
@@ -761,6 +897,9 @@ impl Conn {
     /// Sends the queued file with sendfile(2): no copy through user space.
     fn send_file(&mut self) -> io::Result<bool> {
         use std::os::fd::AsFd;
+        if self.is_tls() {
+            return self.send_file_tls();
+        }
         while let Some((file, left)) = &mut self.out_file {
             let count = usize::try_from(*left).unwrap_or(usize::MAX).min(1 << 30);
             match nix::sys::sendfile::sendfile64(self.stream.as_fd(), file.as_fd(), None, count) {
@@ -775,6 +914,45 @@ impl Conn {
                 Err(nix::errno::Errno::EAGAIN) => return Ok(false),
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Conn {
+    /// A file body over TLS: no sendfile(2), since the bytes must be
+    /// encrypted. Read in chunks the session takes whole, so what is held
+    /// in memory stays bounded (one chunk here, the session's limit
+    /// there).
+    fn send_file_tls(&mut self) -> io::Result<bool> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileExt;
+        let mut chunk = Vec::new();
+        while let Some((file, left)) = &mut self.out_file {
+            let at = file.stream_position()?;
+            let want = usize::try_from(*left)
+                .unwrap_or(usize::MAX)
+                .min(crate::tls::session::OUTPUT_LIMIT);
+            chunk.resize(want, 0);
+            let got = file.read_at(&mut chunk, at)?;
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let sent = match self
+                .transport
+                .send(&self.stream, &[io::IoSlice::new(&chunk[..got])])
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(e),
+            };
+            file.seek(SeekFrom::Current(sent as i64))?;
+            *left -= sent as u64;
+            self.last_write = Instant::now();
+            if *left == 0 {
+                self.out_file = None;
             }
         }
         Ok(true)

@@ -30,6 +30,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::config::Config;
 use super::handoff::{Mailbox, Shared};
 use super::io_thread::{IoThread, ThreadListeners};
+use super::listener::Front;
 use super::listener::{self, BindAddr, Listener};
 use super::loops::Loops;
 use super::Queued;
@@ -53,8 +54,8 @@ enum Layout {
 struct Group {
     listeners: Vec<Listener>,
     layout: Layout,
-    /// The PROXY protocol its connections begin with, if on.
-    proxy: Option<Arc<Policy>>,
+    /// What its connections begin with (PROXY protocol, TLS).
+    front: Front,
 }
 
 impl Group {
@@ -70,7 +71,7 @@ impl Group {
                 .map(Listener::try_clone)
                 .collect::<io::Result<_>>()?,
             layout: self.layout,
-            proxy: self.proxy.clone(),
+            front: self.front.clone(),
         })
     }
 }
@@ -90,6 +91,8 @@ pub struct Engine {
     groups: Vec<Group>,
     /// What was bound, with real ports, and how.
     addrs: Vec<(BindAddr, Layout)>,
+    /// Those of them that speak TLS.
+    tls_addrs: Vec<BindAddr>,
     shared: Arc<Shared>,
     jobs_tx: Option<Sender<Queued>>,
     jobs_rx: Receiver<Queued>,
@@ -115,6 +118,7 @@ impl Engine {
         check_proxy(&config)?;
         let mut groups = Vec::with_capacity(config.binds.len());
         let mut addrs = Vec::with_capacity(config.binds.len());
+        let mut tls_addrs = Vec::new();
         // Several addresses asking for port 0 (`localhost` is 127.0.0.1 and
         // ::1) all get the port the first one was given.
         let mut zero_port: Option<u16> = None;
@@ -152,6 +156,14 @@ impl Engine {
                 }
                 _ => addr.clone(),
             };
+            let tls = config
+                .tls_binds
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map(|(_, tls)| tls.clone());
+            if tls.is_some() {
+                tls_addrs.push(real.clone());
+            }
             addrs.push((real, layout));
             let wanted = layout_size(layout, threads, workers);
             let proxy = config
@@ -167,7 +179,7 @@ impl Engine {
             groups.push(Group {
                 listeners: resize_group(listeners, wanted, layout, config.listen)?,
                 layout,
-                proxy,
+                front: Front { proxy, tls },
             });
         }
         for (addr, listeners) in activated {
@@ -175,7 +187,7 @@ impl Engine {
             groups.push(Group {
                 listeners: resize_group(listeners, threads, Layout::Activated, config.listen)?,
                 layout: Layout::Activated,
-                proxy: None,
+                front: Front::default(),
             });
         }
         if groups.is_empty() {
@@ -201,6 +213,7 @@ impl Engine {
             config,
             groups,
             addrs,
+            tls_addrs,
             shared,
             jobs_tx: Some(jobs_tx),
             jobs_rx,
@@ -214,6 +227,11 @@ impl Engine {
     /// The addresses bound (ports resolved when 0 was asked for).
     pub fn local_addrs(&self) -> Vec<BindAddr> {
         self.addrs.iter().map(|(addr, _)| addr.clone()).collect()
+    }
+
+    /// The bound addresses that speak TLS.
+    pub fn tls_addrs(&self) -> &[BindAddr] {
+        &self.tls_addrs
     }
 
     /// The listening descriptors, made to survive exec, for a hot restart:
@@ -398,12 +416,36 @@ impl Engine {
     pub fn config(&self) -> &Config {
         &self.config
     }
+
+    /// Reads every TLS bind's certificates again: new handshakes use
+    /// them, connections keep theirs. Returns one line per bind that kept
+    /// its old certificates, and why.
+    pub fn reload_tls(&self) -> Vec<String> {
+        self.config
+            .tls_binds
+            .iter()
+            .filter_map(|(addr, tls)| tls.reload().err().map(|e| format!("{addr}: {e}")))
+            .collect()
+    }
 }
 
 /// The PROXY protocol needs to know whom to believe: a TCP bind with it
 /// on and no `proxy_from` is refused (a Unix socket's file permissions
 /// say who connects).
 fn check_proxy(config: &Config) -> io::Result<()> {
+    if let Some((addr, _)) = config
+        .proxy_binds
+        .iter()
+        .find(|(addr, _)| config.tls_binds.iter().any(|(a, _)| a == addr))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{addr}: proxy_protocol on a TLS bind is not supported yet (terminate TLS in \
+                 the proxy, or send the PROXY header to a plain bind)"
+            ),
+        ));
+    }
     let untrusted = config
         .proxy_binds
         .iter()
@@ -462,7 +504,7 @@ impl Engine {
             };
             for (i, listener) in group.listeners.into_iter().enumerate() {
                 if mine.contains(&i) {
-                    per_thread[i % threads].push((listener, group.proxy.clone()));
+                    per_thread[i % threads].push((listener, group.front.clone()));
                 }
             }
         }

@@ -204,6 +204,14 @@ impl Job {
     /// IO thread forgets the connection without closing the TCP stream.
     pub fn hijack(mut self) -> io::Result<std::os::fd::OwnedFd> {
         use std::os::fd::AsFd;
+        if self.conn.as_ref().is_some_and(|c| c.is_tls()) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "rack.hijack is not available on a TLS connection (ssl:// bind): the socket \
+                 carries encrypted records. Stream the response with a Rack 3 streaming body \
+                 (a body that responds to #call), which works over TLS",
+            ));
+        }
         let Some(mut conn) = self.conn.take() else {
             return Err(io::Error::other("connection already answered"));
         };

@@ -45,7 +45,7 @@ const EVENTS_PER_WAIT: usize = 256;
 
 /// An IO thread's listeners, each with the PROXY protocol policy of its
 /// address (the engine deals them out).
-pub(crate) type ThreadListeners = Vec<(Listener, Option<Arc<crate::proxy::Policy>>)>;
+pub(crate) type ThreadListeners = Vec<(Listener, super::listener::Front)>;
 
 /// Where the loop puts a complete request.
 enum Dispatch {
@@ -78,7 +78,7 @@ pub enum Wait {
 pub(crate) struct IoThread {
     /// Each listener, the address it listens on, and its PROXY protocol
     /// policy.
-    listeners: Vec<(Listener, SocketAddr, Option<Arc<crate::proxy::Policy>>)>,
+    listeners: Vec<(Listener, SocketAddr, super::listener::Front)>,
     shared_listeners: bool,
     slots: Slots,
     dispatch: Dispatch,
@@ -160,9 +160,9 @@ impl IoThread {
         }
         let listeners = listeners
             .into_iter()
-            .map(|(l, proxy)| {
+            .map(|(l, front)| {
                 let local = l.tcp_addr().unwrap_or(UNIX_PLACEHOLDER);
-                (l, local, proxy)
+                (l, local, front)
             })
             .collect();
         let dispatch = match jobs {
@@ -354,11 +354,11 @@ impl IoThread {
 
     fn accept(&mut self, index: usize) {
         loop {
-            let Some((listener, local, proxy)) = self.listeners.get(index) else {
+            let Some((listener, local, front)) = self.listeners.get(index) else {
                 return;
             };
             let local = *local;
-            let proxy = proxy.clone();
+            let front = front.clone();
             let fd = match accept4(
                 listener.as_raw_fd(),
                 SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
@@ -400,8 +400,11 @@ impl IoThread {
                 continue;
             }
             let mut conn = Box::new(Conn::new(stream, token, peer, local));
-            if let Some(policy) = proxy.filter(|p| p.expects_header(ip_peer)) {
+            if let Some(policy) = front.proxy.filter(|p| p.expects_header(ip_peer)) {
                 conn.expect_proxy_header(policy.versions);
+            }
+            if let Some(tls) = front.tls {
+                conn.start_tls(tls);
             }
             self.slots.insert(token, conn);
             crate::stats::gauge(crate::stats::CONNECTIONS, 1);
@@ -547,9 +550,12 @@ impl IoThread {
     }
 
     fn close(&mut self, token: usize) {
-        if let Some(conn) = self.slots.remove(token) {
+        if let Some(mut conn) = self.slots.remove(token) {
             crate::stats::gauge(crate::stats::CONNECTIONS, -1);
             let _ = self.mailbox.epoll.delete(&conn.stream);
+            if !conn.has_output() && !conn.is_hijacked() {
+                conn.say_goodbye();
+            }
             if conn.has_output() && !conn.is_hijacked() {
                 // Unsent bytes to a peer that stopped reading: reset rather
                 // than leave the kernel an orphan socket that retries for

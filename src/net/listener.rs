@@ -85,6 +85,14 @@ impl AsRawFd for Listener {
     }
 }
 
+/// What a listener's connections begin with before HTTP: a PROXY
+/// protocol header, a TLS handshake (in that order), or neither.
+#[derive(Debug, Clone, Default)]
+pub struct Front {
+    pub proxy: Option<std::sync::Arc<crate::proxy::Policy>>,
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
+}
+
 /// Per-listener options.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenOptions {

@@ -266,8 +266,9 @@ impl Timeouts {
             };
         }
         match conn.request_started {
-            // No PROXY protocol header in time: closed without a response.
-            Some(started) if now - started > self.header && conn.awaits_proxy_header() => {
+            // No PROXY protocol header or TLS handshake in time: closed
+            // without a response.
+            Some(started) if now - started > self.header && conn.awaits_preamble() => {
                 Expired::Close
             }
             Some(started) if now - started > self.header => Expired::Answer408,

@@ -26,6 +26,10 @@ pub fn init(ruby: &Ruby, module: RModule) -> Result<(), Error> {
     class.define_singleton_method("pin_process", function!(RbEngine::pin_process, 1))?;
     class.define_method("addresses", method!(RbEngine::addresses, 0))?;
     class.define_method("listener_fds", method!(RbEngine::listener_fds, 1))?;
+    class.define_method("reload_tls", method!(RbEngine::reload_tls, 0))?;
+    class.define_method("tls_ticket_fd", method!(RbEngine::tls_ticket_fd, 0))?;
+    class.define_method("tls?", method!(RbEngine::has_tls, 0))?;
+    class.define_method("tls_addresses", method!(RbEngine::tls_addresses, 0))?;
     class.define_method("own_socket_paths", method!(RbEngine::own_socket_paths, 0))?;
     class.define_method("start", method!(RbEngine::start, 1))?;
     class.define_method("workers", method!(RbEngine::workers, 0))?;
@@ -60,18 +64,32 @@ pub struct RbEngine {
 }
 
 impl RbEngine {
-    /// `Engine.new([["tcp", "127.0.0.1", 9292, nil], ["unix", "/run/a.sock", 0, "v2"]],
+    /// `Engine.new([["tcp", "127.0.0.1", 9292, nil, nil], ["unix", "/run/a.sock", 0, "v2", nil]],
     /// io_threads: 2, ...)`: binds now, starts no thread. The binds come
-    /// parsed (`Butterflies::Binds`); host names are resolved here.
+    /// parsed (`Butterflies::Binds`); host names are resolved here. The
+    /// fifth element of a TLS bind is `[certs, ca, verify_mode,
+    /// ciphersuites]` (`Binds::Bind#to_engine`).
     pub fn new(
         ruby: &Ruby,
-        binds: Vec<(String, String, u16, Option<String>)>,
+        binds: Vec<Bind>,
         options: RHash,
     ) -> Result<Self, Error> {
         check_known(ruby, options)?;
+        if let Some(fd) = option::<i32>(ruby, options, "tls_ticket_fd")? {
+            adopt_ticket_keys(fd);
+        }
         let mut addrs: Vec<BindAddr> = Vec::new();
         let mut proxy_binds = Vec::new();
-        for (kind, host, port, proxy) in &binds {
+        let mut tls_binds = Vec::new();
+        for (kind, host, port, proxy, tls) in &binds {
+            let tls = match tls {
+                None => None,
+                Some(tls) => Some(
+                    crate::tls::Tls::new(tls_settings(tls).or_raise(ruby)?)
+                        .map_err(|e| ExtError::Config(format!("TLS bind {host}:{port}: {e}")))
+                        .or_raise(ruby)?,
+                ),
+            };
             let versions = match proxy.as_deref() {
                 None => None,
                 Some(name) => Some(
@@ -90,6 +108,9 @@ impl RbEngine {
                     if let Some(versions) = versions {
                         proxy_binds.push((addr.clone(), versions));
                     }
+                    if let Some(tls) = &tls {
+                        tls_binds.push((addr.clone(), tls.clone()));
+                    }
                     addrs.push(addr);
                     continue;
                 }
@@ -103,6 +124,9 @@ impl RbEngine {
                 if let Some(versions) = versions {
                     proxy_binds.push((addr.clone(), versions));
                 }
+                if let Some(tls) = &tls {
+                    tls_binds.push((addr.clone(), tls.clone()));
+                }
                 if !addrs.contains(&addr) {
                     addrs.push(addr);
                 }
@@ -110,6 +134,7 @@ impl RbEngine {
         }
         let mut config = Config::new(addrs);
         config.proxy_binds = proxy_binds;
+        config.tls_binds = tls_binds;
         if let Some(ranges) = option::<Vec<String>>(ruby, options, "proxy_from")? {
             config.proxy_from = ranges
                 .iter()
@@ -252,6 +277,36 @@ impl RbEngine {
             .or_raise(ruby)
     }
 
+    /// `reload_tls`: reads every TLS bind's certificates again. Returns
+    /// the problems (one line per bind that kept its old certificates).
+    pub fn reload_tls(&self) -> Vec<String> {
+        self.with_engine(|e| e.reload_tls())
+    }
+
+    /// `tls?`: some bind speaks TLS.
+    pub fn has_tls(&self) -> bool {
+        self.with_engine(|e| !e.config().tls_binds.is_empty())
+    }
+
+    /// `tls_ticket_fd`: the read end of a pipe holding this process's TLS
+    /// ticket keys, for a worker about to exec (it passes the descriptor
+    /// as the `tls_ticket_fd` option), so tickets resume across the
+    /// cluster. Open across exec; the new process closes it.
+    pub fn tls_ticket_fd(ruby: &Ruby, _rb_self: &Self) -> Result<i32, Error> {
+        use std::os::fd::IntoRawFd;
+        let keys = crate::tls::ticket_keys()
+            .map_err(|e| ExtError::Config(e.to_string()))
+            .or_raise(ruby)?;
+        let (read, write) = nix::unistd::pipe()
+            .map_err(|e| ExtError::Io(e.into()))
+            .or_raise(ruby)?;
+        // A pipe holds far more than the few bytes written: no block.
+        nix::unistd::write(&write, &keys.export())
+            .map_err(|e| ExtError::Io(e.into()))
+            .or_raise(ruby)?;
+        Ok(read.into_raw_fd())
+    }
+
     /// The Unix socket files this server made, to remove on a final stop.
     pub fn own_socket_paths(&self) -> Vec<String> {
         self.with_engine(|e| {
@@ -265,6 +320,11 @@ impl RbEngine {
     /// The bound addresses: "host:port", or "unix:/path".
     pub fn addresses(&self) -> Vec<String> {
         self.with_engine(|e| e.local_addrs().iter().map(|a| a.to_string()).collect())
+    }
+
+    /// The bound addresses that speak TLS, as `addresses` gives them.
+    pub fn tls_addresses(&self) -> Vec<String> {
+        self.with_engine(|e| e.tls_addrs().iter().map(|a| a.to_string()).collect())
     }
 
     /// IO threads per process (per worker, in a cluster).
@@ -435,6 +495,7 @@ const PLUMBING: &[&str] = &[
     "access_log",
     "trust_request_start",
     "inline_io",
+    "tls_ticket_fd",
 ];
 
 /// Refuses an option the engine does not know, rather than ignore it.
@@ -457,5 +518,66 @@ fn option<T: magnus::TryConvert>(
     match options.get(ruby.to_symbol(name)) {
         Some(v) if !v.is_nil() => Ok(Some(T::try_convert(v)?)),
         _ => Ok(None),
+    }
+}
+
+/// A bind as `Binds::Bind#to_engine` gives it: kind, host or path, port,
+/// PROXY protocol versions, TLS.
+type Bind = (String, String, u16, Option<String>, Option<TlsBind>);
+
+/// A TLS bind as `Binds::Bind#to_engine` gives it: its certificates
+/// (`[host or nil, cert, key]`, each a path or a PEM text), the CA file for
+/// client certificates, the verify mode, the cipher suites.
+type TlsBind = (
+    Vec<(Option<String>, String, String)>,
+    Option<String>,
+    String,
+    Option<Vec<String>>,
+);
+
+fn pem_source(text: &str) -> crate::tls::Pem {
+    if text.trim_start().starts_with("-----BEGIN") {
+        crate::tls::Pem::Inline(text.to_string())
+    } else {
+        crate::tls::Pem::File(text.into())
+    }
+}
+
+fn tls_settings(bind: &TlsBind) -> Result<crate::tls::TlsSettings, ExtError> {
+    let (certs, ca, verify, suites) = bind;
+    Ok(crate::tls::TlsSettings {
+        certs: certs
+            .iter()
+            .map(|(host, cert, key)| crate::tls::CertSpec {
+                host: host.clone(),
+                cert: pem_source(cert),
+                key: pem_source(key),
+            })
+            .collect(),
+        client_ca: ca.as_deref().map(pem_source),
+        verify: crate::tls::Verify::parse(verify).ok_or_else(|| {
+            ExtError::Config(format!(
+                "verify_mode {verify:?}: expected none, peer or force_peer"
+            ))
+        })?,
+        suites: suites.clone(),
+    })
+}
+
+/// Continues the TLS ticket keys the master passed through a pipe, and
+/// closes it. Unreadable, the worker makes keys of its own (tickets then
+/// resume only on it; said once).
+fn adopt_ticket_keys(fd: i32) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor was passed across exec for this alone (the
+    // master's `tls_ticket_fd`); nothing else in this process owns it.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    let _ = pipe.read_to_end(&mut bytes);
+    if !crate::tls::adopt_ticket_keys(&bytes) {
+        crate::log_err!(
+            "butterflies: TLS ticket keys not passed on; tickets resume on this worker only"
+        );
     }
 }

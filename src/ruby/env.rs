@@ -23,6 +23,17 @@ keys! {
     RACK_PROTOCOL = "rack.protocol";
     REMOTE_ADDR = "REMOTE_ADDR";
     BUTTERFLIES_PROXY = "butterflies.proxy";
+    RACK_URL_SCHEME = "rack.url_scheme";
+    RACK_HIJACK_P = "rack.hijack?";
+    HTTPS_KEY = "HTTPS";
+    HTTPS_SCHEME = "https";
+    ON = "on";
+    SSL_CLIENT_VERIFY = "SSL_CLIENT_VERIFY";
+    SSL_CLIENT_S_DN = "SSL_CLIENT_S_DN";
+    SSL_CLIENT_CERT = "SSL_CLIENT_CERT";
+    SSL_SERVER_NAME = "SSL_SERVER_NAME";
+    SUCCESS = "SUCCESS";
+    NONE = "NONE";
     CONTENT_TYPE = "CONTENT_TYPE";
     CONTENT_LENGTH = "CONTENT_LENGTH";
     RACK_INPUT = "rack.input";
@@ -334,6 +345,9 @@ pub fn build(
             proxy_hash(ruby, header)?,
         )?;
     }
+    if let Some(tls) = &request.tls {
+        push_tls(ruby, &mut pairs, tls)?;
+    }
 
     let (mut local_name, mut local_port) = (Small::new(), Small::new());
     let (name, port) = server_name_and_port(
@@ -459,6 +473,35 @@ fn server_name_and_port<'a>(
     };
     match host.iter().rposition(|&b| b == b':') {
         Some(colon) if !host[colon..].contains(&b']') => (&host[..colon], &host[colon + 1..]),
+        _ if request.tls.is_some() => (host, b"443"),
         _ => (host, b"80"),
     }
+}
+
+/// A request that came over TLS: the scheme, `HTTPS`, and what nginx and
+/// Apache tell apps of the client certificate. `rack.hijack?` is false:
+/// the socket carries records, not the bytes the app would write.
+fn push_tls(ruby: &Ruby, pairs: &mut Pairs, tls: &crate::tls::Info) -> Result<(), Error> {
+    pairs.push(
+        ruby.get_inner(&RACK_URL_SCHEME),
+        ruby.get_inner(&HTTPS_SCHEME),
+    )?;
+    pairs.push(ruby.get_inner(&HTTPS_KEY), ruby.get_inner(&ON))?;
+    pairs.push(ruby.get_inner(&RACK_HIJACK_P), ruby.qfalse())?;
+    let verified = if tls.client_cert.is_some() {
+        &SUCCESS
+    } else {
+        &NONE
+    };
+    pairs.push(ruby.get_inner(&SSL_CLIENT_VERIFY), ruby.get_inner(verified))?;
+    if let Some(subject) = &tls.client_subject {
+        pairs.push(ruby.get_inner(&SSL_CLIENT_S_DN), ruby.str_new(subject))?;
+    }
+    if let Some(cert) = &tls.client_cert {
+        pairs.push(ruby.get_inner(&SSL_CLIENT_CERT), ruby.str_new(cert))?;
+    }
+    if let Some(name) = &tls.server_name {
+        pairs.push(ruby.get_inner(&SSL_SERVER_NAME), ruby.str_new(name))?;
+    }
+    Ok(())
 }
