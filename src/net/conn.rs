@@ -265,6 +265,13 @@ impl Conn {
         self.request_started = Some(Instant::now());
     }
 
+    /// Writes what the socket takes of `slices` now (over TLS: encrypts
+    /// what the session takes, writes what the socket takes of that).
+    /// Nothing may be queued before them.
+    pub(crate) fn send_vectored(&mut self, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.transport.send(&self.stream, slices)
+    }
+
     pub(crate) fn is_tls(&self) -> bool {
         matches!(self.transport, Transport::Tls { .. })
     }

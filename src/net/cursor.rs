@@ -4,7 +4,7 @@
 //! instead of being copied into the connection's buffer first; only what
 //! is left when the writer stops waiting is copied.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::time::Instant;
 
 use super::conn::Conn;
@@ -76,7 +76,7 @@ impl<'a> Cursor<'a> {
                 .take(SLICES_PER_WRITE)
                 .map(IoSlice::new)
                 .collect();
-            match conn.stream.write_vectored(&slices) {
+            match conn.send_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.advance(n);

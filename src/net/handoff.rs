@@ -205,12 +205,7 @@ impl Job {
     pub fn hijack(mut self) -> io::Result<std::os::fd::OwnedFd> {
         use std::os::fd::AsFd;
         if self.conn.as_ref().is_some_and(|c| c.is_tls()) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "rack.hijack is not available on a TLS connection (ssl:// bind): the socket \
-                 carries encrypted records. Stream the response with a Rack 3 streaming body \
-                 (a body that responds to #call), which works over TLS",
-            ));
+            return Err(tls_hijack_refused());
         }
         let Some(mut conn) = self.conn.take() else {
             return Err(io::Error::other("connection already answered"));
@@ -225,6 +220,17 @@ impl Job {
     pub(crate) fn take_conn(mut self) -> Option<Box<Conn>> {
         self.conn.take()
     }
+}
+
+/// Why `rack.hijack` fails on a TLS connection: the app would get a socket
+/// carrying encrypted records, and TLS state it cannot continue.
+pub(crate) fn tls_hijack_refused() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "rack.hijack is not available on a TLS connection (ssl:// bind): the socket carries \
+         encrypted records. Stream the response with a Rack 3 streaming body (a body that \
+         responds to #call), which works over TLS",
+    )
 }
 
 /// A connection an app thread kept after answering on it. A keep-alive

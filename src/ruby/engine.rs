@@ -86,7 +86,7 @@ impl RbEngine {
                 None => None,
                 Some(tls) => Some(
                     crate::tls::Tls::new(tls_settings(tls).or_raise(ruby)?)
-                        .map_err(|e| ExtError::Config(format!("TLS bind {host}:{port}: {e}")))
+                        .map_err(|e| ExtError::Tls(format!("ssl://{host}:{port}: {e}")))
                         .or_raise(ruby)?,
                 ),
             };
@@ -556,7 +556,7 @@ fn tls_settings(bind: &TlsBind) -> Result<crate::tls::TlsSettings, ExtError> {
             .collect(),
         client_ca: ca.as_deref().map(pem_source),
         verify: crate::tls::Verify::parse(verify).ok_or_else(|| {
-            ExtError::Config(format!(
+            ExtError::Tls(format!(
                 "verify_mode {verify:?}: expected none, peer or force_peer"
             ))
         })?,

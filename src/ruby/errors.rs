@@ -21,6 +21,10 @@ static BIND_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
     own_class(ruby, "BindError").unwrap_or_else(|_| ruby.exception_runtime_error())
 });
 
+static CONFIG_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
+    own_class(ruby, "ConfigError").unwrap_or_else(|_| ruby.exception_arg_error())
+});
+
 fn own_class(ruby: &Ruby, name: &str) -> Result<ExceptionClass, Error> {
     ruby.class_object()
         .const_get::<_, RModule>("Butterflies")?
@@ -32,8 +36,10 @@ fn own_class(ruby: &Ruby, name: &str) -> Result<ExceptionClass, Error> {
 pub fn init(ruby: &Ruby) -> Result<(), Error> {
     own_class(ruby, "ClientDisconnected")?;
     own_class(ruby, "BindError")?;
+    own_class(ruby, "ConfigError")?;
     Lazy::force(&CLIENT_DISCONNECTED, ruby);
     Lazy::force(&BIND_ERROR, ruby);
+    Lazy::force(&CONFIG_ERROR, ruby);
     Ok(())
 }
 
@@ -58,6 +64,10 @@ pub enum ExtError {
     /// A value the Ruby side should never have sent.
     #[error("{0}")]
     Config(String),
+    /// A TLS bind's certificate, key or setting is unusable: the
+    /// operator's to fix (`Butterflies::ConfigError`).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// An error on its way into Ruby.
@@ -73,6 +83,7 @@ impl IntoRuby for ExtError {
             ExtError::Io(_) => ruby.exception_io_error(),
             ExtError::InvalidResponse(_) => ruby.exception_type_error(),
             ExtError::Config(_) => ruby.exception_arg_error(),
+            ExtError::Tls(_) => ruby.get_inner(&CONFIG_ERROR),
         };
         Error::new(class, self.to_string())
     }

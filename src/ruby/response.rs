@@ -259,6 +259,13 @@ fn partial_hijack(
     head: &ResponseHead,
     hijack: Value,
 ) -> Result<Outcome, Error> {
+    if ex.over_tls() {
+        // Refused before the head goes out: the app's error gets its 500.
+        return Err(Error::new(
+            ruby.exception_io_error(),
+            crate::net::handoff::tls_hijack_refused().to_string(),
+        ));
+    }
     let mut out = Vec::with_capacity(256);
     head.write_raw(&mut out, ex.version);
     ex.set_head(head.status(), out.len(), Framing::NoBody);

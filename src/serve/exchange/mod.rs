@@ -179,6 +179,16 @@ impl Exchange {
         matches!(self.lock().phase, Phase::Body(_) | Phase::Finished)
     }
 
+    /// The request came over TLS (where the socket cannot be handed to
+    /// the app).
+    pub fn over_tls(&self) -> bool {
+        self.lock()
+            .job
+            .as_mut()
+            .and_then(crate::net::Job::conn_mut)
+            .is_some_and(|conn| conn.is_tls())
+    }
+
     pub fn hijacked(&self) -> bool {
         matches!(self.lock().phase, Phase::Hijacked)
     }

@@ -408,11 +408,13 @@ impl Exchange {
     pub fn hijack<B: Blocking>(&self, gvl: &B) -> Result<OwnedFd, B::Interrupt> {
         let queued = {
             let mut inner = self.lock();
-            inner
-                .job
-                .as_mut()
-                .and_then(Job::conn_mut)
-                .is_some_and(|conn| conn.has_output())
+            let conn = inner.job.as_mut().and_then(Job::conn_mut);
+            if conn.as_ref().is_some_and(|conn| conn.is_tls()) {
+                // Refused before anything changes: the app's error is
+                // answered as any other (a 500), on a connection intact.
+                return Err(ExchangeError::Hijack(crate::net::handoff::tls_hijack_refused()));
+            }
+            conn.is_some_and(|conn| conn.has_output())
         };
         if queued && !self.cannot_write() {
             loop {
