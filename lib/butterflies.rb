@@ -21,6 +21,7 @@ rescue LoadError => e
                    "(Bundler does not build extensions for gems given by path:)"
 end
 require "butterflies/stream"
+require "butterflies/tls_bind"
 require "butterflies/binds"
 require "butterflies/dev_cert"
 require "butterflies/configuration"

@@ -34,7 +34,7 @@ RSpec.describe "the config file" do
       "config/butterflies.rb:2: idle_timeout must be a number of seconds above 0 and at most 86400, got Infinity",
     "write_timeout 0\n" => "config/butterflies.rb:1: write_timeout must be a number of seconds above 0 and at most 86400, got 0",
     "max_head_bytes 0\n" => "config/butterflies.rb:1: max_head_bytes must be a whole number from 1 to 4611686018427387904, got 0",
-    "bind 'http://x'\n" => "config/butterflies.rb:1: bind \"http://x\": use tcp://HOST:PORT or unix:///path",
+    "bind 'http://x'\n" => "config/butterflies.rb:1: bind \"http://x\": use tcp://HOST:PORT, ssl://HOST:PORT or unix:///path",
     "workers(\n" => "config/butterflies.rb:1: syntax error, unexpected end-of-input"
   }.each do |config, message|
     it "reports #{config.lines.last.strip} with the file and line and exits non-zero" do

@@ -117,8 +117,9 @@ module Butterflies
 
     # Where to listen.
     def where_flags(opts)
-      opts.on("-b", "--bind URI", "Listen on tcp://HOST:PORT or unix:///PATH (repeatable; " \
-                                  "?proxy_protocol=v1|v2|any: a proxy in front sends it)") do |uri|
+      opts.on("-b", "--bind URI", "Listen on tcp://HOST:PORT, ssl://HOST:PORT?cert=PATH&key=PATH or " \
+                                  "unix:///PATH (repeatable; ?proxy_protocol=v1|v2|any: a proxy in front " \
+                                  "sends it)") do |uri|
         @dsl.bind(uri)
       end
       opts.on("--proxy-from CIDR[,CIDR]", "Believe PROXY protocol headers from these proxies") { |r| @dsl.proxy_from(r) }

@@ -24,17 +24,26 @@ module Butterflies
     # (this process's, if it has one) said of its TLS binds.
     def self.answer(name, engine = nil)
       case name
-      when "reload-certs"
-        errors = engine ? engine.reload_tls : []
-        { "tls_binds" => engine&.tls_addresses&.size.to_i, "errors" => errors }
-      when "thread-backtraces"
-        Thread.list.map do |t|
-          { "name" => t.name || (t == Thread.main ? "main" : "thread #{t.object_id.to_s(36)}"), "status" => t.status.to_s,
-            "backtrace" => t.backtrace || [] }
-        end
+      when "reload-certs" then reload_certs(engine)
+      when "thread-backtraces" then backtraces
       when "gc-stats" then GC.stat
       else raise ArgumentError, "no such inquiry: #{name}"
       end
+    end
+
+    def self.backtraces
+      Thread.list.map do |t|
+        { "name" => t.name || (t == Thread.main ? "main" : "thread #{t.object_id.to_s(36)}"), "status" => t.status.to_s,
+          "backtrace" => t.backtrace || [] }
+      end
+    end
+
+    # Reads the TLS binds' certificates again (Engine#reload_tls): how many
+    # binds there are, and the problems of those that kept their old ones.
+    def self.reload_certs(engine)
+      return { "tls_binds" => 0, "errors" => [] } unless engine
+
+      { "tls_binds" => engine.tls_addresses.size, "errors" => engine.reload_tls }
     end
 
     # In a worker: answers the master's questions on `io`, in a thread of

@@ -118,10 +118,15 @@ module Butterflies
         next if signal.nil? # no signal yet, or a wake-up byte whose signal was already taken
         next @life.reopen_logs if signal == LogFiles::SIGNAL
         return signal unless IGNORED_SIGNALS.key?(signal)
-        next reload_certs if signal == "HUP" && @engine.tls?
 
-        @log.warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"
+        ignore_or_reload(signal)
       end
+    end
+
+    def ignore_or_reload(signal)
+      return reload_certs if signal == "HUP" && @engine.tls?
+
+      @log.warn "butterflies: #{signal} ignored: #{IGNORED_SIGNALS[signal]}"
     end
 
     # HUP with a TLS bind: the certificates are read again (new handshakes

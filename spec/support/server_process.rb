@@ -11,7 +11,7 @@ require_relative "gc_stress_mode"
 class ServerProcess
   ROOT = File.expand_path("../..", __dir__)
   BOOT_TIMEOUT = 30
-  LISTENING = %r{Listening on http://(\S+):(\d+)}
+  LISTENING = %r{Listening on https?://(\S+):(\d+)}
 
   attr_reader :pid, :port, :host, :output
 

@@ -619,7 +619,10 @@ impl Conn {
             End::Full => Fill::Full,
             End::Eof => Fill::Eof,
             End::PlainHttp => {
-                // Answered in plain text, as nginx does, and closed.
+                // Answered in plain text, as nginx does, and closed. The
+                // request is read first (and dropped): closing with unread
+                // input would reset the connection and lose the answer.
+                while matches!(self.stream.read(scratch), Ok(n) if n > 0) {}
                 self.transport = Transport::Plain;
                 self.queue_error(400, "The plain HTTP request was sent to HTTPS port\n");
                 Fill::Drained

@@ -69,11 +69,7 @@ impl RbEngine {
     /// parsed (`Butterflies::Binds`); host names are resolved here. The
     /// fifth element of a TLS bind is `[certs, ca, verify_mode,
     /// ciphersuites]` (`Binds::Bind#to_engine`).
-    pub fn new(
-        ruby: &Ruby,
-        binds: Vec<Bind>,
-        options: RHash,
-    ) -> Result<Self, Error> {
+    pub fn new(ruby: &Ruby, binds: Vec<Bind>, options: RHash) -> Result<Self, Error> {
         check_known(ruby, options)?;
         if let Some(fd) = option::<i32>(ruby, options, "tls_ticket_fd")? {
             adopt_ticket_keys(fd);

@@ -21,9 +21,8 @@ static BIND_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
     own_class(ruby, "BindError").unwrap_or_else(|_| ruby.exception_runtime_error())
 });
 
-static CONFIG_ERROR: Lazy<ExceptionClass> = Lazy::new(|ruby| {
-    own_class(ruby, "ConfigError").unwrap_or_else(|_| ruby.exception_arg_error())
-});
+static CONFIG_ERROR: Lazy<ExceptionClass> =
+    Lazy::new(|ruby| own_class(ruby, "ConfigError").unwrap_or_else(|_| ruby.exception_arg_error()));
 
 fn own_class(ruby: &Ruby, name: &str) -> Result<ExceptionClass, Error> {
     ruby.class_object()

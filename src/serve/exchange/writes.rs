@@ -412,7 +412,9 @@ impl Exchange {
             if conn.as_ref().is_some_and(|conn| conn.is_tls()) {
                 // Refused before anything changes: the app's error is
                 // answered as any other (a 500), on a connection intact.
-                return Err(ExchangeError::Hijack(crate::net::handoff::tls_hijack_refused()));
+                return Err(ExchangeError::Hijack(
+                    crate::net::handoff::tls_hijack_refused(),
+                ));
             }
             conn.is_some_and(|conn| conn.has_output())
         };
