@@ -40,7 +40,16 @@ enum Shape {
 /// loop, minus Ruby: each job through an [`Exchange`], its connection
 /// handed back or kept for the next request.
 fn start_shaped(apps: usize, shape: Shape) -> Started {
-    let mut config = Config::new(vec![BindAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
+    start_with(apps, shape, None)
+}
+
+/// [`start_shaped`], with the bind speaking TLS when `tls` is given.
+fn start_with(apps: usize, shape: Shape, tls: Option<Arc<butterflies::tls::Tls>>) -> Started {
+    let bind = BindAddr::Tcp("127.0.0.1:0".parse().unwrap());
+    let mut config = Config::new(vec![bind.clone()]);
+    if let Some(tls) = tls {
+        config.tls_binds.push((bind, tls));
+    }
     config.io_threads = 2;
     if let Shape::Inline(loops) = shape {
         config.inline_io = true;
@@ -474,4 +483,107 @@ fn addresses_asking_for_port_0_share_the_first_ones_port() {
     assert_eq!(ports.len(), 2);
     assert_ne!(ports[0], 0);
     assert_eq!(ports[0], ports[1], "{ports:?}");
+}
+
+/// The fixture's localhost certificate (ECDSA P-256, valid until 2126).
+const TLS_CERT: &str = include_str!("fixtures/localhost.pem");
+const TLS_KEY: &str = include_str!("fixtures/localhost.key");
+
+fn tls_context() -> Arc<butterflies::tls::Tls> {
+    use butterflies::tls::{CertSpec, Pem, Tls, TlsSettings};
+    Tls::new(TlsSettings {
+        certs: vec![CertSpec {
+            host: None,
+            cert: Pem::Inline(TLS_CERT.into()),
+            key: Pem::Inline(TLS_KEY.into()),
+        }],
+        ..TlsSettings::default()
+    })
+    .unwrap()
+}
+
+/// A rustls client trusting the fixture certificate, connected to `addr`.
+fn tls_connect(addr: SocketAddr) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(TLS_CERT.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    #[allow(deprecated)] // the provider the server uses
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(conn, connect(addr))
+}
+
+/// Reads a TLS stream until `needle` was seen `count` times (or it ended).
+fn tls_read_until(stream: &mut impl Read, needle: &str, count: usize) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&got).matches(needle).count() < count {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn tls_keep_alive_pipelining_bodies_and_close() {
+    tls_in(Shape::IoThreads);
+}
+
+#[test]
+fn tls_keep_alive_pipelining_bodies_and_close_inline() {
+    tls_in(Shape::Inline(INLINE_LOOPS));
+}
+
+fn tls_in(shape: Shape) {
+    let mut s = start_with(2, shape, Some(tls_context()));
+    let mut client = tls_connect(s.addr);
+    // Keep-alive: two requests, one after the other, on one connection.
+    for path in ["/one", "/two"] {
+        write!(client, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let got = tls_read_until(&mut client, &format!("GET {path} 0"), 1);
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    }
+    // Pipelined, in one write, with a body larger than a TLS record.
+    let body = vec![b'x'; 100_000];
+    let mut batch = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    batch.extend_from_slice(b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+    batch.extend_from_slice(&body);
+    batch.extend_from_slice(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    client.write_all(&batch).unwrap();
+    let got = tls_read_until(&mut client, "HTTP/1.1 200", 4);
+    let order: Vec<&str> = ["GET /a 0", "POST /b 100000", "GET /c 0"]
+        .into_iter()
+        .filter(|answer| got.contains(answer))
+        .collect();
+    assert_eq!(order.len(), 3, "{got}");
+    let at = |answer: &str| got.find(answer).unwrap();
+    assert!(at("GET /a 0") < at("POST /b 100000") && at("POST /b 100000") < at("GET /c 0"));
+    // Connection: close ends with close_notify: a clean end of stream.
+    let mut rest = [0u8; 16];
+    assert_eq!(client.read(&mut rest).unwrap(), 0, "close_notify, then EOF");
+
+    // Plain HTTP on the TLS port: nginx's 400, in plain text.
+    let mut plain = connect(s.addr);
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = read_until(&mut plain, "HTTPS port", 1);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    s.engine.stop(false);
+    s.engine.join();
+    for app in s.apps.drain(..) {
+        app.join().unwrap();
+    }
 }
