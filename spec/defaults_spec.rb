@@ -72,7 +72,7 @@ RSpec.describe "Engine.new" do
       script = <<~RUBY
         require "butterflies"
         begin
-          Butterflies::Engine.new([["tcp", "127.0.0.1", 0, nil]], #{options})
+          Butterflies::Engine.new([["tcp", "127.0.0.1", 0, nil, nil]], #{options})
           puts "no error"
         rescue ArgumentError => e
           puts "ArgumentError: \#{e.message}"

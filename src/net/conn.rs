@@ -603,6 +603,10 @@ impl Conn {
         let (n, end) = session.fill(&self.stream, scratch)?;
         if info.is_none() && !session.is_handshaking() {
             *info = Some(Arc::new(crate::tls::Info::of(session)));
+            // Handshake done: from now on the connection is idle until its
+            // first request's first byte, as a plain one is from accept.
+            self.request_started = None;
+            self.idle_since = now;
         }
         if n > 0 {
             self.last_read = now;
