@@ -143,8 +143,8 @@ impl Tls {
                 config.alpn_protocols = vec![HTTP_1_1.to_vec()];
             }
             config.ticketer = tickets.clone();
-            // The server's order (AES-256-GCM, AES-128-GCM, ChaCha20),
-            // not the client's: what testssl.sh asks of a server.
+            // The server's order (`provider`), not the client's: what
+            // testssl.sh asks of a server.
             config.ignore_client_order = true;
             // TLS 1.3 hands out tickets; with the shared keys they resume
             // on any worker.
@@ -194,6 +194,18 @@ fn provider(names: Option<&[String]>) -> Result<CryptoProvider, TlsError> {
     #[allow(deprecated)]
     let mut provider = rustls::crypto::ring::default_provider();
     let Some(names) = names else {
+        // Mozilla's "intermediate" order: TLS 1.3 first, then AES-128-GCM,
+        // AES-256-GCM, ChaCha20. AES-128 first also keeps handshakes on
+        // SHA-256 (SHA-384's key schedule cost 11% of a handshake-bound
+        // run's CPU: docs/PERFORMANCE.md, "TLS").
+        provider.cipher_suites.sort_by_key(|suite| {
+            let name = format!("{:?}", suite.suite());
+            let cipher = ["AES_128", "AES_256", "CHACHA20"]
+                .iter()
+                .position(|c| name.contains(c))
+                .unwrap_or(3);
+            (!name.starts_with("TLS13"), cipher)
+        });
         return Ok(provider);
     };
     let mut chosen: Vec<SupportedCipherSuite> = Vec::new();
@@ -260,6 +272,22 @@ mod tests {
         }
         let chosen = provider(Some(&["TLS_AES_256_GCM_SHA384".into()])).unwrap();
         assert_eq!(chosen.cipher_suites.len(), 1);
+        let default: Vec<String> = provider(None)
+            .unwrap()
+            .cipher_suites
+            .iter()
+            .take(4)
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(
+            default,
+            [
+                "TLS13_AES_128_GCM_SHA256",
+                "TLS13_AES_256_GCM_SHA384",
+                "TLS13_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+            ]
+        );
         let err = provider(Some(&["RC4-MD5".into()])).unwrap_err().to_string();
         assert!(err.contains("unknown cipher suite \"RC4-MD5\""), "{err}");
     }
