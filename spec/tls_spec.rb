@@ -311,6 +311,25 @@ RSpec.describe "TLS binds", timeout: 120 do
       expect(results.map(&:first).uniq.size).to eq(2), "reconnections reached both workers"
       expect(results.map(&:last)).to all(be(true))
     end
+
+    it "resumes a ticket from before a phased restart on workers that re-executed themselves" do
+      server = start_tls(nil, "--preload", workers: 2)
+      first = tls_socket(server, version: OpenSSL::SSL::TLS1_3_VERSION)
+      first.write("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+      first.read
+      ticket = @last_session.to_der
+      old_pids = ready_workers(server).values
+      server.signal("USR1") # with preload_app!, the new workers exec themselves
+      expect(server.wait_for_matches(/worker \d \(pid \d+\) ready/, 4, timeout: 60)).to be(true), server.output
+      results = Array.new(8) do
+        socket = tls_socket(server, version: OpenSSL::SSL::TLS1_3_VERSION,
+                                    session: OpenSSL::SSL::Session.new(ticket))
+        socket.write("GET /env HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        [JSON.parse(body_of(socket.read))["pid"], socket.session_reused?]
+      end
+      expect(results.map(&:first) & old_pids).to be_empty, "served by the new workers"
+      expect(results.map(&:last)).to all(be(true))
+    end
   end
 
   describe "configuration", stress: false do
