@@ -71,6 +71,7 @@ RSpec.describe "TLS binds", timeout: 120 do
           [200, { "content-type" => "application/json" },
            [JSON.generate(env.slice(*keys).merge("pid" => Process.pid, "cert" => !env["SSL_CLIENT_CERT"].nil?))]]
         when "/big" then [200, { "content-type" => "text/plain" }, ["x" * 1_048_576]]
+        when "/huge" then [200, { "content-type" => "text/plain" }, [Random.new(5).bytes(8 << 20)]]
         when "/file" then [200, { "content-length" => File.size(big).to_s }, FileBody.new(big)]
         when "/stream" then [200, {}, Enumerator.new { |y| 3.times { |i| y << "piece \#{i}\\n" } }]
         when "/echo" then [200, {}, [env["rack.input"].read]]
@@ -147,6 +148,26 @@ RSpec.describe "TLS binds", timeout: 120 do
       expect(echoed.b == upload).to be(true), "the upload came back intact"
       streamed, = curl(server, "https://a.test:#{server.port}/stream")
       expect(streamed).to eq("piece 0\npiece 1\npiece 2\n")
+    end
+
+    it "takes a large response off the app thread for a client that does not read, to disk, and sends it all" do
+      control = File.join(@certs, "spill-control.sock")
+      server = start_tls(nil, "-t", "1", "--max-parked-bytes", "65536", "--control-url", "unix://#{control}")
+      stats = lambda do
+        answer = UNIXSocket.open(control) do |c|
+          c.write("GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+          c.read
+        end
+        JSON.parse(answer.split("\r\n\r\n", 2).last)
+      end
+      reader = tls_socket(server)
+      reader.write("GET /huge HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+      wait_until(timeout: 30, message: "the body spilled") { stats.call["spilled_bytes"].positive? }
+      # The only app thread is free again: it answers another client.
+      expect(tls_get(server, "/other")).to include("hello /other")
+      response = reader.read
+      body = response.split("\r\n\r\n", 2).last
+      expect(body.b == Random.new(5).bytes(8 << 20)).to be(true), "the spilled body arrived intact"
     end
 
     it "tells the app the request came over TLS, through Net::HTTP with the CA file" do

@@ -168,16 +168,17 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads responses until `needle` was seen `count` times (or the
-/// connection closed).
-fn read_until(stream: &mut TcpStream, needle: &str, count: usize) -> String {
+/// connection closed: over TLS, with or without close_notify).
+fn read_until(stream: &mut impl Read, needle: &str, count: usize) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while String::from_utf8_lossy(&got).matches(needle).count() < count {
-        let n = stream.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("read: {e}"),
         }
-        got.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&got).into_owned()
 }
@@ -521,21 +522,6 @@ fn tls_connect(addr: SocketAddr) -> rustls::StreamOwned<rustls::ClientConnection
     rustls::StreamOwned::new(conn, connect(addr))
 }
 
-/// Reads a TLS stream until `needle` was seen `count` times (or it ended).
-fn tls_read_until(stream: &mut impl Read, needle: &str, count: usize) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while String::from_utf8_lossy(&got).matches(needle).count() < count {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
-
 #[test]
 fn tls_keep_alive_pipelining_bodies_and_close() {
     tls_in(Shape::IoThreads);
@@ -552,7 +538,7 @@ fn tls_in(shape: Shape) {
     // Keep-alive: two requests, one after the other, on one connection.
     for path in ["/one", "/two"] {
         write!(client, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let got = tls_read_until(&mut client, &format!("GET {path} 0"), 1);
+        let got = read_until(&mut client, &format!("GET {path} 0"), 1);
         assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     }
     // Pipelined, in one write, with a body larger than a TLS record.
@@ -562,7 +548,7 @@ fn tls_in(shape: Shape) {
     batch.extend_from_slice(&body);
     batch.extend_from_slice(b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     client.write_all(&batch).unwrap();
-    let got = tls_read_until(&mut client, "HTTP/1.1 200", 4);
+    let got = read_until(&mut client, "HTTP/1.1 200", 4);
     let order: Vec<&str> = ["GET /a 0", "POST /b 100000", "GET /c 0"]
         .into_iter()
         .filter(|answer| got.contains(answer))

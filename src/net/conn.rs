@@ -2,12 +2,13 @@
 //! request being assembled, and response bytes not yet written. A `Conn` is
 //! owned by its IO thread, or lent to an app thread while its request runs.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::body::Body;
+use super::transport::Transport;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::reader::RequestError;
@@ -114,42 +115,6 @@ pub struct Conn {
     proxy: Proxy,
     /// Plain TCP, or TLS over it.
     transport: Transport,
-}
-
-/// What the bytes on the socket are.
-#[derive(Debug)]
-enum Transport {
-    Plain,
-    /// TLS records: the session decrypts what is read and encrypts what
-    /// is written; `info` is made once the handshake is done.
-    Tls {
-        session: Box<crate::tls::Session>,
-        info: Option<Arc<crate::tls::Info>>,
-    },
-}
-
-impl Transport {
-    fn wants_write(&self) -> bool {
-        matches!(self, Transport::Tls { session, .. } if session.wants_write())
-    }
-
-    /// Writes (or, over TLS, encrypts and writes) what it takes of
-    /// `slices` without blocking; the bytes taken.
-    fn send(&mut self, stream: &TcpStream, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Transport::Plain => (&*stream).write_vectored(slices),
-            Transport::Tls { session, .. } => session.send(stream, slices),
-        }
-    }
-
-    /// Over TLS, writes the encrypted bytes waiting: `Ok(true)` once none
-    /// do.
-    fn push(&mut self, stream: &TcpStream) -> io::Result<bool> {
-        match self {
-            Transport::Plain => Ok(true),
-            Transport::Tls { session, .. } => session.push(stream),
-        }
-    }
 }
 
 /// A connection's PROXY protocol state.
@@ -836,9 +801,7 @@ impl Conn {
             let before = spill.sent();
             let done = match &mut self.transport {
                 Transport::Plain => spill.send(&self.stream)?,
-                tls => {
-                    spill.send_with(|bytes| tls.send(&self.stream, &[io::IoSlice::new(bytes)]))?
-                }
+                tls => spill.send_through(tls, &self.stream)?,
             };
             if spill.sent() > before {
                 self.last_write = Instant::now();
@@ -912,7 +875,22 @@ impl Conn {
     fn send_file(&mut self) -> io::Result<bool> {
         use std::os::fd::AsFd;
         if self.is_tls() {
-            return self.send_file_tls();
+            // No sendfile(2): the bytes must be encrypted.
+            while let Some((file, left)) = &mut self.out_file {
+                use std::io::{Seek, SeekFrom};
+                let at = file.stream_position()?;
+                let sent = self.transport.send_file_at(&self.stream, file, at, *left)?;
+                if sent > 0 {
+                    file.seek(SeekFrom::Current(sent as i64))?;
+                    *left -= sent;
+                    self.last_write = Instant::now();
+                }
+                if *left > 0 {
+                    return Ok(false);
+                }
+                self.out_file = None;
+            }
+            return Ok(true);
         }
         while let Some((file, left)) = &mut self.out_file {
             let count = usize::try_from(*left).unwrap_or(usize::MAX).min(1 << 30);
@@ -934,49 +912,11 @@ impl Conn {
     }
 }
 
-impl Conn {
-    /// A file body over TLS: no sendfile(2), since the bytes must be
-    /// encrypted. Read in chunks the session takes whole, so what is held
-    /// in memory stays bounded (one chunk here, the session's limit
-    /// there).
-    fn send_file_tls(&mut self) -> io::Result<bool> {
-        use std::io::{Seek, SeekFrom};
-        use std::os::unix::fs::FileExt;
-        let mut chunk = Vec::new();
-        while let Some((file, left)) = &mut self.out_file {
-            let at = file.stream_position()?;
-            let want = usize::try_from(*left)
-                .unwrap_or(usize::MAX)
-                .min(crate::tls::session::OUTPUT_LIMIT);
-            chunk.resize(want, 0);
-            let got = file.read_at(&mut chunk, at)?;
-            if got == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let sent = match self
-                .transport
-                .send(&self.stream, &[io::IoSlice::new(&chunk[..got])])
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => return Err(e),
-            };
-            file.seek(SeekFrom::Current(sent as i64))?;
-            *left -= sent as u64;
-            self.last_write = Instant::now();
-            if *left == 0 {
-                self.out_file = None;
-            }
-        }
-        Ok(true)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::io::Write;
     use std::net::TcpListener;
 
     /// A server-side connection (non-blocking) and its client, over

@@ -18,6 +18,7 @@ pub mod reader;
 pub mod settings;
 mod slots;
 mod spill;
+mod transport;
 
 pub use body::Body;
 pub use config::Config;

@@ -75,34 +75,19 @@ impl Spill {
         self.sent
     }
 
-    /// Sends what `write` takes now, read from the file a chunk at a time
-    /// (over TLS, where sendfile(2) cannot be used). `Ok(true)` once all
-    /// is sent.
-    pub(crate) fn send_with(
+    /// Sends what the socket takes now over TLS (no sendfile(2)).
+    /// `Ok(true)` once all is sent.
+    pub(crate) fn send_through(
         &mut self,
-        mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+        transport: &mut super::transport::Transport,
+        stream: &std::net::TcpStream,
     ) -> io::Result<bool> {
-        use std::os::unix::fs::FileExt;
         if self.broken {
             return Err(io::Error::other("response spill failed"));
         }
-        let mut chunk = vec![0u8; 64 * 1024];
-        while self.sent < self.written {
-            let want = usize::try_from(self.written - self.sent)
-                .unwrap_or(usize::MAX)
-                .min(chunk.len());
-            let got = self.file.read_at(&mut chunk[..want], self.sent)?;
-            if got == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            match write(&chunk[..got]) {
-                Ok(n) => self.sent += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
+        let left = self.written - self.sent;
+        self.sent += transport.send_file_at(stream, &self.file, self.sent, left)?;
+        Ok(self.sent == self.written)
     }
 
     /// Sends what the socket takes now. `Ok(true)` once all is sent.
