@@ -354,24 +354,33 @@ RSpec.describe "TLS binds", timeout: 120 do
   end
 
   describe "configuration", stress: false do
-    it "takes ssl_bind in the config file" do
+    it "takes ssl_bind in the config file, beside a plain bind" do
       config = File.join(@certs, "butterflies.rb")
       File.write(config, "ssl_bind '127.0.0.1', 0, cert: #{cert('a.pem').inspect}, key: #{cert('a.key').inspect}, " \
-                         "sni: { 'b.test' => { cert: #{cert('b.pem').inspect}, key: #{cert('b.key').inspect} } }\n")
+                         "sni: { 'b.test' => { cert: #{cert('b.pem').inspect}, key: #{cert('b.key').inspect} } }\n" \
+                         "bind 'tcp://127.0.0.1:#{plain_port = free_port}'\n")
       server = ServerProcess.start(butterflies_command("-C", config, rackup))
       (@servers ||= []) << server
-      expect(server.output).to match(%r{Listening on https://127\.0\.0\.1:\d+})
+      expect(server.wait_for_output(%r{Listening on http://127\.0\.0\.1:#{plain_port}})).to be(true)
+      expect(server.output).to match(%r{Listening on https://127\.0\.0\.1:#{server.port}})
       expect(tls_socket(server, host: "b.test").peer_cert.subject.to_s).to eq("/CN=b.test")
+      plain = JSON.parse(Net::HTTP.get(URI("http://127.0.0.1:#{plain_port}/env")))
+      expect(plain).to include("rack.url_scheme" => "http", "rack.hijack?" => true)
+      expect(plain).not_to have_key("HTTPS")
     end
 
     it "says in one line which file is wrong" do
       mismatched = "cert=#{cert('a.pem')}&key=#{cert('b.key')}"
       missing = "cert=#{cert('nope.pem')}&key=#{cert('a.key')}"
+      good = "cert=#{cert('a.pem')}&key=#{cert('a.key')}"
+      port = free_port
       [[mismatched, /b\.key: is not the key of the certificate in .*a\.pem/],
        [missing, /nope\.pem: cannot be read: No such file/],
-       ["cert=#{cert('a.pem')}&key=#{cert('a.key')}&ssl_cipher_filter=HIGH", /ssl_cipher_filter is an OpenSSL option/]]
-        .each do |query, message|
-        out, err, status = Open3.capture3(*butterflies_command("-b", "ssl://127.0.0.1:0?#{query}", rackup))
+       ["#{good}&ssl_cipher_filter=HIGH", /ssl_cipher_filter is an OpenSSL option/],
+       [good, %r{127\.0\.0\.1:#{port} is bound twice, plain \(tcp://\) and TLS}, ["-b", "tcp://127.0.0.1:#{port}"]]]
+        .each do |query, message, extra = []|
+        out, err, status = Open3.capture3(*butterflies_command("-b", "ssl://127.0.0.1:#{port}?#{query}",
+                                                               *extra, rackup))
         expect(status.exitstatus).to eq(2) # a configuration error
         expect(out + err).to match(message)
         expect((out + err).lines.grep(/butterflies:/).size).to eq(1), out + err

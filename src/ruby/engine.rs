@@ -77,6 +77,7 @@ impl RbEngine {
         let mut addrs: Vec<BindAddr> = Vec::new();
         let mut proxy_binds = Vec::new();
         let mut tls_binds = Vec::new();
+        let mut plain_tcp = Vec::new();
         for (kind, host, port, proxy, tls) in &binds {
             let tls = match tls {
                 None => None,
@@ -122,12 +123,15 @@ impl RbEngine {
                 }
                 if let Some(tls) = &tls {
                     tls_binds.push((addr.clone(), tls.clone()));
+                } else {
+                    plain_tcp.push(addr.clone());
                 }
                 if !addrs.contains(&addr) {
                     addrs.push(addr);
                 }
             }
         }
+        check_plain_or_tls(&plain_tcp, &tls_binds).or_raise(ruby)?;
         let mut config = Config::new(addrs);
         config.proxy_binds = proxy_binds;
         config.tls_binds = tls_binds;
@@ -530,6 +534,23 @@ type TlsBind = (
     String,
     Option<Vec<String>>,
 );
+
+/// One address (a port given, not 0) cannot serve both plain HTTP and TLS.
+fn check_plain_or_tls(
+    plain: &[BindAddr],
+    tls: &[(BindAddr, std::sync::Arc<crate::tls::Tls>)],
+) -> Result<(), ExtError> {
+    let both = tls
+        .iter()
+        .map(|(a, _)| a)
+        .find(|a| plain.contains(a) && matches!(a, BindAddr::Tcp(tcp) if tcp.port() != 0));
+    match both {
+        Some(addr) => Err(ExtError::Tls(format!(
+            "{addr} is bound twice, plain (tcp://) and TLS (ssl://): give each its own port"
+        ))),
+        None => Ok(()),
+    }
+}
 
 fn pem_source(text: &str) -> crate::tls::Pem {
     if text.trim_start().starts_with("-----BEGIN") {
