@@ -11,15 +11,8 @@ require "butterflies/version"
 require "butterflies/errors"
 require "butterflies/null_input"
 require "butterflies/log"
-begin
-  require "butterflies/butterflies" # the Rust extension: Butterflies::Engine
-rescue LoadError => e
-  raise e unless e.path.to_s.end_with?("butterflies/butterflies") || e.message.end_with?("-- butterflies/butterflies")
-
-  root = File.expand_path("..", __dir__)
-  raise LoadError, "the Butterflies extension is not built: run `rake compile` in #{root} " \
-                   "(Bundler does not build extensions for gems given by path:)"
-end
+require "butterflies/native"
+Butterflies::Native.load
 require "butterflies/stream"
 require "butterflies/tls_bind"
 require "butterflies/binds"

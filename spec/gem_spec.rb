@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "fileutils"
+require "open3"
 require "rbconfig"
 
 # The packaged gem, not the checkout: build it, install it into a private
@@ -51,6 +52,30 @@ RSpec.describe "the butterflies gem", timeout: 600 do
       expect(sections).to all(include(".text"))
       expect(sections.grep(/\.debug_info/)).to be_empty
       server.stop
+    end
+  end
+
+  it "loads a platform gem's engine for this Ruby, and names the source gem when it has none" do
+    Dir.mktmpdir("butterflies-platform") do |dir|
+      FileUtils.cp_r(File.join(root, "lib"), dir)
+      lib = File.join(dir, "lib")
+      FileUtils.rm(File.join(lib, "butterflies/butterflies.so"))
+      abi = RUBY_VERSION[/\A\d+\.\d+/]
+      # Nothing but the copy on the load path (not Bundler's checkout).
+      clean = { "RUBYOPT" => nil, "RUBYLIB" => nil, "BUNDLE_GEMFILE" => nil, "BUNDLE_BIN_PATH" => nil }
+      load_it = [clean, "ruby", "-I#{lib}", "-e", 'require "butterflies"; print Butterflies::Engine.name']
+      # Engines for other Rubies only, as on a Ruby the gem was not built for.
+      FileUtils.mkdir_p(File.join(lib, "butterflies/9.8"))
+      FileUtils.cp(File.join(root, "lib/butterflies/butterflies.so"), File.join(lib, "butterflies/9.8"))
+      _out, err, status = Open3.capture3(*load_it)
+      expect(status).not_to be_success
+      expect(err).to include("prebuilt engines for Ruby 9.8, not #{abi}: install the source gem")
+      # This Ruby's engine in its ABI's directory, as `rake native` packs it.
+      FileUtils.mkdir_p(File.join(lib, "butterflies", abi))
+      FileUtils.cp(File.join(root, "lib/butterflies/butterflies.so"), File.join(lib, "butterflies", abi))
+      out, err, status = Open3.capture3(*load_it)
+      expect(status).to be_success, err
+      expect(out).to eq("Butterflies::Engine")
     end
   end
 end

@@ -150,7 +150,7 @@ RSpec.describe "TLS binds", timeout: 120 do
       expect(streamed).to eq("piece 0\npiece 1\npiece 2\n")
     end
 
-    it "takes a large response off the app thread for a client that does not read, to disk, and sends it all" do
+    it "takes a large response off the app thread for a client that does not read, to disk, and sends it all", stress: false do
       control = File.join(@certs, "spill-control.sock")
       server = start_tls(nil, "-t", "1", "--max-parked-bytes", "65536", "--control-url", "unix://#{control}")
       stats = lambda do
@@ -182,7 +182,7 @@ RSpec.describe "TLS binds", timeout: 120 do
       expect(env["SERVER_PORT"]).to eq(server.port.to_s)
     end
 
-    it "is refused by a client that does not trust the certificate" do
+    it "is refused by a client that does not trust the certificate", stress: false do
       server = start_tls
       http = Net::HTTP.new("127.0.0.1", server.port)
       http.use_ssl = true
@@ -342,6 +342,7 @@ RSpec.describe "TLS binds", timeout: 120 do
       old_pids = ready_workers(server).values
       server.signal("USR1") # with preload_app!, the new workers exec themselves
       expect(server.wait_for_matches(/worker \d \(pid \d+\) ready/, 4, timeout: 60)).to be(true), server.output
+      wait_until(timeout: 30, message: "the old workers gone") { old_pids.none? { |pid| alive?(pid) } }
       results = Array.new(8) do
         socket = tls_socket(server, version: OpenSSL::SSL::TLS1_3_VERSION,
                                     session: OpenSSL::SSL::Session.new(ticket))
