@@ -77,10 +77,9 @@ RSpec.describe "the butterflies command" do
       require "fileutils"
       FileUtils.cp_r(File.join(ServerHelpers::ROOT, "lib"), dir)
       FileUtils.rm_f(Dir[File.join(dir, "lib/butterflies/butterflies.*")])
-      clean = { "RUBYOPT" => nil, "RUBYLIB" => nil, "BUNDLE_GEMFILE" => nil, "BUNDLE_BIN_PATH" => nil }
       # --disable-gems: an installed butterflies gem must not supply the
       # extension this checkout lacks.
-      out = IO.popen(clean, [RbConfig.ruby, "--disable-gems", "-I#{dir}/lib", "-e", 'require "butterflies"'],
+      out = IO.popen(ServerHelpers::UNBUNDLED, [RbConfig.ruby, "--disable-gems", "-I#{dir}/lib", "-e", 'require "butterflies"'],
                      err: %i[child out], &:read)
       expect(out).to include("the Butterflies extension is not built: run `rake compile` in #{dir}")
     end

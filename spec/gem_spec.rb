@@ -13,14 +13,13 @@ RSpec.describe "the butterflies gem", timeout: 600 do
   it "builds, installs locally and serves an app through bundle exec" do
     Dir.mktmpdir("butterflies-gem") do |dir|
       gem_home = File.join(dir, "gems")
-      env = {
+      env = ServerHelpers::UNBUNDLED.merge(
         "GEM_HOME" => gem_home,
         "GEM_PATH" => ([gem_home] + Gem.path).join(File::PATH_SEPARATOR),
         # Reuse compiled crates between runs; the gem still builds from its
         # own sources.
-        "CARGO_TARGET_DIR" => File.join(root, "target", "gem"),
-        "BUNDLE_GEMFILE" => nil, "RUBYOPT" => nil, "RUBYLIB" => nil
-      }
+        "CARGO_TARGET_DIR" => File.join(root, "target", "gem")
+      )
       built = system(env, "gem", "build", "butterflies.gemspec", "--output", File.join(dir, "butterflies.gem"),
                      chdir: root, out: File::NULL, err: File::NULL)
       expect(built).to be(true)
@@ -62,8 +61,7 @@ RSpec.describe "the butterflies gem", timeout: 600 do
       FileUtils.rm(File.join(lib, "butterflies/butterflies.so"))
       abi = RUBY_VERSION[/\A\d+\.\d+/]
       # Nothing but the copy on the load path (not Bundler's checkout).
-      clean = { "RUBYOPT" => nil, "RUBYLIB" => nil, "BUNDLE_GEMFILE" => nil, "BUNDLE_BIN_PATH" => nil }
-      load_it = [clean, "ruby", "-I#{lib}", "-e", 'require "butterflies"; print Butterflies::Engine.name']
+      load_it = [ServerHelpers::UNBUNDLED, "ruby", "-I#{lib}", "-e", 'require "butterflies"; print Butterflies::Engine.name']
       # Engines for other Rubies only, as on a Ruby the gem was not built for.
       FileUtils.mkdir_p(File.join(lib, "butterflies/9.8"))
       FileUtils.cp(File.join(root, "lib/butterflies/butterflies.so"), File.join(lib, "butterflies/9.8"))

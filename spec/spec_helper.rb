@@ -35,6 +35,11 @@ module ServerHelpers
   ROOT = ServerProcess::ROOT
   RUBY = [RbConfig.ruby, "-I#{File.join(ROOT, 'lib')}"].freeze
   APP = File.join(ROOT, "spec/fixtures/app.ru")
+  # What `bundle exec` sets that would carry this checkout's bundle into a
+  # child Ruby: BUNDLER_SETUP alone is enough for Ruby 3.3's RubyGems to
+  # set the bundle up again, RUBYOPT and RUBYLIB unset or not.
+  UNBUNDLED = %w[RUBYOPT RUBYLIB BUNDLE_GEMFILE BUNDLE_BIN_PATH BUNDLER_SETUP BUNDLER_VERSION]
+              .to_h { |name| [name, nil] }.freeze
 
   def butterflies_command(*args)
     [*RUBY, File.join(ROOT, "exe/butterflies"), *args]

@@ -127,10 +127,12 @@ RSpec.describe "TLS binds", timeout: 120 do
   describe "serving" do
     it "keeps connections alive, answers pipelined requests in order, and streams large and file bodies" do
       server = start_tls
-      out, err, status = curl(server, "-v", "https://a.test:#{server.port}/one", "https://a.test:#{server.port}/two")
+      # num_connects: the connections each transfer opened (the second
+      # reuses the first's).
+      out, err, status = curl(server, "-w", "[%{num_connects}]\n",
+                              "https://a.test:#{server.port}/one", "https://a.test:#{server.port}/two")
       expect(status).to be_success, err
-      expect(out).to eq("hello /one\nhello /two\n")
-      expect(err).to include("Re-using existing connection")
+      expect(out).to eq("hello /one\n[1]\nhello /two\n[0]\n")
 
       socket = tls_socket(server)
       socket.write("GET /p1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a\r\n\r\n" \

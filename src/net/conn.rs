@@ -412,7 +412,7 @@ impl Conn {
         }
         let mut buf = vec![0; max.clamp(1, READ_CHUNK_BYTES)];
         if let Transport::Tls { session, .. } = &mut self.transport {
-            let (n, end) = session.fill(&self.stream, &mut buf)?;
+            let (n, end) = session.fill(&self.stream, &mut buf, false)?;
             buf.truncate(n);
             return Ok(match end {
                 crate::tls::session::End::Eof if n == 0 => None,
@@ -565,7 +565,8 @@ impl Conn {
         let Transport::Tls { session, info } = &mut self.transport else {
             return Ok(Fill::Drained);
         };
-        let (n, end) = session.fill(&self.stream, scratch)?;
+        let stop_when_short = self.peer_side == PeerSide::Open;
+        let (n, end) = session.fill(&self.stream, scratch, stop_when_short)?;
         if info.is_none() && !session.is_handshaking() {
             *info = Some(Arc::new(crate::tls::Info::of(session)));
             // Handshake done: from now on the connection is idle until its

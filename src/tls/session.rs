@@ -49,6 +49,21 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// The socket as rustls reads it, noting whether a read got less than it
+/// asked for (the socket is empty now).
+struct Noting<'a> {
+    sock: &'a TcpStream,
+    short: bool,
+}
+
+impl Read for Noting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&*self.sock).read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
+}
+
 /// How a [`Session::fill`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -110,7 +125,17 @@ impl Session {
     /// waits: [`Session::wants_write`]). An `InvalidData` error is a
     /// failed handshake or a bad record; the alert for it was sent if the
     /// socket took it.
-    pub fn fill(&mut self, sock: &TcpStream, out: &mut [u8]) -> io::Result<(usize, End)> {
+    ///
+    /// `stop_when_short`: a read that got less than it asked for emptied
+    /// the socket, so the pass ends there without the read that would
+    /// only say EAGAIN (edge-triggered epoll reports the next arrival).
+    /// False once the peer shut its side: then reads go on to the end.
+    pub fn fill(
+        &mut self,
+        sock: &TcpStream,
+        out: &mut [u8],
+        stop_when_short: bool,
+    ) -> io::Result<(usize, End)> {
         if !self.heard {
             let mut first = [0u8; 1];
             match sock.peek(&mut first) {
@@ -123,6 +148,7 @@ impl Session {
             }
         }
         let mut total = 0;
+        let mut emptied = false;
         loop {
             if let State::Open(conn) = &mut self.state {
                 while total < out.len() {
@@ -141,7 +167,10 @@ impl Session {
                     return Ok((total, End::Full));
                 }
             }
-            let mut reader = sock;
+            if emptied {
+                return Ok((total, End::Drained));
+            }
+            let mut reader = Noting { sock, short: false };
             let read = match &mut self.state {
                 State::Hello { acceptor, .. } => acceptor.read_tls(&mut reader),
                 State::Open(conn) => conn.read_tls(&mut reader),
@@ -156,6 +185,7 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            emptied = reader.short && stop_when_short;
             self.process(sock)?;
         }
     }
