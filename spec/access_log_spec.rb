@@ -10,7 +10,7 @@ RSpec.describe "the access log", timeout: 120 do
     server.output.lines.grep(pattern)
   end
 
-  it "is off by default" do
+  it "is off by default", stress: false do
     server = start_butterflies("-t", "2")
     expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
     expect(raw_request(server, "GET /env HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).to start_with("HTTP/1.1 200")
@@ -49,7 +49,7 @@ RSpec.describe "the access log", timeout: 120 do
     end
   end
 
-  it "escapes bytes of the path that are not printable ASCII" do
+  it "escapes bytes of the path that are not printable ASCII", stress: false do
     server = start_butterflies("-t", "2", "--log-format", "json")
     response = raw_request(server, "GET /caf\xC3\xA9\"x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".b)
     expect(response).to start_with("HTTP/1.1 404")

@@ -23,7 +23,7 @@ RSpec.describe "the butterflies command" do
       expect(Net::HTTP.get(URI("http://127.0.0.1:#{port}/"))).to eq("Hello world!")
     end
 
-    it "says it is not used when the command line binds elsewhere" do
+    it "says it is not used when the command line binds elsewhere", stress: false do
       server = start_butterflies(env: { "PORT" => free_port.to_s })
       expect(server.output).to match(/^\* PORT=\d+ not used: the command line gives the binds$/)
     end
@@ -127,7 +127,7 @@ RSpec.describe "the butterflies command" do
                                      "threads: 3 app, 1 io", "Ctrl-C")
   end
 
-  it "finishes a request in flight on SIGTERM and exits 0" do
+  it "finishes a request in flight on SIGTERM and exits 0", stress: false do
     server = start_butterflies
     slow = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=1"))) }
     expect(server.wait_for_output(/app: sleeping 1.0/)).to be(true)
@@ -141,7 +141,7 @@ RSpec.describe "the butterflies command" do
     expect { TCPSocket.new(server.host, server.port) }.to raise_error(Errno::ECONNREFUSED)
   end
 
-  it "stops on SIGINT (Ctrl-C) with status 0" do
+  it "stops on SIGINT (Ctrl-C) with status 0", stress: false do
     server = start_butterflies
     server.signal("INT")
     expect(server.wait(timeout: 10)&.exitstatus).to eq(0)

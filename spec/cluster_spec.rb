@@ -22,7 +22,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
   end
 
-  it "pins each worker, with every thread it runs, to its own CPU with --pin-workers" do
+  it "pins each worker, with every thread it runs, to its own CPU with --pin-workers", stress: false do
     cpus_of = ->(status) { status[/^Cpus_allowed_list:\s*(\S+)/, 1] }
     allowed = cpus_of.call(File.read("/proc/self/status")).split(",").flat_map do |range|
       first, last = range.split("-").map(&:to_i)
@@ -38,7 +38,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
   end
 
-  it "stops every worker when the master is killed with -9" do
+  it "stops every worker when the master is killed with -9", stress: false do
     server = start_cluster
     pids = ready_workers(server).values
     server.kill # SIGKILL to the master only
@@ -57,7 +57,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     wait_until(timeout: 10, message: "the stalled worker to be killed") { !alive?(stalled) }
   end
 
-  it "finishes a request in flight on TERM and exits 0" do
+  it "finishes a request in flight on TERM and exits 0", stress: false do
     server = start_cluster
     slow = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=1"))) }
     expect(server.wait_for_output(/app: sleeping 1.0/)).to be(true)
@@ -67,7 +67,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(server.output).to include("Goodbye")
   end
 
-  it "grows and shrinks with TTIN and TTOU" do
+  it "grows and shrinks with TTIN and TTOU", stress: false do
     server = start_cluster
     server.signal("TTIN")
     expect(server.wait_for_output(/worker 2 \(pid \d+\) ready/)).to be(true)
@@ -78,7 +78,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(alive?(ready_workers(server)[0])).to be(true)
   end
 
-  it "hot restarts on USR2 with no refused connection" do
+  it "hot restarts on USR2 with no refused connection", stress: false do
     server = start_cluster("--shutdown-timeout", "5")
     master = server.pid
     successes, failures, stop = fresh_connection_clients(server, timeout: 20)
@@ -107,7 +107,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(server.exited?).to be(false)
   end
 
-  it "replaces workers one at a time on USR1 and picks up changed app code" do
+  it "replaces workers one at a time on USR1 and picks up changed app code", stress: false do
     Dir.mktmpdir do |dir|
       File.write(File.join(dir, "version.rb"), "VERSION_SEEN = 'one'\n")
       File.write(File.join(dir, "config.ru"), <<~RU)
@@ -161,7 +161,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(server.wait_for_output(%r{GET /sleep timed out after 1.0s; answered 503})).to be(true)
   end
 
-  it "replaces a worker whose app thread is stuck past request_hard_timeout" do
+  it "replaces a worker whose app thread is stuck past request_hard_timeout", stress: false do
     server = start_cluster("--request-timeout", "1", "--request-hard-timeout", "2", "--shutdown-timeout", "1")
     before = ready_workers(server)
     stuck = Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=60"))) }
@@ -175,7 +175,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
   end
 
-  it "replaces a stuck worker on request_hard_timeout alone (no request_timeout)" do
+  it "replaces a stuck worker on request_hard_timeout alone (no request_timeout)", stress: false do
     server = start_cluster("--request-hard-timeout", "2", "--shutdown-timeout", "1", workers: 1)
     first = ready_workers(server).fetch(0)
     Thread.new { Net::HTTP.get_response(URI(server.url("/sleep?s=60"))) rescue nil } # rubocop:disable Style/RescueModifier
@@ -186,7 +186,7 @@ RSpec.describe "cluster mode", timeout: 120 do
     expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
   end
 
-  it "picks up changed code on USR1 with preload_app too" do
+  it "picks up changed code on USR1 with preload_app too", stress: false do
     Dir.mktmpdir do |dir|
       File.write(File.join(dir, "version.rb"), "VERSION_SEEN = 'one'\n")
       File.write(File.join(dir, "config.ru"), <<~RU)

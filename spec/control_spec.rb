@@ -104,7 +104,7 @@ RSpec.describe "the control server", timeout: 180 do
     expect(s["butterflies"]["totals"]["requests_2xx"]).to eq(100)
   end
 
-  it "keeps a killed worker's requests in the totals" do
+  it "keeps a killed worker's requests in the totals", stress: false do
     server, port = start_with_control(workers: 2)
     20.times { Net::HTTP.get(URI(server.url("/"))) }
     counted(port, 20)
@@ -116,7 +116,7 @@ RSpec.describe "the control server", timeout: 180 do
     expect(s["butterflies"]["restarts"]["crash"]).to eq(1)
   end
 
-  it "keeps listening, and keeps its counts, across a hot restart (USR2)" do
+  it "keeps listening, and keeps its counts, across a hot restart (USR2)", stress: false do
     server, port = start_with_control(workers: 2)
     12.times { Net::HTTP.get(URI(server.url("/"))) }
     counted(port, 12)
@@ -164,7 +164,7 @@ RSpec.describe "the control server", timeout: 180 do
     sleeper.join
   end
 
-  it "says which worker did not answer in time, and is not misled by its late answer" do
+  it "says which worker did not answer in time, and is not misled by its late answer", stress: false do
     server, port = start_with_control(workers: 2)
     stopped = ready_workers(server)[1]
     Process.kill("STOP", stopped)
@@ -244,7 +244,7 @@ RSpec.describe "the control server", timeout: 180 do
     end
   end
 
-  it "makes its Unix socket 0600 whatever the umask (or the mode asked), and never takes over a live one" do
+  it "makes its Unix socket 0600 whatever the umask (or the mode asked), and never takes over a live one", stress: false do
     Dir.mktmpdir do |dir|
       path = File.join(dir, "control.sock")
       start_butterflies("-t", "2", "--control-url", "unix://#{path}", spawn: { umask: 0 })

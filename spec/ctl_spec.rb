@@ -28,7 +28,7 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     workers ? start_cluster(*flags, workers: workers, **options) : start_butterflies("-t", "2", *flags, **options)
   end
 
-  it "writes a state file only its owner reads, and removes it on exit" do
+  it "writes a state file only its owner reads, and removes it on exit", stress: false do
     server = start_with_state
     expect(File.stat(state).mode & 0o777).to eq(0o600)
     expect(JSON.parse(File.read(state))).to include("pid" => server.pid, "control_token" => "tok")
@@ -58,7 +58,7 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     expect(err).to eq("butterflies ctl: phased-restart needs cluster mode (workers >= 1)\n")
   end
 
-  it "says when the token is wrong or the server cannot be reached, with distinct statuses" do
+  it "says when the token is wrong or the server cannot be reached, with distinct statuses", stress: false do
     server = start_with_state
     url = JSON.parse(File.read(state))["control_url"]
     _out, err, status = ctl("-C", url, "-T", "wrong", "stats")
@@ -131,7 +131,7 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     expect(server.output).to include("Halted")
   end
 
-  it "replaces a file or symlink left at the state file's temporary path, never writing through it" do
+  it "replaces a file or symlink left at the state file's temporary path, never writing through it", stress: false do
     victim = File.join(@dir, "victim")
     File.write(victim, "keep")
     File.symlink(victim, "#{state}.tmp")
@@ -141,14 +141,14 @@ RSpec.describe "butterflies ctl", timeout: 180 do
     expect(File.symlink?(state)).to be(false)
   end
 
-  it "makes the state file 0600 when a world-readable one waits at its temporary path" do
+  it "makes the state file 0600 when a world-readable one waits at its temporary path", stress: false do
     File.write("#{state}.tmp", "old", perm: 0o666)
     File.chmod(0o666, "#{state}.tmp")
     start_with_state(spawn: { umask: 0 })
     expect(File.stat(state).mode & 0o777).to eq(0o600)
   end
 
-  it "takes the token from the environment or a file, keeping it out of the process list" do
+  it "takes the token from the environment or a file, keeping it out of the process list", stress: false do
     port = free_port
     server = start_butterflies("-t", "2", "--control-url", "tcp://127.0.0.1:#{port}",
                                env: { "BUTTERFLIES_CONTROL_TOKEN" => "from-env" })

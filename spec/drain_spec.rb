@@ -77,7 +77,7 @@ RSpec.describe "readiness and draining", timeout: 180 do
     expect(server.output).to include("Draining for #{delay.to_f}s")
   end
 
-  it "stops at once on a second TERM while draining, in single mode" do
+  it "stops at once on a second TERM while draining, in single mode", stress: false do
     control = free_port
     server = start_butterflies("--drain-delay", "60", "--control-url", "tcp://127.0.0.1:#{control}",
                                "--control-token", "t0ken")

@@ -10,7 +10,7 @@ require "rbconfig"
 RSpec.describe "the butterflies gem", timeout: 600 do
   root = ServerHelpers::ROOT
 
-  it "builds, installs locally and serves an app through bundle exec" do
+  it "builds, installs locally and serves an app through bundle exec", stress: false do
     Dir.mktmpdir("butterflies-gem") do |dir|
       gem_home = File.join(dir, "gems")
       env = ServerHelpers::UNBUNDLED.merge(

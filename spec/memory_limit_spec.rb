@@ -38,7 +38,7 @@ RSpec.describe "worker memory limits", timeout: 180 do
     Integer(Net::HTTP.get(URI(server.url("/?mb=#{megabytes}"))))
   end
 
-  it "replaces a worker past the soft limit with a successor first, and counts it" do
+  it "replaces a worker past the soft limit with a successor first, and counts it", stress: false do
     server = start("--worker-memory-limit", "100")
     workers = ready_workers(server)
     grown = grow(server, 150)

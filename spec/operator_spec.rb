@@ -30,7 +30,7 @@ RSpec.describe "the operator's view", timeout: 120 do
   end
 
   %w[USR1 HUP TTIN TTOU].each do |signal|
-    it "logs and ignores #{signal} in single mode, and keeps serving" do
+    it "logs and ignores #{signal} in single mode, and keeps serving", stress: false do
       server = start_butterflies("-t", "2", rackup: faulty)
       server.signal(signal)
       expect(server.wait_for_output(/#{signal} ignored: /)).to be(true), server.output
@@ -43,7 +43,7 @@ RSpec.describe "the operator's view", timeout: 120 do
     end
   end
 
-  it "hot restarts a single-mode server on USR2 with no refused connection, before_exec output kept" do
+  it "hot restarts a single-mode server on USR2 with no refused connection, before_exec output kept", stress: false do
     Dir.mktmpdir do |dir|
       File.write(File.join(dir, "butterflies.rb"), "before_exec { puts 'before_exec ran' }\n")
       server = start_butterflies("-t", "2", "-C", File.join(dir, "butterflies.rb"), rackup: faulty)

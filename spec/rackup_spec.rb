@@ -41,7 +41,7 @@ RSpec.describe "rackup -s butterflies", timeout: 120 do
     expect(lines[1]).to eq(Stack.rack3? ? ":none\n" : ":rack_handler\n")
   end
 
-  it "reads config/butterflies.rb, and RAILS_MAX_THREADS and WEB_CONCURRENCY, under the user's flags" do
+  it "reads config/butterflies.rb, and RAILS_MAX_THREADS and WEB_CONCURRENCY, under the user's flags", stress: false do
     Dir.mktmpdir do |dir|
       FileUtils.mkdir_p(File.join(dir, "config"))
       File.write(File.join(dir, "config/butterflies.rb"), "bind 'tcp://127.0.0.1:0'\nthreads 2\nworker_timeout 30\n")
@@ -65,7 +65,7 @@ RSpec.describe "rackup -s butterflies", timeout: 120 do
     end
   end
 
-  it "listens on both loopbacks for -o localhost where the host has IPv6, sharing port 0's port" do
+  it "listens on both loopbacks for -o localhost where the host has IPv6, sharing port 0's port", stress: false do
     server = rackup("-o", "localhost", "-p", "0", ready: /Use Ctrl-C to stop/)
     urls = server.output.scan(%r{Listening on (http://\S+)}).flatten
     v6 = Socket.ip_address_list.any?(&:ipv6_loopback?)

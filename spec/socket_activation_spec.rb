@@ -61,7 +61,8 @@ RSpec.describe "socket activation", timeout: 180 do
     socket&.close
   end
 
-  it "serves the passed sockets instead of its default bind, across USR2, and leaves systemd's socket file alone" do
+  it "serves the passed sockets instead of its default bind, across USR2, and leaves systemd's socket file alone",
+     stress: false do
     port = free_port
     path = File.join(@dir, "app.sock")
     server = activate(["127.0.0.1:#{port}", path], "-t", "2")
@@ -85,7 +86,7 @@ RSpec.describe "socket activation", timeout: 180 do
     expect(File.socket?(path)).to be(true), "the socket systemd made was removed"
   end
 
-  it "shares one passed socket between the workers and keeps it through a hot restart" do
+  it "shares one passed socket between the workers and keeps it through a hot restart", stress: false do
     port = free_port
     server = activate(["127.0.0.1:#{port}"], "-w", "2", "-t", "2", "--io-threads", "1")
     first = Thread.new { get(port) }

@@ -127,7 +127,7 @@ RSpec.describe "systemd notifications", timeout: 180 do
     File.readlines(path, chomp: true).grep(/\A#{key}=/).last&.split("=", 2)&.last
   end
 
-  it "runs examples/systemd's units as written, on the socket they name" do
+  it "runs examples/systemd's units as written, on the socket they name", stress: false do
     expect(unit_setting("butterflies.service", "NotifyAccess")).to eq("main")
     expect(unit_setting("butterflies.service", "KillMode")).to eq("mixed")
     command = unit_setting("butterflies.service", "ExecStart").split
@@ -161,7 +161,7 @@ RSpec.describe "systemd notifications", timeout: 180 do
     expect(server.wait(timeout: stop_timeout)&.exitstatus).to eq(0), server.output
   end
 
-  it "says READY once listening and STOPPING on TERM in single mode" do
+  it "says READY once listening and STOPPING on TERM in single mode", stress: false do
     server = start_butterflies(env: @env)
     wait_for_message(/\AREADY=1\z/)
     server.signal("TERM")
@@ -169,7 +169,7 @@ RSpec.describe "systemd notifications", timeout: 180 do
     expect(server.wait(timeout: 30)&.exitstatus).to eq(0)
   end
 
-  it "serves and stops as ever when nobody listens on NOTIFY_SOCKET" do
+  it "serves and stops as ever when nobody listens on NOTIFY_SOCKET", stress: false do
     gone = File.join(Dir.tmpdir, "butterflies-no-systemd-#{Process.pid}.sock")
     server = start_cluster(env: { "NOTIFY_SOCKET" => gone, "WATCHDOG_USEC" => "200000" })
     expect(Net::HTTP.get(URI(server.url("/")))).to eq("Hello world!")
