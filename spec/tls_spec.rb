@@ -76,6 +76,9 @@ RSpec.describe "TLS binds", timeout: 120 do
         when "/stream" then [200, {}, Enumerator.new { |y| 3.times { |i| y << "piece \#{i}\\n" } }]
         when "/echo" then [200, {}, [env["rack.input"].read]]
         when "/hijack" then env["rack.hijack"].call
+        when "/hints"
+          env["rack.early_hints"].call("link" => "</a.css>; rel=preload")
+          [200, { "content-type" => "text/plain" }, ["hinted\\n"]]
         else [200, { "content-type" => "text/plain" }, ["hello \#{env['PATH_INFO']}\\n"]]
         end
       }
@@ -170,6 +173,20 @@ RSpec.describe "TLS binds", timeout: 120 do
       response = reader.read
       body = response.split("\r\n\r\n", 2).last
       expect(body.b == Random.new(5).bytes(8 << 20)).to be(true), "the spilled body arrived intact"
+    end
+
+    it "sends early hints, and answers a request past a limit with its 4xx, as on plain binds" do
+      server = start_tls(nil, "--max-body-bytes", "100")
+      hinted = tls_get(server, "/hints")
+      expect(hinted).to start_with("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK")
+      expect(hinted).to end_with("hinted\n")
+      socket = tls_socket(server)
+      socket.write("GET / HTTP/1.1\r\nHost: a\r\nX-Big: #{'a' * 20_000}\r\n\r\n")
+      expect(socket.read).to start_with("HTTP/1.1 431 ")
+      socket = tls_socket(server)
+      socket.write("POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+      expect(socket.read).to start_with("HTTP/1.1 413 ")
+      expect(tls_get(server, "/after")).to include("hello /after")
     end
 
     it "tells the app the request came over TLS, through Net::HTTP with the CA file" do
