@@ -14,7 +14,7 @@ use super::engine::RbEngine;
 use super::errors::{ExtError, OrRaise};
 use super::gvl::Gvl;
 use super::hijack::Hijack;
-use super::request;
+use super::{env, request};
 use crate::serve::app_loop::AppLoop;
 use crate::serve::Waker;
 
@@ -45,9 +45,18 @@ pub fn serve(
     let current = Arc::new(Current::default());
     let hijack = BoxValue::new(ruby.obj_wrap(Hijack(current.clone())).as_value());
     let early_hints = BoxValue::new(ruby.obj_wrap(EarlyHints(current.clone())).as_value());
+    // Boxed by the template, which every env copies.
+    let template = env::Template::new(
+        ruby,
+        base_env,
+        &[
+            (ruby.get_inner(&env::RACK_HIJACK), *hijack),
+            (ruby.get_inner(&env::RACK_EARLY_HINTS), *early_hints),
+        ],
+    )?;
     let app = request::App {
         app,
-        base_env,
+        template,
         on_error,
         waker,
         write_timeout: rb_self.write_timeout,
@@ -60,8 +69,6 @@ pub fn serve(
         jobs: jobs.clone(),
         keep_spin: rb_self.idle_spin,
         current,
-        hijack: *hijack,
-        early_hints: *early_hints,
     };
     let gvl = Gvl(ruby);
     let loops = rb_self.loops();

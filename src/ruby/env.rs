@@ -1,9 +1,10 @@
-//! Builds the Rack env for one request: a copy of the server's base env
-//! (constant keys set once by the Ruby side) plus this request's keys. Keys
-//! are frozen, interned strings made once.
+//! Builds the Rack env for one request: a copy of its app thread's
+//! [`Template`] (a slot for each key every request sets, then the server's
+//! constant keys), the slots filled in place, then this request's other
+//! keys (header fields, TLS). Keys are frozen, interned strings made once.
 
 use magnus::rb_sys::AsRawValue;
-use magnus::value::{Lazy, ReprValue};
+use magnus::value::{BoxValue, Lazy, ReprValue};
 use magnus::{prelude::*, Error, RClass, RHash, RModule, RString, Ruby, Value};
 
 use std::os::fd::IntoRawFd;
@@ -39,6 +40,72 @@ keys! {
     RACK_INPUT = "rack.input";
     HTTP_1_0 = "HTTP/1.0";
     HTTP_1_1 = "HTTP/1.1";
+    pub(super) RACK_RESPONSE_FINISHED = "rack.response_finished";
+    pub(super) RACK_AFTER_REPLY = "rack.after_reply";
+    pub(super) RACK_HIJACK = "rack.hijack";
+    pub(super) RACK_EARLY_HINTS = "rack.early_hints";
+}
+
+/// The keys every request sets, in the order of the template's slots.
+static SLOT_KEYS: [&Lazy<RString>; SLOTS] = [
+    &REQUEST_METHOD,
+    &PATH_INFO,
+    &QUERY_STRING,
+    &REQUEST_URI,
+    &SERVER_PROTOCOL,
+    &HTTP_VERSION,
+    &REMOTE_ADDR,
+    &SERVER_NAME,
+    &SERVER_PORT,
+    &RACK_INPUT,
+    &RACK_RESPONSE_FINISHED,
+    &RACK_AFTER_REPLY,
+    &H_HOST,
+];
+const SLOTS: usize = 13;
+
+/// An app thread's env template: `SLOT_KEYS` with nil values, then the
+/// server's constant keys (and this thread's `rack.hijack` and
+/// `rack.early_hints`). Each env is a copy whose slots are written in place
+/// ([`super::hash_fill`]); no key of the template is hashed per request.
+pub struct Template {
+    hash: BoxValue<RHash>,
+    keys: [RString; SLOTS],
+}
+
+impl Template {
+    /// `base`: the server's constant keys (none of them a slot's key);
+    /// `per_thread`: keys whose values are this thread's own.
+    pub fn new(ruby: &Ruby, base: RHash, per_thread: &[(RString, Value)]) -> Result<Self, Error> {
+        let keys = SLOT_KEYS.map(|key| ruby.get_inner(key));
+        let mut pairs: Vec<Value> = Vec::with_capacity(2 * (SLOTS + base.len() + per_thread.len()));
+        // The slots first: the walk that fills them stops after the last.
+        for key in keys {
+            pairs.extend([key.as_value(), ruby.qnil().as_value()]);
+        }
+        base.foreach(|key: Value, value: Value| {
+            pairs.extend([key, value]);
+            Ok(magnus::r_hash::ForEach::Continue)
+        })?;
+        for (key, value) in per_thread {
+            pairs.extend([key.as_value(), *value]);
+        }
+        let hash = ruby.hash_new();
+        // The values in `pairs` live in `base`, `per_thread` and statics,
+        // which outlive this.
+        hash.bulk_insert(&pairs)?;
+        if hash.len() != pairs.len() / 2 {
+            return Err(Error::new(
+                ruby.exception_arg_error(),
+                "the base env repeats a key the server sets per request",
+            ));
+        }
+        hash.freeze();
+        Ok(Template {
+            hash: BoxValue::new(hash),
+            keys,
+        })
+    }
 }
 
 /// Env keys of the header fields most requests carry, made once, so the
@@ -230,6 +297,9 @@ impl Pairs {
     }
 
     fn spill(&mut self) -> Result<(), Error> {
+        if self.len == 0 {
+            return Ok(());
+        }
         self.env.bulk_insert(&self.items[..self.len])?;
         self.len = 0;
         self.spilled = true;
@@ -278,30 +348,27 @@ impl std::fmt::Write for Small {
     }
 }
 
-/// The env for `request`: a copy of `base` (the server's constant keys),
-/// this request's keys, and `extra` (the per-exchange objects). A spooled
-/// body's file moves into the env's `rack.input`.
-pub fn build(
-    ruby: &Ruby,
-    base: RHash,
-    extra: &[(RString, Value)],
-    request: &mut Request,
-) -> Result<Built, Error> {
-    // A copy keeps the base keys' stored hashes (`dup` by method call would
-    // cost a method lookup; `bulk_insert` of the base pairs rehashed them).
+/// The env for `request`: a copy of `template` with its slots filled,
+/// and this request's other keys. A spooled body's file moves into the
+/// env's `rack.input`.
+pub fn build(ruby: &Ruby, template: &Template, request: &mut Request) -> Result<Built, Error> {
+    // A copy keeps the template keys' stored hashes and their order (`dup`
+    // by method call would cost a method lookup).
     let env = magnus::rb_sys::protect(|| {
-        // SAFETY: `base` is a live Hash (held by the app thread's frame);
+        // SAFETY: the template is a live Hash (boxed by the app thread);
         // rb_hash_dup only allocates, and protect catches NoMemoryError.
-        unsafe { rb_sys::rb_hash_dup(base.as_raw()) }
+        unsafe { rb_sys::rb_hash_dup(template.hash.as_raw()) }
     })?;
     // SAFETY: a VALUE Ruby just returned, alive on this stack.
     let env = unsafe { <Value as magnus::rb_sys::FromRawValue>::from_raw(env) };
-    let env = RHash::from_value(env)
-        .ok_or_else(|| Error::new(ruby.exception_type_error(), "the base env is not a Hash"))?;
-    let mut pairs = Pairs::new(ruby, env);
-    for (key, value) in extra {
-        pairs.push(*key, *value)?;
-    }
+    let env = RHash::from_value(env).ok_or_else(|| {
+        Error::new(
+            ruby.exception_type_error(),
+            "the env template is not a Hash",
+        )
+    })?;
+    let spooled = matches!(request.body, Body::File { .. });
+    let input = input(ruby, request)?;
     let head = &request.head;
     let bin = |bytes: &[u8]| ruby.str_from_slice(bytes);
 
@@ -309,18 +376,52 @@ pub fn build(
         Some(method) => method,
         None => bin(head.method()).to_interned_str(),
     };
-    pairs.push(ruby.get_inner(&REQUEST_METHOD), method)?;
-    pairs.push(ruby.get_inner(&PATH_INFO), bin(head.path()))?;
-    pairs.push(ruby.get_inner(&QUERY_STRING), bin(head.query()))?;
-    pairs.push(ruby.get_inner(&REQUEST_URI), bin(head.target()))?;
-    let protocol = match head.version {
+    let protocol = ruby.get_inner(match head.version {
         crate::http::Version::Http10 => &HTTP_1_0,
         crate::http::Version::Http11 => &HTTP_1_1,
+    });
+    let remote_addr = match request.peer.ip() {
+        std::net::IpAddr::V4(v4) => bin(crate::http::ascii::ipv4(v4, &mut [0; 15])),
+        v6 => bin(Small::of(v6).bytes()),
     };
-    pairs.push(ruby.get_inner(&SERVER_PROTOCOL), ruby.get_inner(protocol))?;
-    // As Puma: the protocol version, never a client's `Version:` field
-    // (which Rack 3.0's Lint would refuse as HTTP_VERSION).
-    pairs.push(ruby.get_inner(&HTTP_VERSION), ruby.get_inner(protocol))?;
+    // An absolute-form target's authority wins over the Host field (RFC
+    // 9112 §3.2.2), for HTTP_HOST as for SERVER_NAME/PORT. Its scheme is
+    // ignored: rack.url_scheme is the connection's.
+    let host = head.authority().or(head.header("host"));
+    let (mut local_name, mut local_port) = (Small::new(), Small::new());
+    let (name, port) = server_name_and_port(host, request, &mut local_name, &mut local_port);
+    // On this stack (where the GC sees them) until they are in the env.
+    let slots: [Value; SLOTS] = [
+        method.as_value(),
+        bin(head.path()).as_value(),
+        bin(head.query()).as_value(),
+        bin(head.target()).as_value(),
+        // As Puma: HTTP_VERSION is the protocol version, never a client's
+        // `Version:` field (which Rack 3.0's Lint would refuse).
+        protocol.as_value(),
+        protocol.as_value(),
+        remote_addr.as_value(),
+        bin(name).as_value(),
+        bin(port).as_value(),
+        input,
+        ruby.ary_new().as_value(),
+        ruby.ary_new().as_value(),
+        match host {
+            Some(host) => bin(host).as_value(),
+            None => ruby.qnil().as_value(),
+        },
+    ];
+    let spooled_input = spooled.then_some(input);
+    if !super::hash_fill::fill(env, &template.keys, &slots) {
+        for (key, value) in template.keys.iter().zip(slots) {
+            env.aset(*key, value)?;
+        }
+    }
+    if host.is_none() {
+        // HTTP/1.0 without a Host field: no HTTP_HOST at all.
+        let _: Option<Value> = env.delete(ruby.get_inner(&H_HOST))?;
+    }
+    let mut pairs = Pairs::new(ruby, env);
     if let Some(upgrade) = head.header("upgrade") {
         // Rack 3.1: the protocols the client offers to switch to.
         let offered = ruby.ary_from_iter(
@@ -332,13 +433,6 @@ pub fn build(
         );
         pairs.push(ruby.get_inner(&RACK_PROTOCOL), offered)?;
     }
-    pairs.push(
-        ruby.get_inner(&REMOTE_ADDR),
-        match request.peer.ip() {
-            std::net::IpAddr::V4(v4) => bin(crate::http::ascii::ipv4(v4, &mut [0; 15])),
-            v6 => bin(Small::of(v6).bytes()),
-        },
-    )?;
     if let Some(header) = &request.proxy {
         pairs.push(
             ruby.get_inner(&BUTTERFLIES_PROXY),
@@ -349,28 +443,8 @@ pub fn build(
         push_tls(ruby, &mut pairs, tls)?;
     }
 
-    let (mut local_name, mut local_port) = (Small::new(), Small::new());
-    let (name, port) = server_name_and_port(
-        head.authority().or(head.header("host")),
-        request,
-        &mut local_name,
-        &mut local_port,
-    );
-    pairs.push(ruby.get_inner(&SERVER_NAME), bin(name))?;
-    pairs.push(ruby.get_inner(&SERVER_PORT), bin(port))?;
-
     for (field, value) in head.headers() {
         set_header(ruby, &mut pairs, field, value)?;
-    }
-    if let Some(authority) = head.authority() {
-        // An absolute-form target's authority wins over the Host field
-        // (RFC 9112 §3.2.2), for HTTP_HOST as for SERVER_NAME/PORT. Its
-        // scheme is ignored: rack.url_scheme is the connection's.
-        let key = ruby.get_inner(&H_HOST);
-        match pairs.get(key) {
-            Some((found, _)) => pairs.replace(found, key, bin(authority).as_value())?,
-            None => pairs.push(key, bin(authority))?,
-        }
     }
     if head.body == BodyFraming::Chunked {
         let length = bin(Small::of(request.body.len()).bytes());
@@ -381,29 +455,30 @@ pub fn build(
             None => pairs.push(ruby.get_inner(&CONTENT_LENGTH), length)?,
         }
     }
-    let null_input = ruby.get_inner(&NULL_INPUT);
-    let (input, spooled_input) =
-        match std::mem::replace(&mut request.body, Body::Memory(Vec::new())) {
-            Body::Memory(bytes) if bytes.is_empty() && !null_input.is_nil() => (null_input, None),
-            Body::Memory(bytes) => {
-                let input: Value = ruby.get_inner(&STRING_IO).funcall("new", (bin(&bytes),))?;
-                (input, None)
-            }
-            Body::File { file, .. } => {
-                let fd = file.into_raw_fd();
-                let file: Result<Value, Error> = ruby.class_file().funcall("for_fd", (fd, "rb"));
-                if file.is_err() {
-                    let _ = nix::unistd::close(fd);
-                }
-                let file = file?;
-                (file, Some(file))
-            }
-        };
-    pairs.push(ruby.get_inner(&RACK_INPUT), input)?;
     Ok(Built {
         env: pairs.finish()?,
         spooled_input,
     })
+}
+
+/// `rack.input`: the shared empty input, a StringIO over the body, or the
+/// spooled body's file (which moves out of `request`).
+fn input(ruby: &Ruby, request: &mut Request) -> Result<Value, Error> {
+    let null_input = ruby.get_inner(&NULL_INPUT);
+    match std::mem::replace(&mut request.body, Body::Memory(Vec::new())) {
+        Body::Memory(bytes) if bytes.is_empty() && !null_input.is_nil() => Ok(null_input),
+        Body::Memory(bytes) => ruby
+            .get_inner(&STRING_IO)
+            .funcall("new", (ruby.str_from_slice(&bytes),)),
+        Body::File { file, .. } => {
+            let fd = file.into_raw_fd();
+            let file: Result<Value, Error> = ruby.class_file().funcall("for_fd", (fd, "rb"));
+            if file.is_err() {
+                let _ = nix::unistd::close(fd);
+            }
+            file
+        }
+    }
 }
 
 /// One header field as its CGI-style env key. Names with `_` are dropped
@@ -413,6 +488,8 @@ fn set_header(ruby: &Ruby, pairs: &mut Pairs, field: &[u8], value: &[u8]) -> Res
     if field.contains(&b'_')
         || field.eq_ignore_ascii_case(b"transfer-encoding")
         || field.eq_ignore_ascii_case(b"version")
+        // In its slot already (the parser allows one).
+        || field.eq_ignore_ascii_case(b"host")
     {
         return Ok(());
     }

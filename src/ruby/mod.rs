@@ -15,8 +15,8 @@
 
 /// Frozen, interned Ruby strings made once, for hash keys: `keys! { NAME = "text"; }`.
 macro_rules! keys {
-    ($($name:ident = $text:literal;)*) => {
-        $(static $name: magnus::value::Lazy<magnus::RString> =
+    ($($vis:vis $name:ident = $text:literal;)*) => {
+        $($vis static $name: magnus::value::Lazy<magnus::RString> =
             magnus::value::Lazy::new(|ruby| ruby.str_new($text).to_interned_str());)*
     };
 }
@@ -49,6 +49,7 @@ mod engine;
 mod env;
 mod errors;
 mod gvl;
+mod hash_fill;
 mod headers;
 mod hijack;
 mod request;

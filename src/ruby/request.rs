@@ -28,18 +28,11 @@ use crate::serve::flusher::Flusher;
 use crate::serve::watchdog::Watchdog;
 use crate::serve::{Exchange, Waker};
 
-keys! {
-    RACK_HIJACK = "rack.hijack";
-    RACK_EARLY_HINTS = "rack.early_hints";
-    RACK_RESPONSE_FINISHED = "rack.response_finished";
-    RACK_AFTER_REPLY = "rack.after_reply";
-}
-
 /// What every job on this app thread shares.
 pub struct App {
     pub app: Value,
-    /// The server's constant env keys.
-    pub base_env: RHash,
+    /// Each env is a copy of this.
+    pub template: env::Template,
     pub on_error: Value,
     pub waker: Arc<Waker>,
     pub write_timeout: Duration,
@@ -55,9 +48,6 @@ pub struct App {
     pub keep_spin: Duration,
     /// What this thread's `rack.hijack` and `rack.early_hints` act on.
     pub current: Arc<Current>,
-    /// This thread's `rack.hijack` and `rack.early_hints` objects.
-    pub hijack: Value,
-    pub early_hints: Value,
 }
 
 /// Serves one job. Returns the connection when it stays with this thread
@@ -65,18 +55,7 @@ pub struct App {
 /// `may_keep`: the connection may stay with this thread.
 pub fn handle(ruby: &Ruby, app: &App, mut job: Job, may_keep: bool) -> Result<Option<Kept>, Error> {
     let keep_alive_wanted = job.request.head.keep_alive;
-    // The per-exchange keys go in with the rest, so the env hash is sized
-    // once.
-    let extra = [
-        (
-            ruby.get_inner(&RACK_RESPONSE_FINISHED),
-            ruby.ary_new().as_value(),
-        ),
-        (ruby.get_inner(&RACK_AFTER_REPLY), ruby.ary_new().as_value()),
-        (ruby.get_inner(&RACK_HIJACK), app.hijack),
-        (ruby.get_inner(&RACK_EARLY_HINTS), app.early_hints),
-    ];
-    let built = env::build(ruby, app.base_env, &extra, &mut job.request);
+    let built = env::build(ruby, &app.template, &mut job.request);
     let ex = Arc::new(Exchange::new(job, app.waker.clone(), app.write_timeout));
     if let Some(dog) = &app.watchdog {
         dog.watch(&ex);
@@ -193,9 +172,10 @@ fn fail(
     }
 }
 
-/// `rack.response_finished` (Rack 3: env, status, headers, error) and
-/// `rack.after_reply` (Puma: no arguments), after the connection went back.
-/// An exception in one is logged and does not stop the others.
+/// `rack.response_finished` (Rack 3: env, status, headers, error; in
+/// reverse order of registration, as the SPEC says) and `rack.after_reply`
+/// (Puma: no arguments, in order), after the connection went back. An
+/// exception in one is logged and does not stop the others.
 fn after_response(
     ruby: &Ruby,
     app: &App,
@@ -206,11 +186,21 @@ fn after_response(
     let nil = ruby.qnil().as_value();
     let entry = |i: isize| triple.and_then(|t| t.entry::<Value>(i).ok()).unwrap_or(nil);
     let (status, headers) = (entry(0), entry(1));
-    for (key, with_args) in [(&RACK_RESPONSE_FINISHED, true), (&RACK_AFTER_REPLY, false)] {
+    for (key, with_args) in [
+        (&env::RACK_RESPONSE_FINISHED, true),
+        (&env::RACK_AFTER_REPLY, false),
+    ] {
         let Some(callbacks) = env.get(ruby.get_inner(key)).and_then(RArray::from_value) else {
             continue;
         };
-        for callback in callbacks.into_iter() {
+        // By index, read afresh each time: a callback may change the Array.
+        let count = callbacks.len();
+        for i in 0..count {
+            let at = if with_args { count - 1 - i } else { i };
+            let callback = match callbacks.entry::<Value>(at as isize) {
+                Ok(callback) if !callback.is_nil() => callback,
+                _ => continue,
+            };
             let called: Result<Value, Error> = if with_args {
                 callback.funcall(
                     id(ruby, &CALL),

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use magnus::rb_sys::AsRawValue;
 use magnus::value::ReprValue;
 use magnus::{Error, RArray, RString, Ruby, Value};
 
@@ -87,10 +88,16 @@ fn send_parts(
         return switch_protocols(ruby, ex, &head, protocol, body, flusher);
     }
     let mut body = body;
-    if body.respond_to(id(ruby, &TO_ARY), false)? {
+    // A plain Array is its own `to_ary`: no method lookup and call for it.
+    let plain_array =
+        RArray::from_value(body).filter(|a| a.class().as_raw() == ruby.class_array().as_raw());
+    if plain_array.is_some() || body.respond_to(id(ruby, &TO_ARY), false)? {
         // Rack 2 bodies may answer to_ary with nil (Rails 6.1 does): then
         // they are streamed with each, as Puma does.
-        let array: Value = body.funcall(id(ruby, &TO_ARY), ())?;
+        let array: Value = match plain_array {
+            Some(array) => array.as_value(),
+            None => body.funcall(id(ruby, &TO_ARY), ())?,
+        };
         if let Some(chunks) = RArray::from_value(array) {
             if let Some(outcome) = send_array(ruby, ex, &head, chunks, keep_alive)? {
                 return Ok(outcome);
@@ -167,7 +174,9 @@ fn send_array(
     keep_alive: bool,
 ) -> Result<Option<Outcome>, Error> {
     let mut total = 0u64;
-    for chunk in chunks.into_iter() {
+    // SAFETY: read at once; no Ruby code runs while the slice is held (an
+    // Array's iterator would copy the Array first, an object per response).
+    for &chunk in unsafe { chunks.as_slice() } {
         let chunk = RString::from_value(chunk)
             .ok_or_else(|| invalid(ruby, "body chunks must be Strings"))?;
         total += chunk.len() as u64;
@@ -215,8 +224,13 @@ fn send_array(
 
 /// Copies the body (chunks already checked to be Strings) after the head.
 fn append_body(out: &mut Vec<u8>, chunks: RArray) {
-    for s in chunks.into_iter().filter_map(RString::from_value) {
-        // SAFETY: copied at once; no Ruby code runs while we hold the slice.
+    // SAFETY: copied at once; no Ruby code runs (nothing allocates) while
+    // the Array's and the strings' slices are held.
+    for s in unsafe { chunks.as_slice() }
+        .iter()
+        .filter_map(|&v| RString::from_value(v))
+    {
+        // SAFETY: as above.
         out.extend_from_slice(unsafe { s.as_slice() });
     }
 }
