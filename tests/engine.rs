@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use butterflies::http::response::ResponseHead;
 use butterflies::http::Limits;
+use butterflies::net::doorbell::Doorbell;
 use butterflies::net::loops::Loops;
 use butterflies::net::{BindAddr, Config, Engine, Job, Kept, Queued};
 use butterflies::serve::app_loop::AppLoop;
@@ -64,12 +65,13 @@ fn start_with(apps: usize, shape: Shape, tls: Option<Arc<butterflies::tls::Tls>>
     let apps = (0..apps)
         .map(|home| {
             let jobs = engine.jobs();
+            let doorbell = engine.doorbell();
             let loops = engine.loops();
             let slow_tx = slow_tx.clone();
             let spin = engine.config().idle_spin;
             thread::spawn(move || {
                 let loops = loops.as_ref().map(|l| (&**l, home));
-                app_thread(&jobs, loops, spin, &slow_tx)
+                app_thread((&jobs, &doorbell), loops, spin, &slow_tx)
             })
         })
         .collect();
@@ -83,7 +85,7 @@ fn start_with(apps: usize, shape: Shape, tls: Option<Arc<butterflies::tls::Tls>>
 
 /// One app thread: the production loop (`AppLoop`), answering in Rust.
 fn app_thread(
-    jobs: &Receiver<Queued>,
+    (jobs, doorbell): (&Receiver<Queued>, &Doorbell),
     loops: Option<(&Loops, usize)>,
     spin: Duration,
     slow_started: &Sender<()>,
@@ -93,6 +95,7 @@ fn app_thread(
     let pool = Pool::default();
     let app_loop = AppLoop {
         jobs,
+        doorbell,
         pool: &pool,
         limits: &limits,
         keep_spin: spin,
@@ -296,10 +299,11 @@ fn a_thread_added_on_demand_leaves_when_idle_and_the_loop_counts_it() {
     config.io_threads = 1;
     let mut engine = Engine::bind(config).expect("bind");
     engine.start(None).expect("start");
-    let jobs = engine.jobs();
+    let (jobs, doorbell) = (engine.jobs(), engine.doorbell());
     let (limits, pool) = (Limits::default(), Pool::default());
     let app_loop = AppLoop {
         jobs: &jobs,
+        doorbell: &doorbell,
         pool: &pool,
         limits: &limits,
         keep_spin: Duration::ZERO,

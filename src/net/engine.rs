@@ -25,7 +25,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
+
+use super::doorbell::{Doorbell, JobSender};
 
 use super::config::Config;
 use super::handoff::{Mailbox, Shared};
@@ -94,8 +96,9 @@ pub struct Engine {
     /// Those of them that speak TLS.
     tls_addrs: Vec<BindAddr>,
     shared: Arc<Shared>,
-    jobs_tx: Option<Sender<Queued>>,
+    jobs_tx: Option<JobSender<Queued>>,
     jobs_rx: Receiver<Queued>,
+    doorbell: Arc<Doorbell>,
     mailboxes: Vec<Arc<Mailbox>>,
     threads: Vec<JoinHandle<()>>,
     /// With `Config::inline_io`, the loops the app threads poll.
@@ -204,6 +207,8 @@ impl Engine {
             steer(&groups, threads * workers);
         }
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue_depth.max(1));
+        let doorbell = Arc::new(Doorbell::default());
+        let jobs_tx = JobSender::new(jobs_tx, doorbell.clone());
         let shared = Arc::new(Shared::default());
         shared.parked.set_limit(config.max_parked_bytes);
         shared.spilled.set_limit(config.max_spilled_bytes);
@@ -217,6 +222,7 @@ impl Engine {
             shared,
             jobs_tx: Some(jobs_tx),
             jobs_rx,
+            doorbell,
             mailboxes: Vec::new(),
             threads: Vec::new(),
             loops: None,
@@ -387,6 +393,11 @@ impl Engine {
     /// thread (or inline loop) has finished after `stop`.
     pub fn jobs(&self) -> Receiver<Queued> {
         self.jobs_rx.clone()
+    }
+
+    /// Where idle app threads wait for the queue (`net::doorbell`).
+    pub fn doorbell(&self) -> Arc<Doorbell> {
+        self.doorbell.clone()
     }
 
     pub fn shared(&self) -> Arc<Shared> {

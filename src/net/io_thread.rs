@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
+
+use super::doorbell::JobSender;
 use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{accept4, getpeername, SockFlag, SockaddrStorage};
 
@@ -51,7 +53,7 @@ pub(crate) type ThreadListeners = Vec<(Listener, super::listener::Front)>;
 enum Dispatch {
     /// Into the engine's queue, for whichever app thread is free: the loop
     /// has a thread of its own.
-    Queue(Sender<Queued>),
+    Queue(JobSender<Queued>),
     /// Into the loop's own list, for the app thread that polls it
     /// (`net::loops`), at most `cap` of them.
     Inline { ready: VecDeque<Job>, cap: usize },
@@ -143,7 +145,7 @@ impl IoThread {
     pub(crate) fn new(
         listeners: ThreadListeners,
         config: &Config,
-        jobs: Option<Sender<Queued>>,
+        jobs: Option<JobSender<Queued>>,
         mailbox: Arc<Mailbox>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Self> {
@@ -638,7 +640,7 @@ impl IoThread {
 
 /// Puts a job into the engine's queue; gives it back if the queue is full
 /// (`None` if the watchdog answered it meanwhile).
-fn offer(jobs: &Sender<Queued>, shared: &Shared, job: Job) -> Option<Job> {
+fn offer(jobs: &JobSender<Queued>, shared: &Shared, job: Job) -> Option<Job> {
     match jobs.try_send(shared.claims.wrap(job)) {
         Ok(()) => {
             crate::stats::gauge(crate::stats::QUEUED, 1);

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::doorbell::JobSender;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::handoff::{Job, Mailbox};
@@ -50,7 +52,7 @@ pub struct Loops {
     live: AtomicUsize,
     /// The engine's job queue. Dropped once every loop is done, which
     /// tells the app threads waiting on it that the engine stopped.
-    jobs: Mutex<Option<Sender<Queued>>>,
+    jobs: Mutex<Option<JobSender<Queued>>>,
     /// The sweeper, and whether it dozes (sleeps `DOZE`, not `STEAL_AFTER`).
     sweeper: Mutex<Option<Thread>>,
     dozing: AtomicBool,
@@ -94,7 +96,7 @@ pub enum Next {
 impl Loops {
     pub(crate) fn new(
         loops: Vec<(IoThread, Arc<Mailbox>)>,
-        jobs: Sender<Queued>,
+        jobs: JobSender<Queued>,
         faults: Arc<Faults>,
     ) -> Self {
         let live = loops.len();

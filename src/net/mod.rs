@@ -7,6 +7,7 @@ pub mod body;
 pub mod config;
 pub mod conn;
 pub mod cursor;
+pub mod doorbell;
 pub mod engine;
 pub mod handoff;
 mod io_thread;

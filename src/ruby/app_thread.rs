@@ -74,6 +74,7 @@ pub fn serve(
     let loops = rb_self.loops();
     let app_loop = AppLoop {
         jobs: &jobs,
+        doorbell: &rb_self.doorbell,
         pool: &rb_self.pool,
         limits: &rb_self.limits,
         keep_spin: rb_self.idle_spin,

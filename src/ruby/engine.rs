@@ -58,6 +58,7 @@ pub struct RbEngine {
     pub(super) flusher: Mutex<Option<Flusher>>,
     pub(super) pool: Pool,
     pub(super) jobs: Receiver<Queued>,
+    pub(super) doorbell: Arc<crate::net::doorbell::Doorbell>,
     shared: Arc<Shared>,
     /// The inline loop the next app thread polls first.
     next_home: std::sync::atomic::AtomicUsize,
@@ -208,6 +209,7 @@ impl RbEngine {
             limits: engine.config().limits,
             idle_spin: engine.config().idle_spin,
             jobs: engine.jobs(),
+            doorbell: engine.doorbell(),
             shared: engine.shared(),
             next_home: std::sync::atomic::AtomicUsize::new(0),
             engine: Mutex::new(engine),

@@ -5,6 +5,7 @@
 //! app; `tests/engine.rs` answers in Rust); the loop, its claims, its
 //! keep-alive back-off and its GVL-wait figures are the same for both.
 
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -12,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::blocking::{Blocking, Unblock};
 use super::pool::{Busy, Member, Pool};
 use crate::http::Limits;
+use crate::net::doorbell::{Doorbell, Woke};
 use crate::net::loops::{Loops, Next, Wait};
 use crate::net::{Job, Kept, Queued};
 
@@ -19,6 +21,8 @@ use crate::net::{Job, Kept, Queued};
 #[derive(Debug)]
 pub struct AppLoop<'a> {
     pub jobs: &'a Receiver<Queued>,
+    /// Where the thread sleeps while the queue is empty.
+    pub doorbell: &'a Doorbell,
     pub pool: &'a Pool,
     pub limits: &'a Limits,
     /// How long a kept connection is read for its next request.
@@ -78,6 +82,9 @@ impl AppLoop<'_> {
     ) -> Result<(), B::Interrupt> {
         let _member = Member::new(self.pool);
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        // Set by the unblock function while this thread sleeps on the
+        // doorbell.
+        let interrupted = AtomicBool::new(false);
         let mut scratch = vec![0u8; KEPT_READ_BYTES];
         let mut skip_keeps = 0u32;
         // When this thread last took the lock back (see `batch`).
@@ -120,7 +127,7 @@ impl AppLoop<'_> {
                     },
                     Err(TryRecvError::Disconnected) => return Ok(()),
                     Err(TryRecvError::Empty) => {
-                        let waited = self.wait_for_job(gvl, &wake_tx, &wake_rx)?;
+                        let waited = self.wait_for_job(gvl, &interrupted)?;
                         held_since = Instant::now();
                         match waited {
                             Waited::Job(job) => job,
@@ -278,43 +285,55 @@ impl AppLoop<'_> {
         !self.jobs.is_empty() || self.loops.is_some_and(|(loops, _)| loops.unpolled_work())
     }
 
-    /// Blocks until a job arrives, the queue closes, or the thread is
-    /// wanted (the unblock function sends on `wake`).
+    /// Sleeps on the queue's doorbell until this thread is the standby
+    /// (`net::doorbell`), the queue closes, the idle exit passes, or the
+    /// thread is wanted (the unblock function interrupts the wait). The
+    /// standby takes a request only once it holds the lock again: while
+    /// another thread serves with the lock, that thread takes the queued
+    /// requests itself.
     fn wait_for_job<B: Blocking>(
         &self,
         gvl: &B,
-        wake_tx: &Sender<()>,
-        wake_rx: &Receiver<()>,
+        interrupted: &AtomicBool,
     ) -> Result<Waited, B::Interrupt> {
-        let jobs = self.jobs;
+        let (jobs, bell) = (self.jobs, self.doorbell);
+        let queued = || !jobs.is_empty();
         let idle_exit = self.idle_exit;
-        let (waited, arrived) = gvl.run(
+        let (woke, arrived) = gvl.run(
             || {
-                let waited = match idle_exit {
-                    None => crossbeam_channel::select! {
-                        recv(jobs) -> queued => claimed(queued),
-                        recv(wake_rx) -> _ => Waited::Woken,
-                    },
-                    Some(idle) => crossbeam_channel::select! {
-                        recv(jobs) -> queued => claimed(queued),
-                        recv(wake_rx) -> _ => Waited::Woken,
-                        default(idle) => Waited::Idle,
-                    },
-                };
-                (waited, Instant::now())
+                let woke = bell.wait(idle_exit.or(Some(NO_LOOP_WAIT)), interrupted, queued);
+                (woke, Instant::now())
             },
             Some(Unblock {
-                func: |wake: &Sender<()>| {
-                    let _ = wake.try_send(());
-                },
-                arg: wake_tx,
+                func: |(bell, interrupted): &(&Doorbell, &AtomicBool)| bell.interrupt(interrupted),
+                arg: &(bell, interrupted),
             }),
         )?;
-        if let Waited::Job(_) = waited {
-            // From the job's arrival to holding the lock again.
-            crate::stats::observe(crate::stats::GVL_WAIT, arrived.elapsed());
-        }
-        Ok(waited)
+        Ok(match woke {
+            Woke::Standby => {
+                let taken = jobs.try_recv();
+                bell.standby_done(queued);
+                match taken {
+                    Ok(queued) => {
+                        let waited = claimed(Ok(queued));
+                        if let Waited::Job(_) = waited {
+                            // From the wake-up to holding the lock again.
+                            crate::stats::observe(crate::stats::GVL_WAIT, arrived.elapsed());
+                        }
+                        waited
+                    }
+                    Err(TryRecvError::Empty) => Waited::Again,
+                    Err(TryRecvError::Disconnected) => Waited::Closed,
+                }
+            }
+            Woke::Interrupted => Waited::Woken,
+            // Without an idle exit, NO_LOOP_WAIT only bounds one wait.
+            Woke::Idle if idle_exit.is_none() => Waited::Again,
+            Woke::Idle => Waited::Idle,
+            // What is still queued is taken at the loop's top, then the
+            // queue reports itself disconnected.
+            Woke::Closed => Waited::Again,
+        })
     }
 
     /// Reads a kept connection's next request in a blocking section, for
