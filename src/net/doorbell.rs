@@ -242,12 +242,14 @@ mod tests {
     fn every_request_is_taken_by_racing_threads() {
         // Four consumers that take requests only as the standby (the worst
         // case: nobody serves from the queue directly), four producers; a
-        // lost wake-up leaves a request in the queue and the test hangs.
+        // lost wake-up leaves a request in the queue with every consumer
+        // asleep, and fewer than all are taken by the deadline.
         let bell = Arc::new(Doorbell::default());
         let (tx, rx) = crossbeam_channel::unbounded::<u32>();
         let sender = JobSender::new(tx, bell.clone());
         let taken = AtomicUsize::new(0);
         const EACH: u32 = 20_000;
+        let mut taken_by_deadline = 0;
         thread::scope(|s| {
             for _ in 0..4 {
                 let (bell, rx, taken) = (&bell, &rx, &taken);
@@ -270,17 +272,31 @@ mod tests {
                     }
                 });
             }
-            for _ in 0..4 {
-                let sender = sender.clone();
-                s.spawn(move || {
-                    for i in 0..EACH {
-                        sender.try_send(i).unwrap();
-                    }
-                });
+            let producers: Vec<_> = (0..4)
+                .map(|_| {
+                    let sender = sender.clone();
+                    s.spawn(move || {
+                        // In bursts, so that the queue empties and the
+                        // consumers fall asleep between them.
+                        for i in 0..EACH {
+                            sender.try_send(i).unwrap();
+                            if i % 16 == 0 {
+                                thread::sleep(Duration::from_micros(20));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            producers.into_iter().for_each(|p| p.join().unwrap());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while taken.load(Ordering::SeqCst) < 4 * EACH as usize && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
             }
+            taken_by_deadline = taken.load(Ordering::SeqCst);
+            // Closing the bell lets the consumers go, whatever happened.
             drop(sender);
         });
-        assert_eq!(taken.load(Ordering::SeqCst), 4 * EACH as usize);
+        assert_eq!(taken_by_deadline, 4 * EACH as usize);
     }
 
     #[test]

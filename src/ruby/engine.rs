@@ -358,7 +358,7 @@ impl RbEngine {
     pub fn start(ruby: &Ruby, rb_self: &Self, worker: Option<usize>) -> Result<(), Error> {
         let failed = |e: std::io::Error| ExtError::Start(e).into_ruby(ruby);
         super::env::warm(ruby);
-        super::hash_fill::warm();
+        super::hash_walk::warm();
         super::stream::warm(ruby);
         super::hijack::warm(ruby);
         super::early_hints::warm(ruby);

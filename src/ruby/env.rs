@@ -67,7 +67,7 @@ const SLOTS: usize = 13;
 /// An app thread's env template: `SLOT_KEYS` with nil values, then the
 /// server's constant keys (and this thread's `rack.hijack` and
 /// `rack.early_hints`). Each env is a copy whose slots are written in place
-/// ([`super::hash_fill`]); no key of the template is hashed per request.
+/// ([`super::hash_walk`]); no key of the template is hashed per request.
 pub struct Template {
     hash: BoxValue<RHash>,
     keys: [RString; SLOTS],
@@ -412,7 +412,7 @@ pub fn build(ruby: &Ruby, template: &Template, request: &mut Request) -> Result<
         },
     ];
     let spooled_input = spooled.then_some(input);
-    if !super::hash_fill::fill(env, &template.keys, &slots) {
+    if !super::hash_walk::fill(env, &template.keys, &slots) {
         for (key, value) in template.keys.iter().zip(slots) {
             env.aset(*key, value)?;
         }

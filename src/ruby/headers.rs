@@ -29,19 +29,29 @@ pub fn read_head(
     let headers =
         RHash::from_value(headers).ok_or_else(|| invalid(ruby, "the headers must be a Hash"))?;
     let mut asks = ServerRequests::default();
-    headers.foreach(|name: RString, value: Value| {
-        // SAFETY: compared at once, before any Ruby code runs.
-        match unsafe { name.as_slice() } {
-            b"rack.hijack" => asks.hijack = Some(value),
-            b"rack.protocol" => {
-                let protocol = RString::from_value(value)
-                    .ok_or_else(|| invalid(ruby, "rack.protocol must be a String"))?;
-                asks.protocol = Some(protocol);
+    let mut failed = None;
+    // Reads only: nothing in the walk runs Ruby code (see `each_pair`).
+    super::hash_walk::each_pair(headers, |name, value| {
+        let read = (|| {
+            let name = RString::from_value(name)
+                .ok_or_else(|| invalid(ruby, "header names must be Strings"))?;
+            // SAFETY: compared at once, before any Ruby code runs.
+            match unsafe { name.as_slice() } {
+                b"rack.hijack" => asks.hijack = Some(value),
+                b"rack.protocol" => {
+                    let protocol = RString::from_value(value)
+                        .ok_or_else(|| invalid(ruby, "rack.protocol must be a String"))?;
+                    asks.protocol = Some(protocol);
+                }
+                _ => add_field(ruby, &mut head, name, value)?,
             }
-            _ => add_field(ruby, &mut head, name, value)?,
-        }
-        Ok(magnus::r_hash::ForEach::Continue)
-    })?;
+            Ok(())
+        })();
+        read.map_err(|e| failed = Some(e)).is_ok()
+    });
+    if let Some(error) = failed {
+        return Err(error);
+    }
     let hijack = asks.hijack;
     // An interim status is never a final response: the client would wait
     // for the real one (101 only with a hijack, which takes the socket).
@@ -95,7 +105,8 @@ pub fn add_field(
         Ok(())
     };
     match RArray::from_value(value) {
-        Some(values) => values.into_iter().try_for_each(|v| add(head, v)),
+        // By index: no copy of the Array, and nothing here runs Ruby code.
+        Some(values) => (0..values.len()).try_for_each(|i| add(head, values.entry(i as isize)?)),
         None => add(head, value),
     }
 }

@@ -49,7 +49,7 @@ mod engine;
 mod env;
 mod errors;
 mod gvl;
-mod hash_fill;
+mod hash_walk;
 mod headers;
 mod hijack;
 mod request;

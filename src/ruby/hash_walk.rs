@@ -1,9 +1,12 @@
-//! Writes values into entries a Hash already has, without hashing keys.
+//! Hash walks cheaper than the general API's: values written into
+//! entries a Hash already has, without hashing keys ([`fill`]), and a
+//! response's headers read without `rb_hash_foreach`'s `rb_ensure`
+//! ([`each_pair`]).
 //!
 //! Every env starts as a copy of its app thread's template, which holds
 //! the keys every request sets (`REQUEST_METHOD`, `PATH_INFO`, ...) first,
-//! then the server's constant ones. A copy keeps each entry's stored hash and
-//! its order, so the values can be written in place by walking the
+//! then the server's constant ones. A copy keeps each entry's stored hash
+//! and its order, so the values can be written in place by walking the
 //! entries (`rb_st_foreach_with_replace`, what `Hash#transform_values!`
 //! does) instead of one `rb_hash_aset` per key, which hashes the key
 //! string, finds its bin and may grow the table: 12 such inserts were a
@@ -39,10 +42,73 @@ fn table_fn() -> TableFn {
     })
 }
 
-/// Looks the table up once, so that `fill` on the app threads never races
+type ForeachFn = unsafe extern "C" fn(VALUE, rb_sys::st_foreach_callback_func, st_data_t) -> c_int;
+
+/// `rb_hash_stlike_foreach`: Ruby's walk of a Hash's entries without the
+/// iteration level `rb_hash_foreach` keeps (and the `rb_ensure` that
+/// resets it), which is there for callbacks that run Ruby code; exported
+/// by 3.1 to 3.3, not in the headers. `None`: use `rb_hash_foreach`.
+fn foreach_fn() -> Option<ForeachFn> {
+    static FOUND: OnceLock<Option<ForeachFn>> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        // SAFETY: as in `table_fn`; the signature is `ForeachFn` wherever
+        // the symbol exists.
+        let raw = unsafe {
+            nix::libc::dlsym(nix::libc::RTLD_DEFAULT, c"rb_hash_stlike_foreach".as_ptr())
+        };
+        // SAFETY: see above.
+        (!raw.is_null())
+            .then(|| unsafe { std::mem::transmute::<*mut std::ffi::c_void, ForeachFn>(raw) })
+    })
+}
+
+/// Looks the functions up once, so that the app threads never race
 /// `OnceLock`'s first initialisation under a GVL switch.
 pub fn warm() {
     table_fn();
+    foreach_fn();
+}
+
+unsafe extern "C" fn each_entry(key: st_data_t, value: st_data_t, arg: st_data_t) -> c_int {
+    // SAFETY: `arg` is the closure `each_pair` lends for the walk.
+    let func = unsafe { &mut *(arg as *mut &mut dyn FnMut(Value, Value) -> bool) };
+    // SAFETY: keys and values of a live Hash are VALUEs.
+    let (key, value) = unsafe {
+        (
+            <Value as magnus::rb_sys::FromRawValue>::from_raw(key as VALUE),
+            <Value as magnus::rb_sys::FromRawValue>::from_raw(value as VALUE),
+        )
+    };
+    // A panic must not unwind into Ruby's C frames: it ends the walk.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| func(key, value))) {
+        Ok(true) => st_retval::ST_CONTINUE as c_int,
+        _ => st_retval::ST_STOP as c_int,
+    }
+}
+
+/// Calls `func` with each key and value of `hash` until it returns false.
+/// `func` must not run Ruby code (nothing that could change the Hash, or
+/// raise): it only reads, and keeps any error for the caller.
+pub fn each_pair(hash: RHash, mut func: impl FnMut(Value, Value) -> bool) {
+    let mut func: &mut dyn FnMut(Value, Value) -> bool = &mut func;
+    let arg = &mut func as *mut &mut dyn FnMut(Value, Value) -> bool as st_data_t;
+    // SAFETY: `hash` is a live Hash and the GVL is held; `func` runs no
+    // Ruby code, so the Hash cannot change during the walk, and nothing in
+    // it raises (it only stops the walk); `func` outlives the walk.
+    unsafe {
+        match foreach_fn() {
+            Some(foreach) => {
+                foreach(hash.as_raw(), Some(each_entry), arg);
+            }
+            None => rb_sys::rb_hash_foreach(hash.as_raw(), Some(each_entry_foreach), arg),
+        }
+    }
+}
+
+/// `rb_hash_foreach`'s callback type takes VALUEs.
+unsafe extern "C" fn each_entry_foreach(key: VALUE, value: VALUE, arg: VALUE) -> c_int {
+    // SAFETY: the same walk as `each_entry`'s.
+    unsafe { each_entry(key as st_data_t, value as st_data_t, arg as st_data_t) }
 }
 
 /// The walk's state.
@@ -114,7 +180,7 @@ pub fn fill(hash: RHash, keys: &[RString], values: &[Value]) -> bool {
     // changed or freed during the walk, and neither callback runs Ruby code
     // or allocates. `walk` outlives the walk.
     unsafe {
-        let table = table_fn()(raw, c"hash_fill".as_ptr(), 0);
+        let table = table_fn()(raw, c"hash_walk".as_ptr(), 0);
         rb_sys::rb_st_foreach_with_replace(
             table,
             Some(check),
