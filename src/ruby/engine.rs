@@ -362,8 +362,9 @@ impl RbEngine {
         super::stream::warm(ruby);
         super::hijack::warm(ruby);
         super::early_hints::warm(ruby);
-        rb_self.with_engine(|e| e.start(worker)).map_err(failed)?;
+        // Before any of the engine's threads makes an arena.
         crate::process::malloc::keep_freed_memory();
+        rb_self.with_engine(|e| e.start(worker)).map_err(failed)?;
         let (flusher, _thread) = Flusher::start(rb_self.shared.faults.clone()).map_err(failed)?;
         *rb_self.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(flusher);
         if let Some((timeout, hard)) = rb_self.request_timeouts {
